@@ -1,0 +1,53 @@
+//! The host's answer to an exit nobody claimed (documented in
+//! `docs/routing.md`): reads of unclaimed ports and MMIO return all-ones,
+//! writes are dropped, MSRs go to KVM's own emulation (and #GP if KVM
+//! does not know them), HLT halts the vCPU, a shutdown stops the VM.
+
+use crate::apply::{ApplyError, Completion, Flow, VcpuAccess};
+use crate::event::size_mask;
+use crate::{Direction, ExitEvent, ExitKind, MsrReason, StopRequest};
+
+/// Finishes `event` the default way.
+pub fn default_actions(
+    event: &ExitEvent,
+    vcpu: &mut impl VcpuAccess,
+    completion: &mut Completion,
+) -> Result<Flow, ApplyError> {
+    match event.kind {
+        ExitKind::Io(io) => {
+            if io.direction == Direction::Read {
+                completion.read = Some(size_mask(io.size));
+            }
+        }
+        ExitKind::Mmio(m) => {
+            if m.direction == Direction::Read {
+                completion.read = Some(size_mask(m.size));
+            }
+        }
+        ExitKind::Msr(m) => match (m.reason, m.direction) {
+            // Subscribed but declined by every policy: let KVM emulate it.
+            (MsrReason::Filtered, Direction::Read) => match vcpu.host_rdmsr(m.index)? {
+                Some(v) => completion.read = Some(v),
+                None => completion.msr_fault = true,
+            },
+            (MsrReason::Filtered, Direction::Write) => {
+                completion.msr_fault = !vcpu.host_wrmsr(m.index, m.value)?;
+            }
+            (MsrReason::Unknown | MsrReason::Invalid, _) => completion.msr_fault = true,
+        },
+        ExitKind::MemViolation(v) => {
+            // Not delivered until memory protection lands; answer reads
+            // like unbacked memory.
+            completion.read = Some(size_mask(v.size));
+        }
+        ExitKind::Debug(_) => {}
+        ExitKind::Hlt => return Ok(Flow::Halt),
+        ExitKind::Shutdown { reason } => {
+            return Ok(Flow::Stop(StopRequest {
+                clean: false,
+                reason: format!("guest {reason:?}"),
+            }))
+        }
+    }
+    Ok(Flow::Continue)
+}

@@ -1,0 +1,30 @@
+//! The exit pipeline's domain model, free of KVM and wasmtime.
+//!
+//! A vCPU exit is snapshotted into an owned [`ExitEvent`], [`classify`]
+//! picks who answers it from the [`Routes`] built out of the policies'
+//! [`Subscriptions`], the answer comes back as [`Action`]s, and [`apply`]
+//! checks them against the exit and the answering policy's grants before
+//! touching the vCPU (through [`VcpuAccess`]) or guest memory. Everything
+//! here is pure so that it can be tested without `/dev/kvm`.
+#![forbid(unsafe_code)]
+
+mod action;
+mod apply;
+mod defaults;
+mod event;
+mod regs;
+mod routes;
+mod subscription;
+mod validate;
+
+pub use action::{Action, Exception, ProtectRequest, Protection, StopRequest};
+pub use apply::{apply, ApplyError, Completion, Flow, VcpuAccess, VcpuAccessError};
+pub use defaults::default_actions;
+pub use event::{
+    DebugCause, DebugExit, Direction, ExitEvent, ExitKind, IoExit, MemAccess, MemViolation,
+    MmioExit, MsrExit, MsrReason, ShutdownReason,
+};
+pub use regs::Reg;
+pub use routes::{classify, Route, Routes, RoutesError, Target, MAX_MSR_FILTER_RANGES};
+pub use subscription::{Capabilities, EventSet, GpaRange, Subscriptions};
+pub use validate::{validate, ActionFault};

@@ -1,0 +1,21 @@
+//! wasmvisor's only door to KVM.
+//!
+//! This crate owns every kvm-ioctls call and every `unsafe` block that
+//! touches KVM or guest-memory mappings. It builds the VM and its RAM,
+//! puts vCPUs into real, protected or long mode, turns a `KVM_RUN` exit
+//! into an owned [`wasmvisor_exit::ExitEvent`], writes the answer back into
+//! `kvm_run`, and kicks vCPUs out of the kernel when the VM must stop.
+
+mod boot;
+mod cpuid;
+mod error;
+mod kick;
+mod vcpu;
+mod vm;
+
+pub use boot::{BootMode, BootState, HOST_RESERVED_END, MAX_BOOT_VCPUS};
+pub use cpuid::CpuidEntry;
+pub use error::KvmError;
+pub use kick::{install_kick_handler, Kicker};
+pub use vcpu::{FatalExit, RunOutcome, Vcpu};
+pub use vm::{Vm, MMIO_HOLE_START};

@@ -1,0 +1,153 @@
+//! The VM: KVM handle, guest RAM and VM-wide configuration (MSR filter).
+
+use std::ops::RangeInclusive;
+
+use kvm_bindings::{
+    kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_X86_USER_SPACE_MSR,
+    KVM_MAX_CPUID_ENTRIES, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_INVAL,
+    KVM_MSR_EXIT_REASON_UNKNOWN,
+};
+use kvm_ioctls::{Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::cpuid::CpuidEntry;
+use crate::{KvmError, Vcpu};
+
+/// Guest RAM ends below this address; above it lies the MMIO hole where
+/// every access exits to user space (3 GiB, as on a PC).
+pub const MMIO_HOLE_START: u64 = 0xC000_0000;
+
+/// A KVM VM with one contiguous RAM slot at GPA 0.
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+    memory: GuestMemoryMmap,
+    sync_regs: bool,
+}
+
+impl Vm {
+    /// Opens `/dev/kvm`, creates a VM with `ram_size` bytes of RAM at GPA 0
+    /// and turns on user-space MSR exits.
+    pub fn new(ram_size: u64) -> Result<Vm, KvmError> {
+        if ram_size == 0 || ram_size > MMIO_HOLE_START || ram_size % 4096 != 0 {
+            return Err(KvmError::BadBootState(format!(
+                "guest RAM must be a non-zero multiple of 4 KiB up to {} MiB, not {ram_size} bytes",
+                MMIO_HOLE_START >> 20
+            )));
+        }
+        let kvm = Kvm::new().map_err(KvmError::Open)?;
+        let fd = kvm.create_vm().map_err(KvmError::ioctl("KVM_CREATE_VM"))?;
+        for (cap, name) in [
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::X86UserSpaceMsr, "KVM_CAP_X86_USER_SPACE_MSR"),
+            (Cap::X86MsrFilter, "KVM_CAP_X86_MSR_FILTER"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(KvmError::MissingCapability(name));
+            }
+        }
+        let sync_regs = kvm.check_extension(Cap::SyncRegs);
+        // Needed by Intel VT-x for real mode; harmless elsewhere.
+        fd.set_tss_address(0xfffb_d000)
+            .map_err(KvmError::ioctl("KVM_SET_TSS_ADDR"))?;
+        let size = usize::try_from(ram_size).map_err(|_| KvmError::Memory {
+            size: ram_size,
+            reason: "too large for this host".into(),
+        })?;
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| {
+            KvmError::Memory {
+                size: ram_size,
+                reason: e.to_string(),
+            }
+        })?;
+        let host = memory
+            .get_host_address(GuestAddress(0))
+            .map_err(|e| KvmError::Memory {
+                size: ram_size,
+                reason: e.to_string(),
+            })?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: ram_size,
+            userspace_addr: host as u64,
+        };
+        // SAFETY: `host` is the start of a private anonymous mapping of
+        // `ram_size` bytes owned by `memory`, which the `Vm` keeps alive for
+        // as long as the VM fd (and so the memslot) exists.
+        unsafe { fd.set_user_memory_region(region) }
+            .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        let cap = kvm_enable_cap {
+            cap: KVM_CAP_X86_USER_SPACE_MSR,
+            args: [
+                u64::from(
+                    KVM_MSR_EXIT_REASON_FILTER
+                        | KVM_MSR_EXIT_REASON_UNKNOWN
+                        | KVM_MSR_EXIT_REASON_INVAL,
+                ),
+                0,
+                0,
+                0,
+            ],
+            ..Default::default()
+        };
+        fd.enable_cap(&cap)
+            .map_err(KvmError::ioctl("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)"))?;
+        Ok(Vm {
+            kvm,
+            fd,
+            memory,
+            sync_regs,
+        })
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// Sends accesses to these MSRs to user space; everything else stays
+    /// in KVM. The ranges must already respect KVM's limits (see
+    /// `wasmvisor_exit::Routes::msr_filter`).
+    pub fn set_msr_filter(&self, ranges: &[RangeInclusive<u32>]) -> Result<(), KvmError> {
+        // A zero bit denies the access in the kernel, which with
+        // KVM_MSR_EXIT_REASON_FILTER means: exit to user space.
+        let bitmaps: Vec<Vec<u8>> = ranges
+            .iter()
+            .map(|r| vec![0u8; ((r.end() - r.start()) as usize + 1).div_ceil(8)])
+            .collect();
+        let filter: Vec<MsrFilterRange<'_>> = ranges
+            .iter()
+            .zip(&bitmaps)
+            .map(|(r, bitmap)| MsrFilterRange {
+                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                base: *r.start(),
+                msr_count: r.end() - r.start() + 1,
+                bitmap,
+            })
+            .collect();
+        self.fd
+            .set_msr_filter(MsrFilterDefaultAction::ALLOW, &filter)
+            .map_err(KvmError::ioctl("KVM_X86_SET_MSR_FILTER"))
+    }
+
+    /// The CPUID table KVM supports on this host, the base a CPUID policy
+    /// edits.
+    pub fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>, KvmError> {
+        let cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(KvmError::ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        Ok(cpuid.as_slice().iter().map(CpuidEntry::from).collect())
+    }
+
+    /// Creates vCPU `index`.
+    pub fn create_vcpu(&self, index: u32) -> Result<Vcpu, KvmError> {
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(index))
+            .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
+        Ok(Vcpu::new(fd, index, self.sync_regs))
+    }
+}
