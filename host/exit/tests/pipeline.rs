@@ -1,0 +1,366 @@
+//! classify, validate, apply and the default handler, driven with a fake
+//! vCPU and a real `GuestMemoryMmap`.
+
+use std::collections::HashMap;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use wasmvisor_exit::*;
+
+#[derive(Default)]
+struct FakeVcpu {
+    regs: HashMap<Reg, u64>,
+    injected: Vec<Exception>,
+    msrs: HashMap<u32, u64>,
+}
+
+impl VcpuAccess for FakeVcpu {
+    fn index(&self) -> u32 {
+        0
+    }
+    fn get_reg(&mut self, reg: Reg) -> Result<u64, VcpuAccessError> {
+        Ok(*self.regs.get(&reg).unwrap_or(&0))
+    }
+    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), VcpuAccessError> {
+        self.regs.insert(reg, value);
+        Ok(())
+    }
+    fn inject_exception(&mut self, e: Exception) -> Result<(), VcpuAccessError> {
+        self.injected.push(e);
+        Ok(())
+    }
+    fn host_rdmsr(&mut self, index: u32) -> Result<Option<u64>, VcpuAccessError> {
+        Ok(self.msrs.get(&index).copied())
+    }
+    fn host_wrmsr(&mut self, index: u32, value: u64) -> Result<bool, VcpuAccessError> {
+        if let std::collections::hash_map::Entry::Occupied(mut e) = self.msrs.entry(index) {
+            e.insert(value);
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+}
+
+fn mem() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+}
+
+fn ev(kind: ExitKind) -> ExitEvent {
+    ExitEvent {
+        vcpu: 0,
+        seq: 7,
+        rip: 0x8000,
+        kind,
+    }
+}
+
+fn io(port: u16, direction: Direction, size: u8, data: u32) -> ExitEvent {
+    ev(ExitKind::Io(IoExit {
+        port,
+        size,
+        direction,
+        data,
+    }))
+}
+
+fn msr(index: u32, direction: Direction, value: u64, reason: MsrReason) -> ExitEvent {
+    ev(ExitKind::Msr(MsrExit {
+        index,
+        direction,
+        value,
+        reason,
+    }))
+}
+
+fn subs_ports(first: u16, last: u16) -> Subscriptions {
+    Subscriptions {
+        ports: vec![first..=last],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn classify_orders_policies_then_builtins() {
+    let a = subs_ports(0x3f8, 0x3ff);
+    let b = Subscriptions {
+        ports: vec![0x3f0..=0x3f8],
+        mmio: vec![GpaRange {
+            base: 0xd000_0000,
+            len: 0x1000,
+        }],
+        msrs: vec![0x174..=0x176],
+        events: EventSet {
+            hlt: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let routes = Routes::build(&[&a, &b], &[(vec![0x3f8..=0x3ff], vec![])]).unwrap();
+    let chain = |e: &ExitEvent| match classify(e, &routes) {
+        Route::Chain(c) => c.to_vec(),
+        Route::Default => vec![],
+    };
+    use Target::*;
+    // Overlap at 0x3f8: both policies in load order, then the built-in.
+    assert_eq!(
+        chain(&io(0x3f8, Direction::Write, 1, 0)),
+        vec![Policy(0), Policy(1), Builtin(0)]
+    );
+    assert_eq!(
+        chain(&io(0x3f9, Direction::Write, 1, 0)),
+        vec![Policy(0), Builtin(0)]
+    );
+    assert_eq!(chain(&io(0x3f0, Direction::Read, 1, 0)), vec![Policy(1)]);
+    assert_eq!(chain(&io(0x80, Direction::Read, 1, 0)), vec![]);
+    let mmio = |gpa| {
+        ev(ExitKind::Mmio(MmioExit {
+            gpa,
+            size: 4,
+            direction: Direction::Read,
+            data: 0,
+        }))
+    };
+    assert_eq!(chain(&mmio(0xd000_0000)), vec![Policy(1)]);
+    assert_eq!(chain(&mmio(0xd000_0fff)), vec![Policy(1)]);
+    assert_eq!(chain(&mmio(0xd000_1000)), vec![]);
+    assert_eq!(chain(&mmio(0xcfff_ffff)), vec![]);
+    assert_eq!(
+        chain(&msr(0x175, Direction::Read, 0, MsrReason::Filtered)),
+        vec![Policy(1)]
+    );
+    assert_eq!(chain(&msr(0x177, Direction::Read, 0, MsrReason::Unknown)), vec![]);
+    assert_eq!(chain(&ev(ExitKind::Hlt)), vec![Policy(1)]);
+    assert_eq!(routes.msr_filter(), &[0x174..=0x176]);
+}
+
+#[test]
+fn interval_boundaries_are_exact_for_nested_ranges() {
+    let outer = Subscriptions {
+        msrs: vec![0x100..=0x1ff],
+        ..Default::default()
+    };
+    let inner = Subscriptions {
+        msrs: vec![0x150..=0x15f],
+        ..Default::default()
+    };
+    let routes = Routes::build(&[&outer, &inner], &[]).unwrap();
+    let at = |i| match classify(&msr(i, Direction::Read, 0, MsrReason::Filtered), &routes) {
+        Route::Chain(c) => c.len(),
+        Route::Default => 0,
+    };
+    assert_eq!(
+        [at(0xff), at(0x100), at(0x14f), at(0x150), at(0x15f), at(0x160), at(0x1ff), at(0x200)],
+        [0, 1, 1, 2, 2, 1, 1, 0]
+    );
+    // Merged into one filter range.
+    assert_eq!(routes.msr_filter(), &[0x100..=0x1ff]);
+}
+
+#[test]
+fn too_many_msr_ranges_is_an_error() {
+    let many = Subscriptions {
+        msrs: (0..17u32).map(|i| i * 0x100..=i * 0x100).collect(),
+        ..Default::default()
+    };
+    assert_eq!(
+        Routes::build(&[&many], &[]).unwrap_err(),
+        RoutesError::TooManyMsrRanges { needed: 17 }
+    );
+}
+
+#[test]
+fn validate_rejects_wrong_size_wrong_exit_and_ungranted() {
+    let m = mem();
+    let read = io(0x3fd, Direction::Read, 1, 0);
+    let none = Capabilities::default();
+    assert!(validate(&read, &[Action::CompleteRead(0x60)], none, &m).is_ok());
+    assert_eq!(
+        validate(&read, &[Action::CompleteRead(0x160)], none, &m),
+        Err(ActionFault::WrongSize {
+            value: 0x160,
+            size: 1
+        })
+    );
+    assert_eq!(
+        validate(&read, &[Action::Resume], none, &m),
+        Err(ActionFault::ReadUnanswered { exit: "io" })
+    );
+    let write = io(0x3f8, Direction::Write, 1, 0x41);
+    assert!(matches!(
+        validate(&write, &[Action::CompleteRead(1)], none, &m),
+        Err(ActionFault::WrongExit { .. })
+    ));
+    let set = Action::SetReg {
+        reg: Reg::Rax,
+        value: 1,
+    };
+    assert!(matches!(
+        validate(&write, &[set.clone()], none, &m),
+        Err(ActionFault::NotGranted { .. })
+    ));
+    let granted = Capabilities {
+        set_registers: true,
+        write_memory: true,
+        ..Default::default()
+    };
+    assert!(validate(&write, &[set], granted, &m).is_ok());
+    let oob = Action::WritePhys {
+        gpa: 0xfffe,
+        data: vec![1, 2, 3],
+    };
+    assert!(matches!(
+        validate(&write, &[oob], granted, &m),
+        Err(ActionFault::OutOfRam { .. })
+    ));
+    assert!(matches!(
+        validate(
+            &write,
+            &[Action::Resume, Action::Stop(StopRequest { clean: true, reason: "x".into() })],
+            Capabilities::ALL,
+            &m
+        ),
+        Err(ActionFault::Conflicting { .. })
+    ));
+    let gp_no_code = Action::Inject(Exception {
+        vector: 13,
+        error_code: None,
+    });
+    assert!(matches!(
+        validate(&write, &[gp_no_code], none, &m),
+        Err(ActionFault::BadException { vector: 13, .. })
+    ));
+    let nx = Action::Protect(ProtectRequest {
+        range: GpaRange { base: 0, len: 4096 },
+        mode: Protection::NoExecute,
+    });
+    assert!(matches!(
+        validate(&write, &[nx], Capabilities::ALL, &m),
+        Err(ActionFault::Unsupported(_))
+    ));
+}
+
+#[test]
+fn apply_completes_reads_writes_memory_and_sets_registers() {
+    let m = mem();
+    let mut vcpu = FakeVcpu::default();
+    let mut c = Completion::default();
+    let read = io(0x510, Direction::Read, 4, 0);
+    let actions = [
+        Action::CompleteRead(0xdead_beef),
+        Action::SetReg {
+            reg: Reg::Rbx,
+            value: 5,
+        },
+        Action::WritePhys {
+            gpa: 0x9000,
+            data: vec![0xaa, 0xbb],
+        },
+    ];
+    validate(&read, &actions, Capabilities::ALL, &m).unwrap();
+    let flow = apply(&read, &actions, &mut vcpu, &m, &mut c).unwrap();
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(c.read, Some(0xdead_beef));
+    assert_eq!(vcpu.regs[&Reg::Rbx], 5);
+    assert_eq!(m.read_obj::<u16>(GuestAddress(0x9000)).unwrap(), 0xbbaa);
+}
+
+#[test]
+fn apply_msr_gp_uses_the_fault_flag_not_an_ioctl() {
+    let m = mem();
+    let mut vcpu = FakeVcpu::default();
+    let mut c = Completion::default();
+    let e = msr(0x175, Direction::Read, 0, MsrReason::Filtered);
+    let actions = [Action::Inject(Exception::GP)];
+    validate(&e, &actions, Capabilities::default(), &m).unwrap();
+    apply(&e, &actions, &mut vcpu, &m, &mut c).unwrap();
+    assert!(c.msr_fault);
+    assert!(vcpu.injected.is_empty());
+    // On a port read the exception is queued and the read gets all-ones.
+    let mut c = Completion::default();
+    let e = io(0x60, Direction::Read, 2, 0);
+    apply(&e, &actions, &mut vcpu, &m, &mut c).unwrap();
+    assert_eq!(vcpu.injected, vec![Exception::GP]);
+    assert_eq!(c.read, Some(0xffff));
+}
+
+#[test]
+fn apply_stop_and_handled_hlt() {
+    let m = mem();
+    let mut vcpu = FakeVcpu::default();
+    let mut c = Completion::default();
+    let stop = Action::Stop(StopRequest {
+        clean: false,
+        reason: "bad".into(),
+    });
+    let flow = apply(&ev(ExitKind::Hlt), &[stop], &mut vcpu, &m, &mut c).unwrap();
+    assert!(matches!(flow, Flow::Stop(StopRequest { clean: false, .. })));
+    let flow = apply(&ev(ExitKind::Hlt), &[Action::Resume], &mut vcpu, &m, &mut c).unwrap();
+    assert_eq!(flow, Flow::Continue);
+}
+
+#[test]
+fn defaults_answer_unclaimed_exits() {
+    let mut vcpu = FakeVcpu::default();
+    vcpu.msrs.insert(0x174, 0x10);
+    let run = |e: ExitEvent, vcpu: &mut FakeVcpu| {
+        let mut c = Completion::default();
+        let flow = default_actions(&e, vcpu, &mut c).unwrap();
+        (flow, c)
+    };
+    let (_, c) = run(io(0x600, Direction::Read, 4, 0), &mut vcpu);
+    assert_eq!(c.read, Some(0xffff_ffff));
+    let (_, c) = run(io(0x600, Direction::Write, 1, 3), &mut vcpu);
+    assert_eq!(c, Completion::default());
+    let (_, c) = run(msr(0x174, Direction::Read, 0, MsrReason::Filtered), &mut vcpu);
+    assert_eq!(c.read, Some(0x10));
+    let (_, c) = run(msr(0x174, Direction::Write, 0x20, MsrReason::Filtered), &mut vcpu);
+    assert!(!c.msr_fault);
+    assert_eq!(vcpu.msrs[&0x174], 0x20);
+    let (_, c) = run(msr(0x175, Direction::Read, 0, MsrReason::Filtered), &mut vcpu);
+    assert!(c.msr_fault, "an MSR KVM does not know raises #GP");
+    let (_, c) = run(msr(0x1234_5678, Direction::Write, 1, MsrReason::Unknown), &mut vcpu);
+    assert!(c.msr_fault);
+    let (flow, _) = run(ev(ExitKind::Hlt), &mut vcpu);
+    assert_eq!(flow, Flow::Halt);
+    let (flow, _) = run(
+        ev(ExitKind::Shutdown {
+            reason: ShutdownReason::TripleFault,
+        }),
+        &mut vcpu,
+    );
+    assert!(matches!(flow, Flow::Stop(StopRequest { clean: false, .. })));
+}
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// classify agrees with a naive scan of the subscriptions.
+        #[test]
+        fn classify_matches_naive_scan(
+            ranges in proptest::collection::vec((0u32..0x400, 0u32..0x40), 1..6),
+            probes in proptest::collection::vec(0u32..0x480, 1..50),
+        ) {
+            let subs: Vec<Subscriptions> = ranges
+                .iter()
+                .map(|&(start, len)| Subscriptions { msrs: vec![start..=start + len], ..Default::default() })
+                .collect();
+            let refs: Vec<&Subscriptions> = subs.iter().collect();
+            let routes = Routes::build(&refs, &[]).unwrap();
+            for p in probes {
+                let expect: Vec<Target> = subs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.msrs[0].contains(&p))
+                    .map(|(i, _)| Target::Policy(i as u16))
+                    .collect();
+                let got = match classify(&msr(p, Direction::Read, 0, MsrReason::Filtered), &routes) {
+                    Route::Chain(c) => c.to_vec(),
+                    Route::Default => vec![],
+                };
+                prop_assert_eq!(got, expect);
+            }
+        }
+    }
+}
