@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks to build and test wasmvisor:
+# the wasm32-wasip2 Rust target and binutils (the guests' assembler).
+set -euo pipefail
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2
+fi
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+missing=()
+for tool in as ld objcopy; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=(binutils)
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq binutils
+fi
+if [ ! -e /dev/kvm ]; then
+  echo "setup: warning: /dev/kvm is missing; KVM tests will fail (set WASMVISOR_SKIP_KVM=1 to skip them)" >&2
+fi
