@@ -1,0 +1,135 @@
+//! Bad input: each case is one readable error line, a non-zero exit code
+//! and no panic.
+
+use wasmvisor_tests::*;
+
+fn hello() -> String {
+    guest("hello.elf").display().to_string()
+}
+
+#[test]
+fn malformed_wasm_is_refused() {
+    let dir = scratch("malformed");
+    let p = dir.join("junk.wasm");
+    std::fs::write(&p, b"this is not wasm at all").unwrap();
+    let r = wasmvisor(&["run", "--guest", &hello(), "--policy", p.to_str().unwrap()]);
+    let line = r.one_error_line();
+    assert!(line.contains("junk.wasm"), "{line}");
+    assert!(line.contains("not a WebAssembly file"), "{line}");
+    assert_eq!(r.code, 1);
+}
+
+#[test]
+fn core_module_is_refused() {
+    let dir = scratch("core");
+    let p = dir.join("core.wasm");
+    std::fs::write(&p, b"\0asm\x01\0\0\0").unwrap();
+    let r = wasmvisor(&["run", "--guest", &hello(), "--policy", p.to_str().unwrap()]);
+    let line = r.one_error_line();
+    assert!(line.contains("core Wasm module, not a component"), "{line}");
+}
+
+#[test]
+fn component_of_another_world_is_refused() {
+    let p = assets().join("fixtures/other-world.wasm");
+    let r = wasmvisor(&["run", "--guest", &hello(), "--policy", p.to_str().unwrap()]);
+    let line = r.one_error_line();
+    assert!(
+        line.contains("policy other-world.wasm does not export wasmvisor:policy/handler@0.1.0"),
+        "{line}"
+    );
+    let r = wasmvisor(&["policy", "inspect", p.to_str().unwrap()]);
+    r.one_error_line();
+}
+
+#[test]
+fn missing_guest_file() {
+    let r = wasmvisor(&["run", "--guest", "/nonexistent/guest.bin", "--policy", &policy("serial")]);
+    let line = r.one_error_line();
+    assert!(line.contains("/nonexistent/guest.bin"), "{line}");
+    assert!(line.contains("No such file"), "{line}");
+}
+
+#[test]
+fn guest_larger_than_ram() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("large");
+    let p = dir.join("big.bin");
+    std::fs::write(&p, vec![0xf4u8; 2 << 20]).unwrap();
+    let r = wasmvisor(&["run", "--guest", p.to_str().unwrap(), "--mem", "1M"]);
+    let line = r.one_error_line();
+    assert!(line.contains("does not fit in 1048576 bytes of RAM"), "{line}");
+}
+
+#[test]
+fn bad_elf_header_is_refused() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("badelf");
+    let p = dir.join("bad.elf");
+    let mut img = std::fs::read(guest("hello.elf")).unwrap();
+    img[18] = 0x28; // e_machine = ARM
+    std::fs::write(&p, img).unwrap();
+    let r = wasmvisor(&["run", "--guest", p.to_str().unwrap()]);
+    let line = r.one_error_line();
+    assert!(line.contains("bad ELF header: not an x86-64 executable"), "{line}");
+}
+
+#[test]
+fn cli_values_out_of_range() {
+    for (args, needle) in [
+        (vec!["--vcpus", "99"], "--vcpus 99 is out of range"),
+        (vec!["--vcpus", "0"], "--vcpus 0 is out of range"),
+        (vec!["--mem", "64G"], "--mem 64G is out of range"),
+        (vec!["--mem", "lots"], "invalid size `lots`"),
+        (vec!["--mode", "virtual86"], "invalid mode `virtual86`"),
+        (vec!["--load-addr", "0xzz"], "invalid number `0xzz`"),
+        (vec!["--serial", "usb"], "invalid --serial `usb`"),
+        (vec!["--policy-deadline-ms", "0"], "out of range"),
+    ] {
+        let mut full = vec!["run", "--guest", "g.bin"];
+        full.extend(args);
+        let r = wasmvisor(&full);
+        let line = r.one_error_line();
+        assert!(line.contains(needle), "{line} lacks {needle}");
+    }
+    // An unknown flag is a usage error (clap, exit code 2).
+    let r = wasmvisor(&["run", "--frobnicate"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(!r.stderr.contains("panicked"));
+}
+
+#[test]
+fn unknown_policy_config_key_is_refused() {
+    if !kvm_available() {
+        return;
+    }
+    let r = wasmvisor(&[
+        "run",
+        "--guest",
+        &hello(),
+        "--policy",
+        &format!("{}:colour=blue", policy("serial")),
+    ]);
+    let line = r.one_error_line();
+    assert!(line.contains("unknown config key `colour`"), "{line}");
+}
+
+#[test]
+fn inspect_shows_name_version_and_subscriptions() {
+    let r = wasmvisor(&["policy", "inspect", &policy("serial")]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("name:         serial\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("exports:      wasmvisor:policy/handler@0.1.0\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("  ports:        0x3f8-0x3ff\n"), "{}", r.stdout);
+    let r = wasmvisor(&[
+        "policy",
+        "inspect",
+        &format!("{}:watch=0x170-0x17f,allow=0x174", policy("msr-guard")),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("  msrs:         0x170-0x17f\n"), "{}", r.stdout);
+}

@@ -1,0 +1,193 @@
+//! Each example guest under the policies it exercises, asserting what the
+//! guest itself printed about what it saw.
+
+use wasmvisor_tests::*;
+
+/// The lines the devices guest prints under the demo policies.
+const DEVICES_DEMO: &[&str] = &[
+    "devices: start",
+    "scratch: 000000a5",
+    "port 0x510: 57565342",
+    "port 0x514: deadbeef",
+    "port 0x600: ffffffff",
+    "mmio 0xd0000000: 57565342",
+    "mmio 0xd0000010: 12345678",
+    "mmio 0xe0000000: ffffffff",
+    "msr 0x50000000: 1122334455667788",
+    "msr 0x50000001: 0000cafef00dbabe",
+    "msr 0x174: 0000000000000010",
+    "#GP",
+    "msr 0x175: 0000000000000000",
+];
+
+fn assert_lines_in_order(out: &str, expected: &[&str]) {
+    let lines: Vec<&str> = out.lines().collect();
+    let mut at = 0;
+    for want in expected {
+        match lines[at..].iter().position(|l| l == want) {
+            Some(i) => at += i + 1,
+            None => panic!("missing line {want:?} (in order) in guest output:\n{out}"),
+        }
+    }
+}
+
+#[test]
+fn demo_runs_devices_guest_under_default_policies() {
+    if !kvm_available() {
+        return;
+    }
+    let r = wasmvisor(&["run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_lines_in_order(&r.stdout, DEVICES_DEMO);
+    assert!(r.stdout.contains("cpuid 0x40000000: wasmvisor...\n"), "{}", r.stdout);
+    assert!(r.stdout.ends_with("devices: done\n"), "{}", r.stdout);
+    // The summary names exit kinds and every policy, with the serial
+    // policy having handled the console.
+    assert!(r.stderr.contains("wasmvisor: all vCPUs halted"), "{}", r.stderr);
+    assert!(r.stderr.contains("exits: "), "{}", r.stderr);
+    let serial = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("policy serial: handled "))
+        .unwrap_or_else(|| panic!("no serial line in summary: {}", r.stderr));
+    let handled: u64 = serial["policy serial: handled ".len()..]
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // At least two exits (LSR poll + THR write) per printed byte.
+    assert!(handled >= 2 * r.stdout.len() as u64, "{serial} for {} bytes", r.stdout.len());
+    for p in ["regbank", "msr-guard", "cpuid-mask"] {
+        assert!(r.stderr.contains(&format!("policy {p}: ")), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn denied_msr_is_logged_by_the_guard() {
+    if !kvm_available() {
+        return;
+    }
+    let r = wasmvisor(&["run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("msr-guard: denied rdmsr 0x175 on vcpu 0"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn cpuid_mask_sets_vendor_seen_by_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let config = assets().join("demo.toml");
+    let r = wasmvisor(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--policy",
+        &policy("serial"),
+        "--policy",
+        &format!("{}:vendor=WasmVisorCPU,hypervisor=TestHVsig", policy("cpuid-mask")),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("cpuid 0x0: WasmVisorCPU\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("cpuid 0x40000000: TestHVsig...\n"), "{}", r.stdout);
+    // Without the register bank and MSR guard the defaults answer.
+    assert!(r.stdout.contains("port 0x510: ffffffff\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("mmio 0xd0000000: ffffffff\n"), "{}", r.stdout);
+    // 0x50000000 is unknown to KVM and unclaimed: #GP.
+    assert!(r.stdout.contains("#GP\nmsr 0x50000000: 0000000000000000\n"), "{}", r.stdout);
+}
+
+#[test]
+fn hello_elf_long_mode_through_serial_policy() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("hello.elf");
+    let r = wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--policy", &policy("serial")]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n");
+    assert!(r.stderr.contains("policy serial: handled "), "{}", r.stderr);
+}
+
+#[test]
+fn hello_elf_with_native_serial_and_no_policy() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("hello.elf");
+    let r = wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--serial", "native", "--stats"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n");
+    assert!(r.stderr.contains("built-in devices: "), "{}", r.stderr);
+    assert!(!r.stderr.contains("built-in devices: 0,"), "{}", r.stderr);
+    assert!(r.stderr.contains("stats: {"), "{}", r.stderr);
+}
+
+#[test]
+fn smp_guest_real_mode_on_four_vcpus() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("smp.bin");
+    let r = wasmvisor(&[
+        "run",
+        "--guest",
+        g.to_str().unwrap(),
+        "--mode",
+        "real",
+        "--vcpus",
+        "4",
+        "--policy",
+        &policy("serial"),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let mut lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.pop(), Some("smp: 4 cpus up"), "{}", r.stdout);
+    lines.sort();
+    assert_eq!(lines, ["cpu 0 up", "cpu 1 up", "cpu 2 up", "cpu 3 up"], "{}", r.stdout);
+}
+
+#[test]
+fn io_tracer_writes_json_lines_and_declines() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("tracer");
+    let events = dir.join("events.jsonl");
+    let g = guest("hello.elf");
+    let r = wasmvisor(&[
+        "run",
+        "--guest",
+        g.to_str().unwrap(),
+        "--policy",
+        &format!("{}:ports=0x3f8-0x3ff", policy("io-tracer")),
+        "--policy",
+        &policy("serial"),
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // The tracer declined, so the serial policy still printed.
+    assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n");
+    let text = std::fs::read_to_string(&events).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let outs: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "io" && r["data"]["dir"] == "out" && r["data"]["port"] == 0x3f8)
+        .collect();
+    let printed: String = outs
+        .iter()
+        .map(|r| r["data"]["data"].as_u64().unwrap() as u8 as char)
+        .collect();
+    assert_eq!(printed, "Hello from a wasmvisor guest!\n");
+    assert!(records.iter().all(|r| r["policy"] == "io-tracer" && r["vcpu"] == 0));
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -1,0 +1,85 @@
+//! How a VM ends: a guest fault is one line with vCPU, RIP and reason; a
+//! signal stops the VM cleanly; a policy's stop action sets the exit code.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wasmvisor_tests::*;
+
+#[test]
+fn triple_fault_is_one_line_with_vcpu_rip_and_reason() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("triple");
+    let p = dir.join("ud2.bin");
+    // ud2 in protected mode with no IDT: #UD -> #GP -> #DF -> shutdown.
+    std::fs::write(&p, [0x0f, 0x0b]).unwrap();
+    let r = wasmvisor(&["run", "--guest", p.to_str().unwrap(), "--mode", "protected"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    let fault: Vec<&str> = r.stderr.lines().filter(|l| l.contains("guest fault")).collect();
+    assert_eq!(fault.len(), 1, "{}", r.stderr);
+    assert!(fault[0].contains("vcpu 0 at rip 0x"), "{}", fault[0]);
+    assert!(
+        fault[0].contains("shutdown (triple fault)") || fault[0].contains("KVM internal error"),
+        "{}",
+        fault[0]
+    );
+}
+
+#[test]
+fn sigint_stops_a_spinning_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("spin");
+    let p = dir.join("spin.bin");
+    std::fs::write(&p, [0xeb, 0xfe]).unwrap(); // jmp $
+    let mut child = Command::new(bin())
+        .args(["run", "--guest", p.to_str().unwrap(), "--vcpus", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "slow to stop");
+    let r: Run = out.into();
+    assert_eq!(r.code, 130, "{r:?}");
+    assert!(r.stderr.contains("stopped by signal 2"), "{}", r.stderr);
+}
+
+#[test]
+fn policy_stop_action_sets_exit_code() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("devices.bin");
+    let r = wasmvisor(&[
+        "run",
+        "--guest",
+        g.to_str().unwrap(),
+        "--mode",
+        "protected",
+        "--policy",
+        &policy("serial"),
+        "--policy",
+        &format!("{}:watch=0x170-0x17f,allow=0x174,on-deny=stop", policy("msr-guard")),
+    ]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("stopped by policy msr-guard (failure)"),
+        "{}",
+        r.stderr
+    );
+    // The guest got as far as the denied MSR and no further.
+    assert!(r.stdout.contains("msr 0x174: "), "{}", r.stdout);
+    assert!(!r.stdout.contains("msr 0x175: "), "{}", r.stdout);
+}

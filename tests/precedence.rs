@@ -1,0 +1,74 @@
+//! Two policies with overlapping and disjoint subscriptions: the first
+//! loaded answers on the overlap, each answers alone on its own part, and
+//! a declining policy hands the exit on.
+
+use wasmvisor_tests::*;
+
+fn devices_with(policies: &[String]) -> Run {
+    let g = guest("devices.bin");
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--guest".into(),
+        g.display().to_string(),
+        "--mode".into(),
+        "protected".into(),
+        "--policy".into(),
+        policy("serial"),
+    ];
+    for p in policies {
+        args.push("--policy".into());
+        args.push(p.clone());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    wasmvisor(&refs)
+}
+
+fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{out}"))
+}
+
+#[test]
+fn first_loaded_policy_wins_on_overlap() {
+    if !kvm_available() {
+        return;
+    }
+    // A: MMIO only. B: the same MMIO base (overlap) plus ports (disjoint).
+    let a = format!("{}:mmio=0xd0000000+0x1000,id=0xaaaa0001", policy("regbank"));
+    let b = format!(
+        "{}:mmio=0xd0000000+0x20,ports=0x510-0x51f,id=0xbbbb0002",
+        policy("regbank")
+    );
+    let r = devices_with(&[a.clone(), b.clone()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(line(&r.stdout, "mmio 0xd0000000: "), "mmio 0xd0000000: aaaa0001");
+    assert_eq!(line(&r.stdout, "port 0x510: "), "port 0x510: bbbb0002");
+
+    let r = devices_with(&[b, a]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(line(&r.stdout, "mmio 0xd0000000: "), "mmio 0xd0000000: bbbb0002");
+    assert_eq!(line(&r.stdout, "port 0x510: "), "port 0x510: bbbb0002");
+    // Outside B's 0x20-byte window only A subscribes: the write and
+    // read-back at 0xd0000010 is B's (inside), so check A answers alone
+    // past it through the summary instead: both policies handled exits.
+    assert!(r.stderr.contains("policy regbank: handled "), "{}", r.stderr);
+    assert!(r.stderr.contains("policy regbank#2: handled "), "{}", r.stderr);
+}
+
+#[test]
+fn declining_policy_passes_exit_to_the_next() {
+    if !kvm_available() {
+        return;
+    }
+    // The tracer subscribes to the register bank's ports but declines, so
+    // the bank behind it answers.
+    let tracer = format!("{}:ports=0x510-0x51f", policy("io-tracer"));
+    let bank = format!("{}:ports=0x510-0x51f,id=0x12341234", policy("regbank"));
+    let r = devices_with(&[tracer, bank]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(line(&r.stdout, "port 0x510: "), "port 0x510: 12341234");
+    assert_eq!(line(&r.stdout, "port 0x514: "), "port 0x514: deadbeef");
+    let tracer_line = line(&r.stderr, "policy io-tracer: ");
+    assert!(tracer_line.contains("handled 0, declined 3"), "{tracer_line}");
+}

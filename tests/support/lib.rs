@@ -1,0 +1,111 @@
+//! Helpers for the end-to-end tests: find the binary and the assets, gate
+//! KVM tests, run the CLI and capture what a user would see.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace root")
+        .to_path_buf()
+}
+
+/// target/release/wasmvisor; panics with the command to build it.
+pub fn bin() -> PathBuf {
+    let p = root().join("target/release/wasmvisor");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `make build` before the end-to-end tests",
+        p.display()
+    );
+    p
+}
+
+/// target/assets (guests, policies, fixtures, demo.toml).
+pub fn assets() -> PathBuf {
+    let p = root().join("target/assets");
+    assert!(
+        p.join("demo.toml").is_file(),
+        "{} is missing: run `make assets` before the end-to-end tests",
+        p.display()
+    );
+    p
+}
+
+/// A built guest image.
+pub fn guest(name: &str) -> PathBuf {
+    assets().join("guests").join(name)
+}
+
+/// A built policy component.
+pub fn policy(name: &str) -> String {
+    assets()
+        .join("policies")
+        .join(format!("{name}.wasm"))
+        .display()
+        .to_string()
+}
+
+/// Call at the top of every test that needs KVM. Without `/dev/kvm` the
+/// test fails, unless `WASMVISOR_SKIP_KVM=1`, in which case it returns
+/// false and the test must return early.
+pub fn kvm_available() -> bool {
+    if Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    if std::env::var("WASMVISOR_SKIP_KVM").as_deref() == Ok("1") {
+        eprintln!("skipping: /dev/kvm is missing and WASMVISOR_SKIP_KVM=1");
+        return false;
+    }
+    panic!("/dev/kvm is missing: KVM tests fail without it (set WASMVISOR_SKIP_KVM=1 to skip them)");
+}
+
+/// What one CLI run showed the user.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Asserts the run failed with exactly one readable error line and no
+    /// panic, and returns that line.
+    pub fn one_error_line(&self) -> String {
+        assert_ne!(self.code, 0, "expected a failure: {self:?}");
+        assert!(!self.stderr.contains("panicked"), "host panicked: {}", self.stderr);
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "expected one error line, got: {}", self.stderr);
+        assert!(lines[0].starts_with("wasmvisor: error: "), "{}", lines[0]);
+        lines[0].to_string()
+    }
+}
+
+/// Runs `wasmvisor ARGS...` to completion.
+pub fn wasmvisor(args: &[&str]) -> Run {
+    Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("wasmvisor starts")
+        .into()
+}
+
+/// A scratch directory unique to this test process and `name`.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("wasmvisor-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
