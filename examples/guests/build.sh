@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Assembles the example guests with binutils alone (as, ld, objcopy).
+#
+#   examples/guests/build.sh OUT_DIR
+#
+# produces in OUT_DIR:
+#   hello.elf    ELF64, 64-bit long mode, loaded at 1 MiB, entry _start
+#   devices.bin  flat, 32-bit protected mode, load at 0x8000, entry = byte 0
+#   smp.bin      flat, 16-bit real mode, load at 0x8000, entry = byte 0
+set -euo pipefail
+
+if [ "$#" -ne 1 ]; then
+    echo "usage: $0 OUT_DIR" >&2
+    exit 2
+fi
+
+src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+out="$1"
+
+for tool in as ld objcopy; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "$0: '$tool' not found; install binutils" >&2
+        exit 1
+    fi
+done
+
+mkdir -p "$out"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+ldflags=(-nostdlib -static --build-id=none)
+
+# hello.elf: 64-bit code, hello.ld puts the single PT_LOAD at 0x100000.
+as --64 -o "$work/hello.o" "$src/hello.S"
+ld -m elf_x86_64 "${ldflags[@]}" -T "$src/hello.ld" \
+    -o "$work/hello.elf" "$work/hello.o"
+
+# Flat images: assembled as 32-bit ELF objects (smp.S switches to .code16
+# itself), linked at 0x8000 by flat.ld, then stripped to raw bytes.
+for guest in devices smp; do
+    as --32 -o "$work/$guest.o" "$src/$guest.S"
+    ld -m elf_i386 "${ldflags[@]}" -T "$src/flat.ld" \
+        -o "$work/$guest.elf" "$work/$guest.o"
+    objcopy -O binary "$work/$guest.elf" "$work/$guest.bin"
+    chmod 644 "$work/$guest.bin"    # raw images, not host executables
+done
+
+# Publish only once everything built, so OUT_DIR never holds a mix of old
+# and new guests after a failed build.
+cp "$work/hello.elf" "$work/devices.bin" "$work/smp.bin" "$out/"
