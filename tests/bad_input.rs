@@ -44,7 +44,13 @@ fn component_of_another_world_is_refused() {
 
 #[test]
 fn missing_guest_file() {
-    let r = wasmvisor(&["run", "--guest", "/nonexistent/guest.bin", "--policy", &policy("serial")]);
+    let r = wasmvisor(&[
+        "run",
+        "--guest",
+        "/nonexistent/guest.bin",
+        "--policy",
+        &policy("serial"),
+    ]);
     let line = r.one_error_line();
     assert!(line.contains("/nonexistent/guest.bin"), "{line}");
     assert!(line.contains("No such file"), "{line}");
@@ -60,7 +66,10 @@ fn guest_larger_than_ram() {
     std::fs::write(&p, vec![0xf4u8; 2 << 20]).unwrap();
     let r = wasmvisor(&["run", "--guest", p.to_str().unwrap(), "--mem", "1M"]);
     let line = r.one_error_line();
-    assert!(line.contains("does not fit in 1048576 bytes of RAM"), "{line}");
+    assert!(
+        line.contains("does not fit in 1048576 bytes of RAM"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -75,7 +84,10 @@ fn bad_elf_header_is_refused() {
     std::fs::write(&p, img).unwrap();
     let r = wasmvisor(&["run", "--guest", p.to_str().unwrap()]);
     let line = r.one_error_line();
-    assert!(line.contains("bad ELF header: not an x86-64 executable"), "{line}");
+    assert!(
+        line.contains("bad ELF header: not an x86-64 executable"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -123,13 +135,26 @@ fn inspect_shows_name_version_and_subscriptions() {
     let r = wasmvisor(&["policy", "inspect", &policy("serial")]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("name:         serial\n"), "{}", r.stdout);
-    assert!(r.stdout.contains("exports:      wasmvisor:policy/handler@0.1.0\n"), "{}", r.stdout);
-    assert!(r.stdout.contains("  ports:        0x3f8-0x3ff\n"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("exports:      wasmvisor:policy/handler@0.1.0\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("  ports:        0x3f8-0x3ff\n"),
+        "{}",
+        r.stdout
+    );
     let r = wasmvisor(&[
         "policy",
         "inspect",
         &format!("{}:watch=0x170-0x17f,allow=0x174", policy("msr-guard")),
     ]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("  msrs:         0x170-0x17f\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("  msrs:         0x170-0x17f\n"),
+        "{}",
+        r.stdout
+    );
 }

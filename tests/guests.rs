@@ -39,11 +39,19 @@ fn demo_runs_devices_guest_under_default_policies() {
     let r = wasmvisor(&["run"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_lines_in_order(&r.stdout, DEVICES_DEMO);
-    assert!(r.stdout.contains("cpuid 0x40000000: wasmvisor...\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("cpuid 0x40000000: wasmvisor...\n"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.ends_with("devices: done\n"), "{}", r.stdout);
     // The summary names exit kinds and every policy, with the serial
     // policy having handled the console.
-    assert!(r.stderr.contains("wasmvisor: all vCPUs halted"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("wasmvisor: all vCPUs halted"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("exits: "), "{}", r.stderr);
     let serial = r
         .stderr
@@ -57,7 +65,11 @@ fn demo_runs_devices_guest_under_default_policies() {
         .parse()
         .unwrap();
     // At least two exits (LSR poll + THR write) per printed byte.
-    assert!(handled >= 2 * r.stdout.len() as u64, "{serial} for {} bytes", r.stdout.len());
+    assert!(
+        handled >= 2 * r.stdout.len() as u64,
+        "{serial} for {} bytes",
+        r.stdout.len()
+    );
     for p in ["regbank", "msr-guard", "cpuid-mask"] {
         assert!(r.stderr.contains(&format!("policy {p}: ")), "{}", r.stderr);
     }
@@ -90,16 +102,35 @@ fn cpuid_mask_sets_vendor_seen_by_guest() {
         "--policy",
         &policy("serial"),
         "--policy",
-        &format!("{}:vendor=WasmVisorCPU,hypervisor=TestHVsig", policy("cpuid-mask")),
+        &format!(
+            "{}:vendor=WasmVisorCPU,hypervisor=TestHVsig",
+            policy("cpuid-mask")
+        ),
     ]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("cpuid 0x0: WasmVisorCPU\n"), "{}", r.stdout);
-    assert!(r.stdout.contains("cpuid 0x40000000: TestHVsig...\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("cpuid 0x0: WasmVisorCPU\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("cpuid 0x40000000: TestHVsig...\n"),
+        "{}",
+        r.stdout
+    );
     // Without the register bank and MSR guard the defaults answer.
     assert!(r.stdout.contains("port 0x510: ffffffff\n"), "{}", r.stdout);
-    assert!(r.stdout.contains("mmio 0xd0000000: ffffffff\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("mmio 0xd0000000: ffffffff\n"),
+        "{}",
+        r.stdout
+    );
     // 0x50000000 is unknown to KVM and unclaimed: #GP.
-    assert!(r.stdout.contains("#GP\nmsr 0x50000000: 0000000000000000\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("#GP\nmsr 0x50000000: 0000000000000000\n"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -108,7 +139,13 @@ fn hello_elf_long_mode_through_serial_policy() {
         return;
     }
     let g = guest("hello.elf");
-    let r = wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--policy", &policy("serial")]);
+    let r = wasmvisor(&[
+        "run",
+        "--guest",
+        g.to_str().unwrap(),
+        "--policy",
+        &policy("serial"),
+    ]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n");
     assert!(r.stderr.contains("policy serial: handled "), "{}", r.stderr);
@@ -120,7 +157,14 @@ fn hello_elf_with_native_serial_and_no_policy() {
         return;
     }
     let g = guest("hello.elf");
-    let r = wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--serial", "native", "--stats"]);
+    let r = wasmvisor(&[
+        "run",
+        "--guest",
+        g.to_str().unwrap(),
+        "--serial",
+        "native",
+        "--stats",
+    ]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n");
     assert!(r.stderr.contains("built-in devices: "), "{}", r.stderr);
@@ -149,7 +193,12 @@ fn smp_guest_real_mode_on_four_vcpus() {
     let mut lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(lines.pop(), Some("smp: 4 cpus up"), "{}", r.stdout);
     lines.sort();
-    assert_eq!(lines, ["cpu 0 up", "cpu 1 up", "cpu 2 up", "cpu 3 up"], "{}", r.stdout);
+    assert_eq!(
+        lines,
+        ["cpu 0 up", "cpu 1 up", "cpu 2 up", "cpu 3 up"],
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -188,6 +237,8 @@ fn io_tracer_writes_json_lines_and_declines() {
         .map(|r| r["data"]["data"].as_u64().unwrap() as u8 as char)
         .collect();
     assert_eq!(printed, "Hello from a wasmvisor guest!\n");
-    assert!(records.iter().all(|r| r["policy"] == "io-tracer" && r["vcpu"] == 0));
+    assert!(records
+        .iter()
+        .all(|r| r["policy"] == "io-tracer" && r["vcpu"] == 0));
     std::fs::remove_dir_all(dir).ok();
 }

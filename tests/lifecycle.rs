@@ -18,7 +18,11 @@ fn triple_fault_is_one_line_with_vcpu_rip_and_reason() {
     let r = wasmvisor(&["run", "--guest", p.to_str().unwrap(), "--mode", "protected"]);
     assert_eq!(r.code, 3, "{r:?}");
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
-    let fault: Vec<&str> = r.stderr.lines().filter(|l| l.contains("guest fault")).collect();
+    let fault: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("guest fault"))
+        .collect();
     assert_eq!(fault.len(), 1, "{}", r.stderr);
     assert!(fault[0].contains("vcpu 0 at rip 0x"), "{}", fault[0]);
     assert!(
@@ -71,7 +75,10 @@ fn policy_stop_action_sets_exit_code() {
         "--policy",
         &policy("serial"),
         "--policy",
-        &format!("{}:watch=0x170-0x17f,allow=0x174,on-deny=stop", policy("msr-guard")),
+        &format!(
+            "{}:watch=0x170-0x17f,allow=0x174,on-deny=stop",
+            policy("msr-guard")
+        ),
     ]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(

@@ -42,18 +42,32 @@ fn first_loaded_policy_wins_on_overlap() {
     );
     let r = devices_with(&[a.clone(), b.clone()]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(line(&r.stdout, "mmio 0xd0000000: "), "mmio 0xd0000000: aaaa0001");
+    assert_eq!(
+        line(&r.stdout, "mmio 0xd0000000: "),
+        "mmio 0xd0000000: aaaa0001"
+    );
     assert_eq!(line(&r.stdout, "port 0x510: "), "port 0x510: bbbb0002");
 
     let r = devices_with(&[b, a]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(line(&r.stdout, "mmio 0xd0000000: "), "mmio 0xd0000000: bbbb0002");
+    assert_eq!(
+        line(&r.stdout, "mmio 0xd0000000: "),
+        "mmio 0xd0000000: bbbb0002"
+    );
     assert_eq!(line(&r.stdout, "port 0x510: "), "port 0x510: bbbb0002");
     // Outside B's 0x20-byte window only A subscribes: the write and
     // read-back at 0xd0000010 is B's (inside), so check A answers alone
     // past it through the summary instead: both policies handled exits.
-    assert!(r.stderr.contains("policy regbank: handled "), "{}", r.stderr);
-    assert!(r.stderr.contains("policy regbank#2: handled "), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("policy regbank: handled "),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("policy regbank#2: handled "),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -70,5 +84,8 @@ fn declining_policy_passes_exit_to_the_next() {
     assert_eq!(line(&r.stdout, "port 0x510: "), "port 0x510: 12341234");
     assert_eq!(line(&r.stdout, "port 0x514: "), "port 0x514: deadbeef");
     let tracer_line = line(&r.stderr, "policy io-tracer: ");
-    assert!(tracer_line.contains("handled 0, declined 3"), "{tracer_line}");
+    assert!(
+        tracer_line.contains("handled 0, declined 3"),
+        "{tracer_line}"
+    );
 }

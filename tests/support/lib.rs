@@ -59,7 +59,9 @@ pub fn kvm_available() -> bool {
         eprintln!("skipping: /dev/kvm is missing and WASMVISOR_SKIP_KVM=1");
         return false;
     }
-    panic!("/dev/kvm is missing: KVM tests fail without it (set WASMVISOR_SKIP_KVM=1 to skip them)");
+    panic!(
+        "/dev/kvm is missing: KVM tests fail without it (set WASMVISOR_SKIP_KVM=1 to skip them)"
+    );
 }
 
 /// What one CLI run showed the user.
@@ -85,9 +87,18 @@ impl Run {
     /// panic, and returns that line.
     pub fn one_error_line(&self) -> String {
         assert_ne!(self.code, 0, "expected a failure: {self:?}");
-        assert!(!self.stderr.contains("panicked"), "host panicked: {}", self.stderr);
+        assert!(
+            !self.stderr.contains("panicked"),
+            "host panicked: {}",
+            self.stderr
+        );
         let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "expected one error line, got: {}", self.stderr);
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one error line, got: {}",
+            self.stderr
+        );
         assert!(lines[0].starts_with("wasmvisor: error: "), "{}", lines[0]);
         lines[0].to_string()
     }

@@ -58,10 +58,7 @@ struct IntervalTable<T> {
 impl<T: Copy + Ord> IntervalTable<T> {
     fn lookup(&self, key: T) -> Option<u16> {
         let idx = self.entries.partition_point(|e| e.1 < key);
-        self.entries
-            .get(idx)
-            .filter(|e| e.0 <= key)
-            .map(|e| e.2)
+        self.entries.get(idx).filter(|e| e.0 <= key).map(|e| e.2)
     }
 }
 
@@ -254,9 +251,7 @@ where
 }
 
 /// Merges MSR ranges and splits them to KVM's per-range bitmap limit.
-fn filter_ranges(
-    ranges: &[(u32, u32, Target)],
-) -> Result<Vec<RangeInclusive<u32>>, RoutesError> {
+fn filter_ranges(ranges: &[(u32, u32, Target)]) -> Result<Vec<RangeInclusive<u32>>, RoutesError> {
     let mut sorted: Vec<(u32, u32)> = ranges.iter().map(|r| (r.0, r.1)).collect();
     sorted.sort_unstable();
     let mut merged: Vec<(u32, u32)> = Vec::new();

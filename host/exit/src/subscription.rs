@@ -83,7 +83,10 @@ impl Capabilities {
             (self.debug, "debug"),
             (self.stop_vm, "stop-vm"),
         ];
-        all.into_iter().filter(|(on, _)| *on).map(|(_, n)| n).collect()
+        all.into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| n)
+            .collect()
     }
 }
 

@@ -128,7 +128,10 @@ fn classify_orders_policies_then_builtins() {
         chain(&msr(0x175, Direction::Read, 0, MsrReason::Filtered)),
         vec![Policy(1)]
     );
-    assert_eq!(chain(&msr(0x177, Direction::Read, 0, MsrReason::Unknown)), vec![]);
+    assert_eq!(
+        chain(&msr(0x177, Direction::Read, 0, MsrReason::Unknown)),
+        vec![]
+    );
     assert_eq!(chain(&ev(ExitKind::Hlt)), vec![Policy(1)]);
     assert_eq!(routes.msr_filter(), &[0x174..=0x176]);
 }
@@ -149,7 +152,16 @@ fn interval_boundaries_are_exact_for_nested_ranges() {
         Route::Default => 0,
     };
     assert_eq!(
-        [at(0xff), at(0x100), at(0x14f), at(0x150), at(0x15f), at(0x160), at(0x1ff), at(0x200)],
+        [
+            at(0xff),
+            at(0x100),
+            at(0x14f),
+            at(0x150),
+            at(0x15f),
+            at(0x160),
+            at(0x1ff),
+            at(0x200)
+        ],
         [0, 1, 1, 2, 2, 1, 1, 0]
     );
     // Merged into one filter range.
@@ -215,7 +227,13 @@ fn validate_rejects_wrong_size_wrong_exit_and_ungranted() {
     assert!(matches!(
         validate(
             &write,
-            &[Action::Resume, Action::Stop(StopRequest { clean: true, reason: "x".into() })],
+            &[
+                Action::Resume,
+                Action::Stop(StopRequest {
+                    clean: true,
+                    reason: "x".into()
+                })
+            ],
             Capabilities::ALL,
             &m
         ),
@@ -311,14 +329,26 @@ fn defaults_answer_unclaimed_exits() {
     assert_eq!(c.read, Some(0xffff_ffff));
     let (_, c) = run(io(0x600, Direction::Write, 1, 3), &mut vcpu);
     assert_eq!(c, Completion::default());
-    let (_, c) = run(msr(0x174, Direction::Read, 0, MsrReason::Filtered), &mut vcpu);
+    let (_, c) = run(
+        msr(0x174, Direction::Read, 0, MsrReason::Filtered),
+        &mut vcpu,
+    );
     assert_eq!(c.read, Some(0x10));
-    let (_, c) = run(msr(0x174, Direction::Write, 0x20, MsrReason::Filtered), &mut vcpu);
+    let (_, c) = run(
+        msr(0x174, Direction::Write, 0x20, MsrReason::Filtered),
+        &mut vcpu,
+    );
     assert!(!c.msr_fault);
     assert_eq!(vcpu.msrs[&0x174], 0x20);
-    let (_, c) = run(msr(0x175, Direction::Read, 0, MsrReason::Filtered), &mut vcpu);
+    let (_, c) = run(
+        msr(0x175, Direction::Read, 0, MsrReason::Filtered),
+        &mut vcpu,
+    );
     assert!(c.msr_fault, "an MSR KVM does not know raises #GP");
-    let (_, c) = run(msr(0x1234_5678, Direction::Write, 1, MsrReason::Unknown), &mut vcpu);
+    let (_, c) = run(
+        msr(0x1234_5678, Direction::Write, 1, MsrReason::Unknown),
+        &mut vcpu,
+    );
     assert!(c.msr_fault);
     let (flow, _) = run(ev(ExitKind::Hlt), &mut vcpu);
     assert_eq!(flow, Flow::Halt);

@@ -36,9 +36,8 @@ extern "C" fn kick_handler(_: c_int, _: *mut libc::siginfo_t, _: *mut c_void) {
 
 /// Installs the kick signal handler; call once per process.
 pub fn install_kick_handler() -> Result<(), KvmError> {
-    register_signal_handler(SIGRTMIN(), kick_handler).map_err(|e| {
-        KvmError::BadBootState(format!("cannot install the vCPU kick handler: {e}"))
-    })
+    register_signal_handler(SIGRTMIN(), kick_handler)
+        .map_err(|e| KvmError::BadBootState(format!("cannot install the vCPU kick handler: {e}")))
 }
 
 /// Publishes a vCPU for kicking on the current thread while alive.

@@ -13,8 +13,8 @@ use std::fmt;
 use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::{MsrExitReason, SyncReg, VcpuExit, VcpuFd};
 use wasmvisor_exit::{
-    Completion, DebugCause, DebugExit, Direction, Exception, ExitEvent, ExitKind, IoExit,
-    MmioExit, MsrExit, MsrReason, Reg, ShutdownReason, VcpuAccess, VcpuAccessError,
+    Completion, DebugCause, DebugExit, Direction, Exception, ExitEvent, ExitKind, IoExit, MmioExit,
+    MsrExit, MsrReason, Reg, ShutdownReason, VcpuAccess, VcpuAccessError,
 };
 
 use crate::boot::BootState;
@@ -374,8 +374,10 @@ impl Vcpu {
                 let flags = internal.data[0];
                 if flags & 1 != 0 && bytes.len() > 9 {
                     let len = usize::from(bytes[8]).min(15).min(bytes.len() - 9);
-                    let insn: Vec<String> =
-                        bytes[9..9 + len].iter().map(|b| format!("{b:02x}")).collect();
+                    let insn: Vec<String> = bytes[9..9 + len]
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
                     format!(
                         "the instruction emulator failed; instruction bytes: {}",
                         insn.join(" ")
@@ -400,7 +402,11 @@ impl Vcpu {
 
     fn general_regs(&mut self) -> Result<&mut kvm_regs, KvmError> {
         if self.regs.is_none() {
-            self.regs = Some(self.fd.get_regs().map_err(KvmError::ioctl("KVM_GET_REGS"))?);
+            self.regs = Some(
+                self.fd
+                    .get_regs()
+                    .map_err(KvmError::ioctl("KVM_GET_REGS"))?,
+            );
         }
         Ok(self.regs.as_mut().expect("filled above"))
     }
@@ -424,7 +430,9 @@ impl Vcpu {
         }
         if self.regs_dirty {
             if let Some(r) = &self.regs {
-                self.fd.set_regs(r).map_err(KvmError::ioctl("KVM_SET_REGS"))?;
+                self.fd
+                    .set_regs(r)
+                    .map_err(KvmError::ioctl("KVM_SET_REGS"))?;
             }
             self.regs_dirty = false;
         }
@@ -475,12 +483,10 @@ impl Vcpu {
             let regs = &mut self.fd.sync_regs_mut().regs;
             Ok(Self::gpr_slot(regs, reg).map(f))
         } else {
-            let regs = self
-                .general_regs()
-                .map_err(|e| VcpuAccessError {
-                    op: "KVM_GET_REGS",
-                    reason: e.to_string(),
-                })?;
+            let regs = self.general_regs().map_err(|e| VcpuAccessError {
+                op: "KVM_GET_REGS",
+                reason: e.to_string(),
+            })?;
             Ok(Self::gpr_slot(regs, reg).map(f))
         }
     }
@@ -653,9 +659,7 @@ impl From<VcpuExit<'_>> for RawExit {
                 ShutdownReason::EntryFailure,
                 format!("hardware entry failure reason {reason:#x} on host cpu {cpu}"),
             ),
-            VcpuExit::InternalError => {
-                RawExit::Fatal(ShutdownReason::InternalError, String::new())
-            }
+            VcpuExit::InternalError => RawExit::Fatal(ShutdownReason::InternalError, String::new()),
             VcpuExit::MemoryFault { gpa, size, .. } => RawExit::Fatal(
                 ShutdownReason::InternalError,
                 format!("memory fault at gpa {gpa:#x} size {size:#x}"),

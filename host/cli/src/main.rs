@@ -1,0 +1,56 @@
+//! `wasmvisor`: the command line. Parses flags into a `VmConfig`, runs
+//! the VM, prints the summary and turns the outcome into an exit code.
+//! Every error is one line on stderr and a non-zero exit code.
+
+mod assets;
+mod inspect;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wasmvisor_vmm::outcome::EXIT_HOST_ERROR;
+
+/// A KVM hypervisor whose VM exits are handled by Wasm policies.
+#[derive(Debug, Parser)]
+#[command(name = "wasmvisor", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a guest under Wasm policies (no arguments: the built-in demo).
+    Run(run::RunArgs),
+    /// Work with policy components.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Show a policy's name, WIT version and subscriptions.
+    Inspect(inspect::InspectArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Policy(PolicyCommand::Inspect(args)) => inspect::inspect(args).map(|()| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            // One line: the chain joined, never a backtrace.
+            let msg = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("wasmvisor: error: {msg}");
+            ExitCode::from(EXIT_HOST_ERROR as u8)
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! `wasmvisor run`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use wasmvisor_policy::StdoutConsole;
+use wasmvisor_vmm::config::{
+    parse_mode, parse_number, parse_size, read_config_file, GuestSpec, PolicySpec, SerialBackend,
+    VmConfig,
+};
+
+use crate::assets;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Guest image: a flat binary or an ELF64 executable.
+    #[arg(long, value_name = "FILE")]
+    guest: Option<PathBuf>,
+    /// CPU mode at entry: real, protected or long [default: long for ELF, real for flat].
+    #[arg(long, value_name = "MODE")]
+    mode: Option<String>,
+    /// Where a flat binary is loaded [default: 0x8000].
+    #[arg(long, value_name = "ADDR")]
+    load_addr: Option<String>,
+    /// Entry point [default: the ELF entry or the load address].
+    #[arg(long, value_name = "ADDR")]
+    entry: Option<String>,
+    /// A policy component, optionally with config: P.wasm[:key=value,...]. Repeatable; earlier policies take precedence.
+    #[arg(long = "policy", value_name = "P.wasm[:k=v,...]")]
+    policies: Vec<String>,
+    /// A TOML file with the guest, machine and policies (see docs/config.md); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Number of vCPUs (1-16) [default: 1].
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Guest RAM, e.g. 64M (1M-3G) [default: 64M].
+    #[arg(long, value_name = "SIZE")]
+    mem: Option<String>,
+    /// Console device on 0x3F8 when no policy claims it: policy (none) or native.
+    #[arg(long, value_name = "BACKEND")]
+    serial: Option<String>,
+    /// Per-call policy deadline in milliseconds [default: 10].
+    #[arg(long, value_name = "MS")]
+    policy_deadline_ms: Option<u64>,
+    /// Print detailed statistics (JSON) after the run.
+    #[arg(long)]
+    stats: bool,
+    /// Write policy-emitted events as JSON lines to this file.
+    #[arg(long, value_name = "OUT.jsonl")]
+    events: Option<PathBuf>,
+}
+
+/// Builds the VM config from the file (or the demo) and the flags.
+fn build_config(args: &RunArgs) -> Result<VmConfig> {
+    let demo = args.guest.is_none() && args.config.is_none();
+    let file = match (&args.config, demo) {
+        (Some(path), _) => Some(read_config_file(path)?),
+        (None, true) => Some(read_config_file(&assets::dir()?.join("demo.toml"))?),
+        (None, false) => None,
+    };
+    let file_guest = file.as_ref().and_then(|f| f.guest.clone());
+    let mut guest = match (&args.guest, file_guest) {
+        (Some(path), _) => GuestSpec {
+            path: path.clone(),
+            mode: None,
+            load_addr: None,
+            entry: None,
+        },
+        (None, Some(g)) => g,
+        (None, None) => {
+            bail!("no guest: pass --guest FILE or a --config file with a [guest] table")
+        }
+    };
+    if let Some(m) = &args.mode {
+        guest.mode = Some(parse_mode(m)?);
+    }
+    if let Some(a) = &args.load_addr {
+        guest.load_addr = Some(parse_number(a)?);
+    }
+    if let Some(e) = &args.entry {
+        guest.entry = Some(parse_number(e)?);
+    }
+    let mut config = VmConfig::new(guest);
+    if let Some(f) = &file {
+        config.policies = f.policies.clone();
+        config.vcpus = f.vcpus.unwrap_or(config.vcpus);
+        config.mem_bytes = f.mem_bytes.unwrap_or(config.mem_bytes);
+        config.serial = f.serial.unwrap_or(config.serial);
+    }
+    if !args.policies.is_empty() {
+        config.policies = args
+            .policies
+            .iter()
+            .map(|p| PolicySpec::parse(p))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(n) = args.vcpus {
+        config.vcpus = n;
+    }
+    if let Some(m) = &args.mem {
+        config.mem_bytes = parse_size(m)?;
+    }
+    if let Some(s) = &args.serial {
+        config.serial = match s.as_str() {
+            "native" => SerialBackend::Native,
+            "policy" => SerialBackend::Policy,
+            other => bail!("invalid --serial `{other}`: use native or policy"),
+        };
+    }
+    if let Some(ms) = args.policy_deadline_ms {
+        if ms == 0 || ms > 60_000 {
+            bail!("--policy-deadline-ms {ms} is out of range: use 1 to 60000");
+        }
+        config.limits.deadline = Duration::from_millis(ms);
+    }
+    config.events = args.events.clone();
+    config.check()?;
+    Ok(config)
+}
+
+pub fn run(args: RunArgs) -> Result<i32> {
+    let config = build_config(&args)?;
+    let report = wasmvisor_vmm::run(&config, Arc::new(StdoutConsole::default()))
+        .context("cannot start the VM")?;
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    eprintln!("wasmvisor: {}", report.outcome.describe());
+    eprint!("{}", report.stats.summary());
+    if args.stats {
+        eprintln!("stats: {}", serde_json::to_string(&report.stats)?);
+    }
+    Ok(report.outcome.exit_code())
+}

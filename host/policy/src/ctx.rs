@@ -1,0 +1,111 @@
+//! What each policy store holds: the instance's context, its WASI state,
+//! its limiter, and the slot the vCPU is lent into for the length of an
+//! exit call.
+//!
+//! The store data does not depend on the vCPU type, so one pre-linked
+//! image serves any [`VcpuAccess`] implementation: the slot is a boxed
+//! `Option<V>` behind a small trait, allocated once per instance, and the
+//! vCPU is swapped in and out of it without allocating.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmvisor_exit::{Capabilities, Reg, VcpuAccess, VcpuAccessError};
+
+use crate::limits::{Limits, StoreLimiter};
+use crate::sinks::Shared;
+
+/// Everything the host imports of one (policy, vCPU) instance need.
+/// Cheap to clone per vCPU.
+#[derive(Clone)]
+pub struct InstanceContext {
+    /// Index of the policy in the VM's policy list (keys its counters).
+    pub policy_index: usize,
+    /// Name used in logs, events and errors.
+    pub policy_name: String,
+    /// The vCPU this instance serves.
+    pub vcpu_index: u32,
+    /// Number of vCPUs in the VM.
+    pub vcpu_count: u32,
+    /// Guest RAM, for `read-phys` and `write-phys`.
+    pub memory: GuestMemoryMmap,
+    /// The capabilities the operator granted this policy.
+    pub grants: Capabilities,
+    /// Console, log, events and counters.
+    pub shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for InstanceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceContext")
+            .field("policy_index", &self.policy_index)
+            .field("policy_name", &self.policy_name)
+            .field("vcpu_index", &self.vcpu_index)
+            .field("vcpu_count", &self.vcpu_count)
+            .field("grants", &self.grants)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The vCPU slot, type-erased: `Option<V>` for the instance's `V`.
+pub(crate) trait VcpuSlot: Any + Send {
+    /// Reads a register of the lent vCPU; `None` if none is lent.
+    fn get_reg(&mut self, reg: Reg) -> Option<Result<u64, VcpuAccessError>>;
+}
+
+impl<V: VcpuAccess + Send + 'static> VcpuSlot for Option<V> {
+    fn get_reg(&mut self, reg: Reg) -> Option<Result<u64, VcpuAccessError>> {
+        self.as_mut().map(|vcpu| vcpu.get_reg(reg))
+    }
+}
+
+/// The data of one policy store.
+pub(crate) struct Ctx {
+    pub(crate) inst: InstanceContext,
+    pub(crate) limiter: StoreLimiter,
+    /// The vCPU while an exit call runs, empty otherwise.
+    pub(crate) vcpu: Box<dyn VcpuSlot>,
+    /// A vCPU backend failure met by a host import during the current
+    /// call; it turns the resulting trap into [`crate::CallError::Vcpu`].
+    pub(crate) fault: Option<VcpuAccessError>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl Ctx {
+    /// Fresh store data for an instance serving vCPUs of type `V`.
+    pub(crate) fn new<V: VcpuAccess + Send + 'static>(
+        inst: InstanceContext,
+        limits: &Limits,
+    ) -> Ctx {
+        Ctx {
+            inst,
+            limiter: StoreLimiter::new(limits),
+            vcpu: Box::new(None::<V>),
+            fault: None,
+            wasi: crate::wasi::empty_ctx(),
+            table: ResourceTable::new(),
+        }
+    }
+
+    /// Swaps `vcpu` with the slot's content: called once to lend the vCPU
+    /// and once more to take it back.
+    pub(crate) fn swap_vcpu<V: 'static>(&mut self, vcpu: &mut Option<V>) {
+        let slot: &mut dyn Any = &mut *self.vcpu;
+        if let Some(slot) = slot.downcast_mut::<Option<V>>() {
+            std::mem::swap(slot, vcpu);
+        }
+    }
+}
+
+impl WasiView for Ctx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! A loaded policy: a component file read, checked against the contract,
+//! compiled, and linked once, ready to be instantiated per vCPU.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use wasmtime::component::{Component, Linker};
+use wasmvisor_exit::VcpuAccess;
+
+use crate::bindings::{Policy, PolicyPre};
+use crate::ctx::{Ctx, InstanceContext};
+use crate::engine::PolicyEngine;
+use crate::error::{one_line, PolicyError};
+use crate::instance::PolicyInstance;
+use crate::limits::Limits;
+use crate::wasi;
+
+/// Largest policy file accepted.
+pub const MAX_POLICY_BYTES: u64 = 64 << 20;
+
+/// The interface every policy must export.
+pub const HANDLER: &str = "wasmvisor:policy/handler@0.1.0";
+
+/// The wasmvisor interfaces the host provides to policies.
+const PROVIDED: [&str; 2] = [
+    "wasmvisor:policy/host@0.1.0",
+    "wasmvisor:policy/types@0.1.0",
+];
+
+/// A compiled and linked policy. Cheap to clone, `Send + Sync`: share one
+/// image between the vCPU threads and instantiate it once per vCPU.
+#[derive(Clone)]
+pub struct PolicyImage {
+    name: Arc<str>,
+    pre: PolicyPre<Ctx>,
+    /// Keeps the epoch ticker alive as long as an image or instance is.
+    engine: PolicyEngine,
+}
+
+impl PolicyImage {
+    /// Reads and compiles the component at `path`; its file name names it
+    /// in errors.
+    pub fn load(engine: &PolicyEngine, path: &Path) -> Result<PolicyImage, PolicyError> {
+        let name = match path.file_name() {
+            Some(name) => name.to_string_lossy().into_owned(),
+            None => path.display().to_string(),
+        };
+        let read_error = |error| PolicyError::Read {
+            path: path.display().to_string(),
+            error,
+        };
+        let size = std::fs::metadata(path).map_err(read_error)?.len();
+        if size > MAX_POLICY_BYTES {
+            return Err(PolicyError::TooLarge {
+                name,
+                size,
+                limit: MAX_POLICY_BYTES,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        Self::from_bytes(engine, &name, &bytes)
+    }
+
+    /// Compiles a component held in memory; `name` names it in errors.
+    pub fn from_bytes(
+        engine: &PolicyEngine,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<PolicyImage, PolicyError> {
+        sniff(name, bytes)?;
+        let wasmtime = engine.wasmtime();
+        let component = Component::new(wasmtime, bytes).map_err(|e| PolicyError::Compile {
+            name: name.into(),
+            reason: one_line(&e),
+        })?;
+        check_world(engine, name, &component)?;
+        let pre = link(name, &component)?;
+        Ok(PolicyImage {
+            name: name.into(),
+            pre,
+            engine: engine.clone(),
+        })
+    }
+
+    /// The file name the image was loaded from.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Creates an instance for one vCPU. Call [`PolicyInstance::init`]
+    /// before routing exits to it.
+    pub fn instantiate<V: VcpuAccess + Send + 'static>(
+        &self,
+        ctx: InstanceContext,
+        limits: &Limits,
+    ) -> Result<PolicyInstance<V>, PolicyError> {
+        PolicyInstance::new(self.clone(), ctx, *limits)
+    }
+
+    /// The linked, pre-instantiated component.
+    pub(crate) fn pre(&self) -> &PolicyPre<Ctx> {
+        &self.pre
+    }
+
+    /// The engine the image was compiled by.
+    pub(crate) fn engine(&self) -> &PolicyEngine {
+        &self.engine
+    }
+}
+
+impl std::fmt::Debug for PolicyImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyImage")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tells non-Wasm files, core modules and oversized files apart before
+/// handing the bytes to the compiler, whose errors are less direct.
+fn sniff(name: &str, bytes: &[u8]) -> Result<(), PolicyError> {
+    let size = bytes.len() as u64;
+    if size > MAX_POLICY_BYTES {
+        return Err(PolicyError::TooLarge {
+            name: name.into(),
+            size,
+            limit: MAX_POLICY_BYTES,
+        });
+    }
+    if bytes.len() < 8 || !bytes.starts_with(b"\0asm") {
+        return Err(PolicyError::NotWasm { name: name.into() });
+    }
+    // Bytes 6..8 are the layer: 0 for a core module, 1 for a component.
+    if bytes[6..8] == [0, 0] {
+        return Err(PolicyError::CoreModule { name: name.into() });
+    }
+    Ok(())
+}
+
+/// Checks the component's exports, then its imports, against world
+/// `policy`: a component of another world is named as such first.
+fn check_world(
+    engine: &PolicyEngine,
+    name: &str,
+    component: &Component,
+) -> Result<(), PolicyError> {
+    let ty = component.component_type();
+    let wasmtime = engine.wasmtime();
+    if !ty.exports(wasmtime).any(|(export, _)| export == HANDLER) {
+        return Err(PolicyError::WrongWorld { name: name.into() });
+    }
+    check_imports(engine, name, component)
+}
+
+/// Refuses imports other than the host's interfaces and WASI preview 2.
+fn check_imports(
+    engine: &PolicyEngine,
+    name: &str,
+    component: &Component,
+) -> Result<(), PolicyError> {
+    let ty = component.component_type();
+    for (import, _) in ty.imports(engine.wasmtime()) {
+        if !PROVIDED.contains(&import) && !wasi::provides(import) {
+            return Err(PolicyError::UnknownImport {
+                name: name.into(),
+                import: import.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Links the host interfaces and WASI, and pre-instantiates.
+fn link(name: &str, component: &Component) -> Result<PolicyPre<Ctx>, PolicyError> {
+    let link_error = |e: wasmtime::Error| PolicyError::Link {
+        name: name.into(),
+        reason: one_line(&e),
+    };
+    let mut linker: Linker<Ctx> = Linker::new(component.engine());
+    Policy::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)
+        .map_err(link_error)?;
+    wasi::add_to_linker(&mut linker).map_err(link_error)?;
+    let pre = linker.instantiate_pre(component).map_err(link_error)?;
+    PolicyPre::new(pre).map_err(|e| PolicyError::WrongTypes {
+        name: name.into(),
+        reason: one_line(&e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> PolicyEngine {
+        PolicyEngine::new().expect("engine")
+    }
+
+    fn load_err(bytes: &[u8]) -> String {
+        PolicyImage::from_bytes(&engine(), "p.wasm", bytes)
+            .expect_err("must not load")
+            .to_string()
+    }
+
+    #[test]
+    fn text_is_not_wasm() {
+        assert_eq!(
+            load_err(b"(component)"),
+            "policy p.wasm is not a WebAssembly file"
+        );
+        assert_eq!(load_err(b""), "policy p.wasm is not a WebAssembly file");
+        assert_eq!(
+            load_err(b"\0asm"),
+            "policy p.wasm is not a WebAssembly file"
+        );
+    }
+
+    #[test]
+    fn core_modules_are_named_as_such() {
+        assert_eq!(
+            load_err(b"\0asm\x01\0\0\0"),
+            "policy p.wasm is a core Wasm module, not a component; \
+             build it with a component target such as wasm32-wasip2"
+        );
+    }
+
+    #[test]
+    fn a_broken_component_does_not_compile() {
+        let err = load_err(b"\0asm\x0d\0\x01\0\x99");
+        assert!(err.starts_with("policy p.wasm does not compile: "), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn an_empty_component_lacks_the_handler() {
+        assert_eq!(
+            load_err(b"\0asm\x0d\0\x01\0"),
+            "policy p.wasm does not export wasmvisor:policy/handler@0.1.0"
+        );
+    }
+
+    #[test]
+    fn foreign_imports_are_named() {
+        // A component whose only content is an import of instance `x:y/z`
+        // (an instance type with no exports).
+        let bytes = b"\0asm\x0d\0\x01\0\
+                      \x07\x03\x01\x42\x00\
+                      \x0a\x0a\x01\x00\x05x:y/z\x05\x00";
+        let engine = engine();
+        let component = Component::new(engine.wasmtime(), bytes).expect("compiles");
+        let err = check_imports(&engine, "p.wasm", &component).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "policy p.wasm imports `x:y/z`, which wasmvisor does not provide"
+        );
+    }
+
+    #[test]
+    fn wasi_outside_preview_2_is_not_provided() {
+        // As above, importing `wasi:http/types@0.2.0`.
+        let bytes = b"\0asm\x0d\0\x01\0\
+                      \x07\x03\x01\x42\x00\
+                      \x0a\x1a\x01\x00\x15wasi:http/types@0.2.0\x05\x00";
+        let engine = engine();
+        let component = Component::new(engine.wasmtime(), bytes).expect("compiles");
+        let err = check_imports(&engine, "p.wasm", &component).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "policy p.wasm imports `wasi:http/types@0.2.0`, which wasmvisor does not provide"
+        );
+    }
+
+    #[test]
+    fn oversize_bytes_are_refused_before_compiling() {
+        let mut bytes = vec![0u8; (MAX_POLICY_BYTES + 1) as usize];
+        bytes[..8].copy_from_slice(b"\0asm\x0d\0\x01\0");
+        let err = load_err(&bytes);
+        assert_eq!(
+            err,
+            format!(
+                "policy p.wasm is {} bytes, more than the {}-byte limit",
+                MAX_POLICY_BYTES + 1,
+                MAX_POLICY_BYTES
+            )
+        );
+    }
+
+    #[test]
+    fn missing_files_name_the_path() {
+        let err = PolicyImage::load(&engine(), Path::new("/nonexistent/p.wasm"))
+            .expect_err("must not load")
+            .to_string();
+        assert!(
+            err.starts_with("cannot read policy /nonexistent/p.wasm: "),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! The host side of WIT interface `host`: what a running policy may ask
+//! of wasmvisor. Guest-visible failures are `host-error`s; requests the
+//! sandbox forbids, and vCPU backend failures, are traps.
+
+use std::fmt::Write as _;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use crate::bindings::wasmvisor::policy::host;
+use crate::bindings::wasmvisor::policy::types::{
+    self, GpaRange, HostError, LogLevel, ProtectRequest, Reg,
+};
+use crate::convert;
+use crate::ctx::Ctx;
+
+/// Largest guest-memory transfer one import call may make.
+pub const MAX_TRANSFER: usize = 64 * 1024;
+/// Longest log message kept; the rest is cut.
+pub const MAX_LOG_BYTES: usize = 4 * 1024;
+/// Longest event payload (`json`) accepted by `emit`.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// Longest event kind or counter key.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// Result of an import that can fail in a guest-visible way.
+type HostResult<T> = wasmtime::Result<Result<T, HostError>>;
+
+impl types::Host for Ctx {}
+
+impl host::Host for Ctx {
+    fn vcpu_id(&mut self) -> wasmtime::Result<u32> {
+        Ok(self.inst.vcpu_index)
+    }
+
+    fn vcpu_count(&mut self) -> wasmtime::Result<u32> {
+        Ok(self.inst.vcpu_count)
+    }
+
+    fn get_reg(&mut self, r: Reg) -> wasmtime::Result<u64> {
+        match self.vcpu.get_reg(convert::reg(r)) {
+            Some(Ok(value)) => Ok(value),
+            Some(Err(fault)) => {
+                let error = wasmtime::Error::msg(fault.to_string());
+                self.fault = Some(fault);
+                Err(error)
+            }
+            None => Err(wasmtime::Error::msg("get-reg called outside an exit")),
+        }
+    }
+
+    fn read_phys(&mut self, gpa: u64, len: u32) -> HostResult<Vec<u8>> {
+        let len = len as usize;
+        if len > MAX_TRANSFER {
+            return Ok(Err(HostError::TooLarge));
+        }
+        if len == 0 {
+            return Ok(Ok(Vec::new()));
+        }
+        if !self.inst.memory.check_range(GuestAddress(gpa), len) {
+            return Ok(Err(HostError::OutOfRange));
+        }
+        let mut buf = vec![0; len];
+        Ok(
+            match self.inst.memory.read_slice(&mut buf, GuestAddress(gpa)) {
+                Ok(()) => Ok(buf),
+                Err(_) => Err(HostError::OutOfRange),
+            },
+        )
+    }
+
+    fn write_phys(&mut self, gpa: u64, data: Vec<u8>) -> HostResult<()> {
+        if !self.inst.grants.write_memory {
+            return Ok(Err(HostError::NotGranted));
+        }
+        if data.len() > MAX_TRANSFER {
+            return Ok(Err(HostError::TooLarge));
+        }
+        if data.is_empty() {
+            return Ok(Ok(()));
+        }
+        if !self.inst.memory.check_range(GuestAddress(gpa), data.len()) {
+            return Ok(Err(HostError::OutOfRange));
+        }
+        Ok(self
+            .inst
+            .memory
+            .write_slice(&data, GuestAddress(gpa))
+            .map_err(|_| HostError::OutOfRange))
+    }
+
+    fn translate(&mut self, _gva: u64) -> HostResult<u64> {
+        Ok(Err(HostError::Unsupported))
+    }
+
+    fn read_virt(&mut self, _gva: u64, len: u32) -> HostResult<Vec<u8>> {
+        if len as usize > MAX_TRANSFER {
+            return Ok(Err(HostError::TooLarge));
+        }
+        Ok(Err(HostError::Unsupported))
+    }
+
+    fn protect(&mut self, _req: ProtectRequest) -> HostResult<()> {
+        if !self.inst.grants.protect_memory {
+            return Ok(Err(HostError::NotGranted));
+        }
+        Ok(Err(HostError::Unsupported))
+    }
+
+    fn unprotect(&mut self, _range: GpaRange) -> HostResult<()> {
+        if !self.inst.grants.protect_memory {
+            return Ok(Err(HostError::NotGranted));
+        }
+        Ok(Err(HostError::Unsupported))
+    }
+
+    fn console_write(&mut self, bytes: Vec<u8>) -> wasmtime::Result<()> {
+        self.inst.shared.console_write(&bytes);
+        Ok(())
+    }
+
+    fn log(&mut self, level: LogLevel, msg: String) -> wasmtime::Result<()> {
+        let line = log_line(&self.inst.policy_name, self.inst.vcpu_index, level, &msg);
+        self.inst.shared.log_line(&line);
+        Ok(())
+    }
+
+    fn emit(&mut self, kind: String, json: String) -> wasmtime::Result<()> {
+        check_len("emit kind", kind.len(), MAX_KEY_BYTES)?;
+        check_len("emit payload", json.len(), MAX_EVENT_BYTES)?;
+        let inst = &self.inst;
+        inst.shared.emit(
+            inst.policy_index,
+            &inst.policy_name,
+            inst.vcpu_index,
+            &kind,
+            &json,
+        );
+        Ok(())
+    }
+
+    fn counter_add(&mut self, key: String, delta: i64) -> wasmtime::Result<i64> {
+        check_len("counter key", key.len(), MAX_KEY_BYTES)?;
+        self.inst
+            .shared
+            .counter_add(self.inst.policy_index, key, delta)
+            .ok_or_else(|| wasmtime::Error::msg("counter-add would create too many counters"))
+    }
+}
+
+/// Traps if a string argument is longer than the host accepts.
+fn check_len(what: &str, len: usize, max: usize) -> wasmtime::Result<()> {
+    if len > max {
+        return Err(wasmtime::Error::msg(format!(
+            "{what} of {len} bytes exceeds the {max}-byte limit"
+        )));
+    }
+    Ok(())
+}
+
+/// `[policy NAME vcpu N] LEVEL: msg` and a newline, with `msg` cut to
+/// [`MAX_LOG_BYTES`] and control characters escaped so the line stays one
+/// line.
+fn log_line(policy: &str, vcpu: u32, level: LogLevel, msg: &str) -> String {
+    let level = match level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    };
+    let mut cut = msg.len().min(MAX_LOG_BYTES);
+    while !msg.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut line = String::with_capacity(cut + policy.len() + 32);
+    let _ = write!(line, "[policy {policy} vcpu {vcpu}] {level}: ");
+    for c in msg[..cut].chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    if cut < msg.len() {
+        line.push_str(" [cut]");
+    }
+    line.push('\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_prefixed_escaped_and_cut() {
+        assert_eq!(
+            log_line("serial", 2, LogLevel::Warn, "a\nb\tc"),
+            "[policy serial vcpu 2] warn: a\\nb\\tc\n"
+        );
+        let long = "é".repeat(3000);
+        let line = log_line("p", 0, LogLevel::Info, &long);
+        assert!(line.ends_with(" [cut]\n"));
+        assert!(line.len() < MAX_LOG_BYTES + 64);
+    }
+
+    #[test]
+    fn oversize_strings_trap() {
+        assert!(check_len("counter key", 256, MAX_KEY_BYTES).is_ok());
+        let err = check_len("counter key", 257, MAX_KEY_BYTES).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "counter key of 257 bytes exceeds the 256-byte limit"
+        );
+    }
+}

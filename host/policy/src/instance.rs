@@ -1,0 +1,253 @@
+//! One policy instance serving one vCPU: calls into its exports under the
+//! deadline, lends the vCPU to the host imports during an exit, and
+//! rebuilds the instance after a trap (which leaves a component instance
+//! unusable).
+
+use std::marker::PhantomData;
+
+use wasmtime::Store;
+use wasmvisor_exit::{ExitEvent, Subscriptions, VcpuAccess};
+
+use crate::bindings::exports::wasmvisor::policy::handler::Guest;
+use crate::bindings::Policy;
+use crate::convert;
+use crate::ctx::{Ctx, InstanceContext};
+use crate::error::{one_line, CallError, PolicyError};
+use crate::image::PolicyImage;
+use crate::limits::Limits;
+use crate::types::{CpuidLeaf, PolicyInfo, Verdict};
+
+/// A running policy instance for one vCPU. `Send`, not `Sync`: it lives on
+/// its vCPU's thread.
+pub struct PolicyInstance<V> {
+    store: Store<Ctx>,
+    bindings: Policy,
+    image: PolicyImage,
+    limits: Limits,
+    ticks: u64,
+    /// The configuration `init` accepted, replayed after a rebuild.
+    config: Option<Vec<(String, String)>>,
+    /// Set when a rebuild failed; the next call tries again first.
+    broken: Option<String>,
+    _vcpu: PhantomData<fn(V) -> V>,
+}
+
+impl<V: VcpuAccess + Send + 'static> PolicyInstance<V> {
+    pub(crate) fn new(
+        image: PolicyImage,
+        inst: InstanceContext,
+        limits: Limits,
+    ) -> Result<Self, PolicyError> {
+        let (store, bindings) = start::<V>(&image, inst, &limits)?;
+        Ok(PolicyInstance {
+            store,
+            bindings,
+            image,
+            limits,
+            ticks: limits.deadline_ticks(),
+            config: None,
+            broken: None,
+            _vcpu: PhantomData,
+        })
+    }
+
+    /// The policy's name, version and description.
+    pub fn info(&mut self) -> Result<PolicyInfo, PolicyError> {
+        let info = self
+            .call(|h, s| h.call_info(s))
+            .map_err(|e| self.call_error("info", e))?;
+        Ok(convert::policy_info(info))
+    }
+
+    /// Passes the operator's configuration; returns what the policy wants
+    /// to see. The configuration is kept to re-initialise the instance
+    /// after a trap.
+    pub fn init(&mut self, config: &[(String, String)]) -> Result<Subscriptions, PolicyError> {
+        match self
+            .call(|h, s| h.call_init(s, config))
+            .map_err(|e| self.call_error("init", e))?
+        {
+            Ok(subs) => {
+                self.config = Some(config.to_vec());
+                Ok(convert::subscriptions(subs))
+            }
+            Err(reason) => Err(PolicyError::InitRejected {
+                policy: self.policy_name(),
+                reason,
+            }),
+        }
+    }
+
+    /// Lets the policy compute one CPUID entry while the vCPU is built.
+    pub fn cpuid(&mut self, leaf: CpuidLeaf) -> Result<CpuidLeaf, PolicyError> {
+        let leaf = convert::cpuid_to_wit(leaf);
+        let out = self
+            .call(|h, s| h.call_cpuid(s, leaf))
+            .map_err(|e| self.call_error("cpuid", e))?;
+        Ok(convert::cpuid_from_wit(out))
+    }
+
+    /// Asks the policy for its answer to `event`.
+    ///
+    /// Lends the vCPU to the store for the duration of the call
+    /// (`vcpu` is taken into the store data, and put back afterwards, even
+    /// on a trap) so that host imports like `get-reg` can reach it. On
+    /// failure the instance has already been rebuilt and re-initialised
+    /// when this returns.
+    pub fn handle_exit(
+        &mut self,
+        event: &ExitEvent,
+        vcpu: &mut Option<V>,
+    ) -> Result<Verdict, CallError> {
+        if self.broken.is_some() {
+            self.repair()?;
+        }
+        let event = convert::exit_event(event);
+        self.store.data_mut().swap_vcpu(vcpu);
+        self.store.set_epoch_deadline(self.ticks);
+        let result = self
+            .bindings
+            .wasmvisor_policy_handler()
+            .call_handle_exit(&mut self.store, event);
+        self.store.data_mut().swap_vcpu(vcpu);
+        match result {
+            Ok(verdict) => Ok(convert::verdict(verdict)),
+            Err(error) => Err(self.recover(&error)),
+        }
+    }
+
+    /// The policy's state, for the next generation (hot swap).
+    pub fn save_state(&mut self) -> Result<Vec<u8>, PolicyError> {
+        self.call(|h, s| h.call_save_state(s))
+            .map_err(|e| self.call_error("save-state", e))
+    }
+
+    /// Hands the previous generation's state to this one.
+    pub fn restore_state(&mut self, state: &[u8]) -> Result<(), PolicyError> {
+        self.call(|h, s| h.call_restore_state(s, state))
+            .map_err(|e| self.call_error("restore-state", e))?
+            .map_err(|reason| PolicyError::RestoreRejected {
+                policy: self.policy_name(),
+                reason,
+            })
+    }
+
+    /// Calls one export with no vCPU lent, under the deadline.
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&Guest, &mut Store<Ctx>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        if self.broken.is_some() {
+            self.repair()?;
+        }
+        self.store.set_epoch_deadline(self.ticks);
+        f(self.bindings.wasmvisor_policy_handler(), &mut self.store)
+            .map_err(|error| self.recover(&error))
+    }
+
+    /// Classifies a failed call and replaces the now unusable instance.
+    fn recover(&mut self, error: &wasmtime::Error) -> CallError {
+        let failure = classify(self.store.data_mut(), error);
+        if let Err(reason) = self.rebuild() {
+            self.broken = Some(reason);
+        }
+        failure
+    }
+
+    /// Retries a failed rebuild.
+    fn repair(&mut self) -> Result<(), CallError> {
+        match self.rebuild() {
+            Ok(()) => {
+                self.broken = None;
+                Ok(())
+            }
+            Err(reason) => {
+                self.broken = Some(reason.clone());
+                Err(CallError::Unavailable(reason))
+            }
+        }
+    }
+
+    /// Replaces the store and instance with fresh ones and replays `init`.
+    fn rebuild(&mut self) -> Result<(), String> {
+        let inst = self.store.data().inst.clone();
+        let (store, bindings) =
+            start::<V>(&self.image, inst, &self.limits).map_err(|e| e.to_string())?;
+        self.store = store;
+        self.bindings = bindings;
+        let Some(config) = &self.config else {
+            return Ok(());
+        };
+        self.store.set_epoch_deadline(self.ticks);
+        let handler = self.bindings.wasmvisor_policy_handler();
+        match handler.call_init(&mut self.store, config) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(reason)) => Err(format!("init rejected the configuration: {reason}")),
+            Err(error) => Err(format!(
+                "init failed: {}",
+                classify(self.store.data_mut(), &error)
+            )),
+        }
+    }
+
+    fn call_error(&self, export: &'static str, error: CallError) -> PolicyError {
+        PolicyError::Call {
+            policy: self.policy_name(),
+            export,
+            error,
+        }
+    }
+
+    fn policy_name(&self) -> String {
+        self.store.data().inst.policy_name.clone()
+    }
+
+    /// The image this instance was made from.
+    pub fn image(&self) -> &PolicyImage {
+        &self.image
+    }
+}
+
+impl<V> std::fmt::Debug for PolicyInstance<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyInstance")
+            .field("image", &self.image)
+            .field("vcpu", &self.store.data().inst.vcpu_index)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates a store for `inst` and instantiates the image in it.
+fn start<V: VcpuAccess + Send + 'static>(
+    image: &PolicyImage,
+    inst: InstanceContext,
+    limits: &Limits,
+) -> Result<(Store<Ctx>, Policy), PolicyError> {
+    let policy = inst.policy_name.clone();
+    let mut store = Store::new(image.engine().wasmtime(), Ctx::new::<V>(inst, limits));
+    store.limiter(|ctx| &mut ctx.limiter);
+    // Start-up code runs under the same deadline as a call.
+    store.set_epoch_deadline(limits.deadline_ticks());
+    match image.pre().instantiate(&mut store) {
+        Ok(bindings) => Ok((store, bindings)),
+        Err(e) => Err(PolicyError::Instantiate {
+            policy,
+            error: classify(store.data_mut(), &e),
+        }),
+    }
+}
+
+/// Says why a call failed, from the error and what the store recorded.
+fn classify(ctx: &mut Ctx, error: &wasmtime::Error) -> CallError {
+    if let Some(fault) = ctx.fault.take() {
+        return CallError::Vcpu(fault);
+    }
+    if let Some(exceeded) = ctx.limiter.exceeded.take() {
+        return exceeded;
+    }
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => CallError::Timeout,
+        _ => CallError::Trap(one_line(error)),
+    }
+}

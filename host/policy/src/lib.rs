@@ -1,0 +1,37 @@
+//! wasmvisor's Wasm host: the only crate that names wasmtime.
+//!
+//! A [`PolicyEngine`] compiles policy components into [`PolicyImage`]s,
+//! checked against the WIT world `wasmvisor:policy/policy` and linked once.
+//! Each vCPU gets its own [`PolicyInstance`] of every image, which calls the
+//! policy's exports under a deadline and memory caps ([`Limits`]), serves
+//! its host imports from an [`InstanceContext`] (guest RAM, grants, and the
+//! VM-wide [`Shared`] console, log, events and counters), and converts
+//! between the WIT types and `wasmvisor-exit`'s domain types.
+//!
+//! Per exit, [`PolicyInstance::handle_exit`] converts the event, lends the
+//! vCPU to the store, arms the deadline and makes one component call; the
+//! host allocates nothing on that path beyond the action list the
+//! component ABI hands back.
+
+mod bindings;
+mod convert;
+mod ctx;
+mod engine;
+mod error;
+mod image;
+mod imports;
+mod instance;
+mod limits;
+mod sinks;
+mod types;
+mod wasi;
+
+pub use ctx::InstanceContext;
+pub use engine::{PolicyEngine, TICK};
+pub use error::{CallError, PolicyError};
+pub use image::{PolicyImage, HANDLER, MAX_POLICY_BYTES};
+pub use imports::{MAX_EVENT_BYTES, MAX_KEY_BYTES, MAX_LOG_BYTES, MAX_TRANSFER};
+pub use instance::PolicyInstance;
+pub use limits::{Limits, MIN_DEADLINE_TICKS};
+pub use sinks::{CaptureConsole, ConsoleSink, Shared, StderrConsole, StdoutConsole, MAX_COUNTERS};
+pub use types::{CpuidLeaf, PolicyInfo, Verdict};

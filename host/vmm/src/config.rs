@@ -1,0 +1,382 @@
+//! What to run: the guest, the policies and the machine, from CLI flags or
+//! a TOML file (format in `docs/config.md`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+use wasmvisor_kvm::{BootMode, MAX_BOOT_VCPUS, MMIO_HOLE_START};
+use wasmvisor_policy::Limits;
+
+/// A configuration value is unusable.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid size `{0}`: use a number with an optional K, M or G suffix, e.g. 64M")]
+    Size(String),
+    #[error("invalid number `{0}`: use decimal or 0x-prefixed hex")]
+    Number(String),
+    #[error("--mem {0} is out of range: guest RAM must be between 1M and 3G")]
+    MemRange(String),
+    #[error("--vcpus {0} is out of range: wasmvisor runs 1 to {MAX_BOOT_VCPUS} vCPUs")]
+    VcpuRange(u32),
+    #[error("invalid mode `{0}`: use real, protected or long")]
+    Mode(String),
+    #[error("invalid policy config `{0}`: expected key=value")]
+    PolicyConfig(String),
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("config file {path}: {reason}")]
+    Toml { path: String, reason: String },
+}
+
+/// One policy to load, with its config pairs (keys may repeat).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySpec {
+    pub path: PathBuf,
+    pub config: Vec<(String, String)>,
+}
+
+impl PolicySpec {
+    /// Parses `PATH[:key=value,key=value...]`. The path ends at the first
+    /// `.wasm:` (or is the whole argument).
+    pub fn parse(arg: &str) -> Result<PolicySpec, ConfigError> {
+        let (path, rest) = match arg.find(".wasm:") {
+            Some(i) => (&arg[..i + 5], Some(&arg[i + 6..])),
+            None => (arg, None),
+        };
+        let mut config = Vec::new();
+        for pair in rest.unwrap_or("").split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| ConfigError::PolicyConfig(pair.to_string()))?;
+            if k.is_empty() {
+                return Err(ConfigError::PolicyConfig(pair.to_string()));
+            }
+            config.push((k.to_string(), v.to_string()));
+        }
+        Ok(PolicySpec {
+            path: PathBuf::from(path),
+            config,
+        })
+    }
+}
+
+/// Which console device serves port 0x3F8 when no policy claims it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SerialBackend {
+    /// Only policies; nobody answers 0x3F8 unless a policy does.
+    #[default]
+    Policy,
+    /// The built-in native 16550 at 0x3F8 (after every policy).
+    Native,
+}
+
+/// The guest image and how to start it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestSpec {
+    pub path: PathBuf,
+    /// Defaults: long for ELF, real for flat binaries.
+    pub mode: Option<BootMode>,
+    /// Flat binaries only; default 0x8000.
+    pub load_addr: Option<u64>,
+    /// Default: the ELF entry, or the load address.
+    pub entry: Option<u64>,
+}
+
+/// Everything needed to build and run one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub guest: GuestSpec,
+    pub policies: Vec<PolicySpec>,
+    pub vcpus: u32,
+    pub mem_bytes: u64,
+    pub serial: SerialBackend,
+    pub events: Option<PathBuf>,
+    pub limits: Limits,
+}
+
+impl VmConfig {
+    /// A config with defaults for everything but the guest.
+    pub fn new(guest: GuestSpec) -> VmConfig {
+        VmConfig {
+            guest,
+            policies: Vec::new(),
+            vcpus: 1,
+            mem_bytes: 64 << 20,
+            serial: SerialBackend::Policy,
+            events: None,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Checks ranges the type system does not.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus > MAX_BOOT_VCPUS {
+            return Err(ConfigError::VcpuRange(self.vcpus));
+        }
+        if self.mem_bytes < (1 << 20) || self.mem_bytes > MMIO_HOLE_START {
+            return Err(ConfigError::MemRange(format_size(self.mem_bytes)));
+        }
+        Ok(())
+    }
+}
+
+/// Formats a byte count the way `parse_size` reads it.
+pub fn format_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}G", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}K", b >> 10),
+        b => b.to_string(),
+    }
+}
+
+/// Parses `64M`, `1G`, `4096`, `512K`.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let err = || ConfigError::Size(s.to_string());
+    let t = s.trim();
+    let (num, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = num.parse().map_err(|_| err())?;
+    n.checked_mul(1 << shift).ok_or_else(err)
+}
+
+/// Parses decimal or 0x-hex.
+pub fn parse_number(s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim().replace('_', "");
+    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => t.parse(),
+    };
+    r.map_err(|_| ConfigError::Number(s.to_string()))
+}
+
+/// Parses `real`, `protected` or `long`.
+pub fn parse_mode(s: &str) -> Result<BootMode, ConfigError> {
+    match s {
+        "real" => Ok(BootMode::Real),
+        "protected" => Ok(BootMode::Protected),
+        "long" => Ok(BootMode::Long),
+        _ => Err(ConfigError::Mode(s.to_string())),
+    }
+}
+
+/// A TOML number or string (sizes and addresses may be either).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Int(u64),
+    Str(String),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn text(&self) -> String {
+        match self {
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Str(s) => s.clone(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// A config value: one scalar, or a list (repeated key).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ConfigValue {
+    One(Scalar),
+    Many(Vec<Scalar>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileGuest {
+    path: PathBuf,
+    mode: Option<String>,
+    load_addr: Option<Scalar>,
+    entry: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePolicy {
+    path: PathBuf,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    guest: Option<FileGuest>,
+    vcpus: Option<u32>,
+    mem: Option<Scalar>,
+    serial: Option<String>,
+    #[serde(default)]
+    policy: Vec<FilePolicy>,
+}
+
+/// The parts of a TOML config file; paths are resolved against its folder.
+#[derive(Debug, Default)]
+pub struct FileSettings {
+    pub guest: Option<GuestSpec>,
+    pub vcpus: Option<u32>,
+    pub mem_bytes: Option<u64>,
+    pub serial: Option<SerialBackend>,
+    pub policies: Vec<PolicySpec>,
+}
+
+/// Reads a TOML config file.
+pub fn read_config_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    let toml_err = |reason: String| ConfigError::Toml {
+        path: shown.clone(),
+        reason,
+    };
+    let file: FileConfig = toml::from_str(&text).map_err(|e| toml_err(e.message().to_string()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let num = |s: &Scalar| parse_number(&s.text());
+    let guest = match file.guest {
+        Some(g) => Some(GuestSpec {
+            path: dir.join(g.path),
+            mode: g.mode.as_deref().map(parse_mode).transpose()?,
+            load_addr: g.load_addr.as_ref().map(num).transpose()?,
+            entry: g.entry.as_ref().map(num).transpose()?,
+        }),
+        None => None,
+    };
+    let serial = match file.serial.as_deref() {
+        None => None,
+        Some("native") => Some(SerialBackend::Native),
+        Some("policy") => Some(SerialBackend::Policy),
+        Some(other) => {
+            return Err(toml_err(format!(
+                "serial must be native or policy, not `{other}`"
+            )))
+        }
+    };
+    let mut policies = Vec::new();
+    for p in file.policy {
+        let mut config = Vec::new();
+        for (key, value) in p.config {
+            let value: ConfigValue = value.try_into().map_err(|_| {
+                toml_err(format!(
+                    "policy config `{key}` must be a string, number, boolean or a list of them"
+                ))
+            })?;
+            match value {
+                ConfigValue::One(s) => config.push((key.clone(), s.text())),
+                ConfigValue::Many(list) => {
+                    config.extend(list.iter().map(|s| (key.clone(), s.text())))
+                }
+            }
+        }
+        policies.push(PolicySpec {
+            path: dir.join(p.path),
+            config,
+        });
+    }
+    Ok(FileSettings {
+        guest,
+        vcpus: file.vcpus,
+        mem_bytes: file
+            .mem
+            .as_ref()
+            .map(|m| parse_size(&m.text()))
+            .transpose()?,
+        serial,
+        policies,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_spec_splits_path_and_pairs() {
+        let s = PolicySpec::parse("dir/msr-guard.wasm:allow=0x174,watch=0x170-0x17f").unwrap();
+        assert_eq!(s.path, PathBuf::from("dir/msr-guard.wasm"));
+        assert_eq!(s.config.len(), 2);
+        assert_eq!(s.config[1], ("watch".into(), "0x170-0x17f".into()));
+        assert_eq!(PolicySpec::parse("p.wasm").unwrap().config, vec![]);
+        assert!(PolicySpec::parse("p.wasm:novalue").is_err());
+        assert!(PolicySpec::parse("p.wasm:=1").is_err());
+    }
+
+    #[test]
+    fn sizes_and_numbers() {
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999999G").is_err());
+        assert_eq!(parse_number("0x8000").unwrap(), 0x8000);
+        assert_eq!(parse_number("32768").unwrap(), 0x8000);
+        assert!(parse_number("0xzz").is_err());
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let mut c = VmConfig::new(GuestSpec {
+            path: "g".into(),
+            mode: None,
+            load_addr: None,
+            entry: None,
+        });
+        assert!(c.check().is_ok());
+        c.vcpus = 0;
+        assert_eq!(c.check(), Err(ConfigError::VcpuRange(0)));
+        c.vcpus = 1;
+        c.mem_bytes = 4 << 30;
+        assert!(c.check().is_err());
+    }
+
+    #[test]
+    fn toml_file_resolves_paths_and_lists() {
+        let dir = std::env::temp_dir().join(format!("wv-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vm.toml");
+        std::fs::write(
+            &file,
+            r#"
+vcpus = 2
+mem = "32M"
+serial = "native"
+[guest]
+path = "guests/devices.bin"
+mode = "protected"
+load-addr = 0x8000
+[[policy]]
+path = "policies/msr-guard.wasm"
+config = { allow = [0x174, "0x175"], log = "all" }
+"#,
+        )
+        .unwrap();
+        let s = read_config_file(&file).unwrap();
+        assert_eq!(s.vcpus, Some(2));
+        assert_eq!(s.mem_bytes, Some(32 << 20));
+        assert_eq!(s.serial, Some(SerialBackend::Native));
+        let g = s.guest.unwrap();
+        assert_eq!(g.path, dir.join("guests/devices.bin"));
+        assert_eq!(g.load_addr, Some(0x8000));
+        let p = &s.policies[0];
+        assert_eq!(p.path, dir.join("policies/msr-guard.wasm"));
+        assert!(p.config.contains(&("allow".into(), "372".into())));
+        assert!(p.config.contains(&("allow".into(), "0x175".into())));
+        std::fs::write(&file, "bogus = 1").unwrap();
+        assert!(matches!(
+            read_config_file(&file),
+            Err(ConfigError::Toml { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,15 @@
+//! wasmvisor's VMM: turns a configuration into a running VM whose exits
+//! go through the policy pipeline, and reports how it ended.
+
+pub mod config;
+mod error;
+pub mod loader;
+mod machine;
+pub mod outcome;
+mod serial;
+mod signals;
+pub mod stats;
+mod vcpu_loop;
+
+pub use error::VmmError;
+pub use machine::{run, RunReport, DEFAULT_LOAD_ADDR};

@@ -1,0 +1,142 @@
+//! Exit statistics: exits by kind, who answered them, time in policies.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use wasmvisor_exit::ExitKind;
+
+/// Exit kinds in the order the summary prints them.
+pub const KINDS: [&str; 7] = [
+    "io",
+    "mmio",
+    "msr",
+    "mem-violation",
+    "debug",
+    "hlt",
+    "shutdown",
+];
+
+fn kind_index(kind: &ExitKind) -> usize {
+    match kind {
+        ExitKind::Io(_) => 0,
+        ExitKind::Mmio(_) => 1,
+        ExitKind::Msr(_) => 2,
+        ExitKind::MemViolation(_) => 3,
+        ExitKind::Debug(_) => 4,
+        ExitKind::Hlt => 5,
+        ExitKind::Shutdown { .. } => 6,
+    }
+}
+
+/// Per-policy counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PolicyStats {
+    pub name: String,
+    /// Exits this policy answered.
+    pub handled: u64,
+    /// Exits it was asked about and declined.
+    pub declined: u64,
+    /// Traps, timeouts and rejected actions.
+    pub faults: u64,
+    /// Wall time spent inside its calls.
+    pub time: Duration,
+}
+
+/// Counters for one vCPU, or merged for the VM.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub exits: [u64; 7],
+    pub policies: Vec<PolicyStats>,
+    pub builtin: u64,
+    pub default: u64,
+    /// Wall time from the first vCPU start to the last vCPU stop.
+    pub wall: Duration,
+}
+
+impl Stats {
+    /// Empty counters for these policies.
+    pub fn new(policy_names: &[String]) -> Stats {
+        Stats {
+            policies: policy_names
+                .iter()
+                .map(|n| PolicyStats {
+                    name: n.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn count_exit(&mut self, kind: &ExitKind) {
+        self.exits[kind_index(kind)] += 1;
+    }
+
+    /// Adds another vCPU's counters.
+    pub fn merge(&mut self, other: &Stats) {
+        for (a, b) in self.exits.iter_mut().zip(other.exits) {
+            *a += b;
+        }
+        for (a, b) in self.policies.iter_mut().zip(&other.policies) {
+            a.handled += b.handled;
+            a.declined += b.declined;
+            a.faults += b.faults;
+            a.time += b.time;
+        }
+        self.builtin += other.builtin;
+        self.default += other.default;
+    }
+
+    /// Total exits.
+    pub fn total(&self) -> u64 {
+        self.exits.iter().sum()
+    }
+
+    /// The short summary printed after every run.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let kinds: Vec<String> = KINDS
+            .iter()
+            .zip(self.exits)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let secs = self.wall.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.total() as f64 / secs
+        } else {
+            0.0
+        };
+        out.push_str(&format!(
+            "exits: {} in {:.3} s ({:.0}/s): {}\n",
+            self.total(),
+            secs,
+            rate,
+            if kinds.is_empty() {
+                "none".to_string()
+            } else {
+                kinds.join(", ")
+            }
+        ));
+        for p in &self.policies {
+            let avg = if p.handled + p.declined > 0 {
+                p.time.as_nanos() as f64 / (p.handled + p.declined) as f64
+            } else {
+                0.0
+            };
+            out.push_str(&format!(
+                "policy {}: handled {}, declined {}, faults {}, time {:.3} ms ({avg:.0} ns/call)\n",
+                p.name,
+                p.handled,
+                p.declined,
+                p.faults,
+                p.time.as_secs_f64() * 1e3
+            ));
+        }
+        out.push_str(&format!(
+            "built-in devices: {}, default handler: {}\n",
+            self.builtin, self.default
+        ));
+        out
+    }
+}

@@ -1,0 +1,152 @@
+//! Records every port I/O exit it sees as an `io` event and passes the exit
+//! on. List it before the policies it observes.
+
+use wasmvisor_policy_sdk::{
+    export_policy, host, Config, Direction, Exit, IoExit, LogLevel, Policy, PortRange,
+    Subscriptions, Verdict,
+};
+
+#[derive(Debug)]
+struct IoTracer {
+    ports: Vec<PortRange>,
+    log: bool,
+}
+
+fn dir(io: &IoExit) -> &'static str {
+    match io.direction {
+        Direction::Read => "in",
+        Direction::Write => "out",
+    }
+}
+
+/// The `io` event for one exit.
+fn event_json(ev: &Exit, io: &IoExit) -> String {
+    format!(
+        "{{\"seq\":{},\"vcpu\":{},\"rip\":{},\"port\":{},\"dir\":\"{}\",\"size\":{},\"data\":{}}}",
+        ev.seq,
+        ev.vcpu,
+        ev.rip,
+        io.port,
+        dir(io),
+        io.size,
+        io.data
+    )
+}
+
+/// The log line for one exit.
+fn log_line(ev: &Exit, io: &IoExit) -> String {
+    let data = match io.direction {
+        Direction::Read => String::new(),
+        Direction::Write => format!(" data {:#x}", io.data),
+    };
+    format!(
+        "io-tracer: #{} vcpu {} rip {:#x}: {} {:#x} size {}{data}",
+        ev.seq,
+        ev.vcpu,
+        ev.rip,
+        dir(io),
+        io.port,
+        io.size
+    )
+}
+
+impl Policy for IoTracer {
+    const NAME: &'static str = "io-tracer";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const DESCRIPTION: &'static str = "records port I/O exits as events and passes them on";
+
+    fn init(config: &Config) -> Result<(Self, Subscriptions), String> {
+        config.check_keys(&["ports", "log"])?;
+        let mut ports = config.port_ranges("ports")?;
+        if ports.is_empty() {
+            ports.push(PortRange {
+                first: 0,
+                last: 0xffff,
+            });
+        }
+        let log = config.bool("log")?.unwrap_or(false);
+        let subscriptions = Subscriptions::new().port_ranges(ports.iter().copied());
+        Ok((IoTracer { ports, log }, subscriptions))
+    }
+
+    fn on_io(&mut self, ev: &Exit, io: IoExit) -> Verdict {
+        if self
+            .ports
+            .iter()
+            .any(|r| (r.first..=r.last).contains(&io.port))
+        {
+            host::emit("io", &event_json(ev, &io));
+            host::counter_add("io", 1);
+            if self.log {
+                host::log(LogLevel::Info, &log_line(ev, &io));
+            }
+        }
+        Verdict::Decline
+    }
+}
+
+export_policy!(IoTracer);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EV: Exit = Exit {
+        vcpu: 1,
+        seq: 42,
+        rip: 0x1000,
+    };
+
+    fn out(port: u16, data: u32) -> IoExit {
+        IoExit {
+            port,
+            size: 1,
+            direction: Direction::Write,
+            data,
+        }
+    }
+
+    #[test]
+    fn json_and_log() {
+        assert_eq!(
+            event_json(&EV, &out(0x3f8, 0x41)),
+            r#"{"seq":42,"vcpu":1,"rip":4096,"port":1016,"dir":"out","size":1,"data":65}"#
+        );
+        let read = IoExit {
+            direction: Direction::Read,
+            data: 0,
+            size: 2,
+            ..out(0x60, 0)
+        };
+        assert!(event_json(&EV, &read).contains(r#""dir":"in","size":2,"data":0"#));
+        assert_eq!(
+            log_line(&EV, &out(0x3f8, 0x41)),
+            "io-tracer: #42 vcpu 1 rip 0x1000: out 0x3f8 size 1 data 0x41"
+        );
+        assert_eq!(
+            log_line(&EV, &read),
+            "io-tracer: #42 vcpu 1 rip 0x1000: in 0x60 size 2"
+        );
+    }
+
+    #[test]
+    fn config() {
+        let (t, s) = IoTracer::init(&Config::default()).unwrap();
+        assert!(!t.log);
+        assert_eq!((s.ports[0].first, s.ports[0].last), (0, 0xffff));
+        let c = Config::from_pairs([("ports", "0x3f8-0x3ff"), ("ports", "0x80"), ("log", "true")]);
+        let (t, s) = IoTracer::init(&c).unwrap();
+        assert!(t.log);
+        assert_eq!(s.ports.len(), 2);
+        assert!(IoTracer::init(&Config::from_pairs([("log", "maybe")])).is_err());
+        assert!(IoTracer::init(&Config::from_pairs([("port", "1")])).is_err());
+    }
+
+    #[test]
+    fn foreign_port_declines_silently() {
+        let c = Config::from_pairs([("ports", "0x80")]);
+        let (mut t, _) = IoTracer::init(&c).unwrap();
+        // Not in range: no host call (which would panic off the host).
+        assert!(t.on_io(&EV, out(0x81, 0)).is_decline());
+    }
+}
