@@ -40,7 +40,7 @@ fn sigint_stops_a_spinning_guest() {
     let dir = scratch("spin");
     let p = dir.join("spin.bin");
     std::fs::write(&p, [0xeb, 0xfe]).unwrap(); // jmp $
-    let mut child = Command::new(bin())
+    let child = Command::new(bin())
         .args(["run", "--guest", p.to_str().unwrap(), "--vcpus", "2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a guest under Wasm policies (no arguments: the built-in demo).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Work with policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -37,7 +37,7 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Policy(PolicyCommand::Inspect(args)) => inspect::inspect(args).map(|()| 0),
     };
     match result {

@@ -124,8 +124,8 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
 
 pub fn run(args: RunArgs) -> Result<i32> {
     let config = build_config(&args)?;
-    let report = wasmvisor_vmm::run(&config, Arc::new(StdoutConsole::default()))
-        .context("cannot start the VM")?;
+    let report =
+        wasmvisor_vmm::run(&config, Arc::new(StdoutConsole)).context("cannot start the VM")?;
     use std::io::Write;
     let _ = std::io::stdout().flush();
     eprintln!("wasmvisor: {}", report.outcome.describe());

@@ -207,7 +207,7 @@ fn validate_rejects_wrong_size_wrong_exit_and_ungranted() {
         value: 1,
     };
     assert!(matches!(
-        validate(&write, &[set.clone()], none, &m),
+        validate(&write, std::slice::from_ref(&set), none, &m),
         Err(ActionFault::NotGranted { .. })
     ));
     let granted = Capabilities {

@@ -28,7 +28,7 @@ impl Vm {
     /// Opens `/dev/kvm`, creates a VM with `ram_size` bytes of RAM at GPA 0
     /// and turns on user-space MSR exits.
     pub fn new(ram_size: u64) -> Result<Vm, KvmError> {
-        if ram_size == 0 || ram_size > MMIO_HOLE_START || ram_size % 4096 != 0 {
+        if ram_size == 0 || ram_size > MMIO_HOLE_START || !ram_size.is_multiple_of(4096) {
             return Err(KvmError::BadBootState(format!(
                 "guest RAM must be a non-zero multiple of 4 KiB up to {} MiB, not {ram_size} bytes",
                 MMIO_HOLE_START >> 20
