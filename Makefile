@@ -3,7 +3,7 @@ CARGO   ?= cargo
 ASSETS  := target/assets
 WASM    := target/wasm32-wasip2/policy
 POLICIES := serial msr-guard cpuid-mask io-tracer regbank noop
-FIXTURES := other-world
+FIXTURES := other-world hostile
 
 .PHONY: all setup guests policies assets build demo test lint unit e2e clean
 

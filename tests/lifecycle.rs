@@ -33,6 +33,39 @@ fn triple_fault_is_one_line_with_vcpu_rip_and_reason() {
 }
 
 #[test]
+fn emulator_failure_is_one_line_with_instruction_bytes() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("iret");
+    let p = dir.join("iret.bin");
+    // This machine's KVM emulates CPL0 code and cannot emulate a
+    // protected-mode IRET: KVM_EXIT_INTERNAL_ERROR. On hardware KVM the
+    // IRET faults on the empty stack and ends as a triple fault instead.
+    std::fs::write(&p, [0xcf]).unwrap();
+    let r = wasmvisor(&["run", "--guest", p.to_str().unwrap(), "--mode", "protected"]);
+    assert_eq!(r.code, 3, "{r:?}");
+    let fault: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("guest fault"))
+        .collect();
+    assert_eq!(fault.len(), 1, "{}", r.stderr);
+    assert!(
+        fault[0].starts_with("wasmvisor: guest fault: vcpu 0 at rip 0x8000: "),
+        "{}",
+        fault[0]
+    );
+    assert!(
+        fault[0]
+            .contains("KVM internal error: the instruction emulator failed; instruction bytes: cf")
+            || fault[0].contains("shutdown (triple fault)"),
+        "{}",
+        fault[0]
+    );
+}
+
+#[test]
 fn sigint_stops_a_spinning_guest() {
     if !kvm_available() {
         return;

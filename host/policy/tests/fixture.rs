@@ -16,8 +16,7 @@ use wasmvisor_policy::{
 };
 
 const FILE: &str = "hostile_fixture.wasm";
-const BUILD: &str = "cargo build --manifest-path host/policy/tests/fixtures/hostile/Cargo.toml \
-                     --target wasm32-wasip2 --profile policy --target-dir target";
+const BUILD: &str = "make policies";
 
 /// Ports of the fixture (see its `port` module).
 mod port {

@@ -12,7 +12,7 @@ use wasmvisor_exit::{
     Flow, Route, Routes, Target,
 };
 use wasmvisor_kvm::{Kicker, RunOutcome, Vcpu};
-use wasmvisor_policy::{PolicyInstance, Verdict};
+use wasmvisor_policy::{CallError, PolicyInstance, Verdict};
 
 use crate::outcome::VmOutcome;
 use crate::serial::NativeSerial;
@@ -197,6 +197,9 @@ impl VcpuWorker {
                 return Ok(None);
             }
             Ok(Verdict::Handled(actions)) => actions,
+            // A vCPU ioctl failing inside a host import is the host's
+            // fault, not the policy's.
+            Err(CallError::Vcpu(e)) => return Err(VmOutcome::HostFailure(e.to_string())),
             Err(e) => {
                 self.fault(i, event, &e.to_string());
                 return Ok(None);
