@@ -109,7 +109,7 @@ fn policy_stop_action_sets_exit_code() {
         &policy("serial"),
         "--policy",
         &format!(
-            "{}:watch=0x170-0x17f,allow=0x174,on-deny=stop",
+            "{}:watch=0x170-0x17f,allow=0x174,on-deny=stop,@grant=stop-vm",
             policy("msr-guard")
         ),
     ]);

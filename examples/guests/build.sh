@@ -7,6 +7,7 @@
 #   hello.elf    ELF64, 64-bit long mode, loaded at 1 MiB, entry _start
 #   devices.bin  flat, 32-bit protected mode, load at 0x8000, entry = byte 0
 #   smp.bin      flat, 16-bit real mode, load at 0x8000, entry = byte 0
+#   faults.bin   flat, 16-bit real mode, load at 0x8000, entry = byte 0
 set -euo pipefail
 
 if [ "$#" -ne 1 ]; then
@@ -37,8 +38,8 @@ ld -m elf_x86_64 "${ldflags[@]}" -T "$src/hello.ld" \
 
 # Flat images: assembled as 32-bit ELF objects (smp.S switches to .code16
 # itself), linked at 0x8000 by flat.ld, then stripped to raw bytes.
-for guest in devices smp; do
-    as --32 -o "$work/$guest.o" "$src/$guest.S"
+for guest in devices smp faults; do
+    as --32 -I "$src" -o "$work/$guest.o" "$src/$guest.S"
     ld -m elf_i386 "${ldflags[@]}" -T "$src/flat.ld" \
         -o "$work/$guest.elf" "$work/$guest.o"
     objcopy -O binary "$work/$guest.elf" "$work/$guest.bin"
@@ -47,4 +48,4 @@ done
 
 # Publish only once everything built, so OUT_DIR never holds a mix of old
 # and new guests after a failed build.
-cp "$work/hello.elf" "$work/devices.bin" "$work/smp.bin" "$out/"
+cp "$work/hello.elf" "$work/devices.bin" "$work/smp.bin" "$work/faults.bin" "$out/"

@@ -43,7 +43,7 @@ pub struct RunArgs {
     /// Console device on 0x3F8 when no policy claims it: policy (none) or native.
     #[arg(long, value_name = "BACKEND")]
     serial: Option<String>,
-    /// Per-call policy deadline in milliseconds [default: 10].
+    /// Per-call deadline in milliseconds for policies without their own @deadline [default: 10].
     #[arg(long, value_name = "MS")]
     policy_deadline_ms: Option<u64>,
     /// Print detailed statistics (JSON) after the run.
@@ -115,7 +115,13 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
         if ms == 0 || ms > 60_000 {
             bail!("--policy-deadline-ms {ms} is out of range: use 1 to 60000");
         }
-        config.limits.deadline = Duration::from_millis(ms);
+        for p in config
+            .policies
+            .iter_mut()
+            .filter(|p| !p.sandbox.deadline_set)
+        {
+            p.sandbox.limits.deadline = Duration::from_millis(ms);
+        }
     }
     config.events = args.events.clone();
     config.check()?;

@@ -8,6 +8,7 @@
 
 mod boot;
 mod cpuid;
+pub mod decode;
 mod error;
 mod kick;
 mod vcpu;

@@ -11,14 +11,15 @@
 use std::fmt;
 
 use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
-use kvm_ioctls::{MsrExitReason, SyncReg, VcpuExit, VcpuFd};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use wasmvisor_exit::{
-    Completion, DebugCause, DebugExit, Direction, Exception, ExitEvent, ExitKind, IoExit, MmioExit,
-    MsrExit, MsrReason, Reg, ShutdownReason, VcpuAccess, VcpuAccessError,
+    Completion, DebugExit, Direction, Exception, ExitEvent, ExitKind, IoExit, MmioExit, MsrExit,
+    MsrReason, Reg, ShutdownReason, VcpuAccess, VcpuAccessError,
 };
 
 use crate::boot::BootState;
 use crate::cpuid::{to_kvm, CpuidEntry};
+use crate::decode;
 use crate::KvmError;
 
 /// What the current exit still owes the guest.
@@ -362,34 +363,7 @@ impl Vcpu {
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal`
         // is the live union member.
         let internal = unsafe { run.__bindgen_anon_1.internal };
-        let ndata = (internal.ndata as usize).min(internal.data.len());
-        let bytes: Vec<u8> = internal.data[..ndata]
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect();
-        match internal.suberror {
-            // KVM_INTERNAL_ERROR_EMULATION: data = flags, then insn size
-            // and up to 15 instruction bytes when flag bit 0 is set.
-            1 => {
-                let flags = internal.data[0];
-                if flags & 1 != 0 && bytes.len() > 9 {
-                    let len = usize::from(bytes[8]).min(15).min(bytes.len() - 9);
-                    let insn: Vec<String> = bytes[9..9 + len]
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect();
-                    format!(
-                        "the instruction emulator failed; instruction bytes: {}",
-                        insn.join(" ")
-                    )
-                } else {
-                    "the instruction emulator failed".to_string()
-                }
-            }
-            2 => "simultaneous exceptions (double fault during delivery)".to_string(),
-            3 => "exception during event delivery".to_string(),
-            n => format!("suberror {n}"),
-        }
+        decode::internal_error_detail(internal.suberror, internal.ndata, &internal.data)
     }
 
     fn rip(&mut self) -> Result<u64, KvmError> {
@@ -594,16 +568,6 @@ enum RawExit {
     Fatal(ShutdownReason, String),
 }
 
-fn msr_reason(r: MsrExitReason) -> MsrReason {
-    if r.contains(MsrExitReason::Filter) {
-        MsrReason::Filtered
-    } else if r.contains(MsrExitReason::Unknown) {
-        MsrReason::Unknown
-    } else {
-        MsrReason::Invalid
-    }
-}
-
 impl From<VcpuExit<'_>> for RawExit {
     fn from(exit: VcpuExit<'_>) -> Self {
         match exit {
@@ -616,42 +580,27 @@ impl From<VcpuExit<'_>> for RawExit {
                 data: 0,
             },
             VcpuExit::MmioWrite(gpa, data) => {
-                let mut buf = [0u8; 8];
-                let n = data.len().min(8);
-                buf[..n].copy_from_slice(&data[..n]);
+                let (len, data) = decode::mmio_write(data);
                 RawExit::Mmio {
                     gpa,
-                    len: n as u8,
+                    len,
                     write: true,
-                    data: u64::from_le_bytes(buf),
+                    data,
                 }
             }
             VcpuExit::X86Rdmsr(m) => RawExit::Msr {
                 index: m.index,
                 direction: Direction::Read,
                 value: 0,
-                reason: msr_reason(m.reason),
+                reason: decode::msr_reason(m.reason),
             },
             VcpuExit::X86Wrmsr(m) => RawExit::Msr {
                 index: m.index,
                 direction: Direction::Write,
                 value: m.data,
-                reason: msr_reason(m.reason),
+                reason: decode::msr_reason(m.reason),
             },
-            VcpuExit::Debug(d) => {
-                let slot = (0..4u8).find(|i| d.dr6 & (1 << i) != 0);
-                let cause = match (d.exception, slot) {
-                    (3, _) => DebugCause::SwBreakpoint,
-                    (_, Some(_)) => DebugCause::HwBreakpoint,
-                    _ => DebugCause::SingleStep,
-                };
-                RawExit::Debug(DebugExit {
-                    cause,
-                    slot,
-                    dr6: d.dr6,
-                    dr7: d.dr7,
-                })
-            }
+            VcpuExit::Debug(d) => RawExit::Debug(decode::debug_exit(d.exception, d.dr6, d.dr7)),
             VcpuExit::Hlt => RawExit::Hlt,
             VcpuExit::Intr | VcpuExit::IrqWindowOpen => RawExit::Interrupted,
             VcpuExit::Shutdown => RawExit::Fatal(ShutdownReason::TripleFault, String::new()),

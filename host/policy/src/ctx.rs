@@ -80,13 +80,14 @@ impl Ctx {
     pub(crate) fn new<V: VcpuAccess + Send + 'static>(
         inst: InstanceContext,
         limits: &Limits,
+        wasi: crate::wasi::WasiGrants,
     ) -> Ctx {
         Ctx {
             inst,
             limiter: StoreLimiter::new(limits),
             vcpu: Box::new(None::<V>),
             fault: None,
-            wasi: crate::wasi::empty_ctx(),
+            wasi: crate::wasi::ctx(wasi),
             table: ResourceTable::new(),
         }
     }

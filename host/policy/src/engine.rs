@@ -1,5 +1,5 @@
 //! The shared wasmtime engine and the ticker thread that advances its
-//! epoch, which is what call deadlines are counted in.
+//! epoch, which is what call deadlines are counted in (ADR 0002).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +13,48 @@ use crate::error::{one_line, PolicyError};
 /// How often the ticker advances the epoch: one deadline tick.
 pub const TICK: Duration = Duration::from_millis(1);
 
+/// How an engine bounds the run time of a policy call.
+///
+/// Only [`Epoch`](Self::Epoch), the default, is meant for a VM: the other
+/// variants exist so that `benches/deadline.rs` can measure the choice
+/// recorded in `docs/adr/0002-call-deadlines.md`.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeadlineMechanism {
+    /// Nothing: a policy that loops never returns.
+    Unbounded,
+    /// Epoch interruption: [`Limits::deadline`](crate::Limits::deadline)
+    /// counted in [`TICK`]s of a ticker thread, armed before each call.
+    #[default]
+    Epoch,
+    /// Fuel: each call (and instantiation) may execute `budget` units,
+    /// about one per Wasm operator; running out is a timeout.
+    Fuel {
+        /// Fuel given to each call.
+        budget: u64,
+    },
+    /// Both: whichever runs out first ends the call.
+    EpochAndFuel {
+        /// Fuel given to each call.
+        budget: u64,
+    },
+}
+
+impl DeadlineMechanism {
+    /// Whether calls are bounded by epoch deadlines.
+    pub(crate) fn epoch(self) -> bool {
+        matches!(self, Self::Epoch | Self::EpochAndFuel { .. })
+    }
+
+    /// The fuel budget of each call, if calls are metered.
+    pub(crate) fn fuel(self) -> Option<u64> {
+        match self {
+            Self::Fuel { budget } | Self::EpochAndFuel { budget } => Some(budget),
+            Self::Unbounded | Self::Epoch => None,
+        }
+    }
+}
+
 /// The compiler and runtime shared by every policy of a VM.
 ///
 /// Cloning is cheap. The ticker thread runs until the last clone, and the
@@ -21,27 +63,50 @@ pub const TICK: Duration = Duration::from_millis(1);
 #[derive(Clone)]
 pub struct PolicyEngine {
     engine: Engine,
+    mechanism: DeadlineMechanism,
     /// Held for its `Drop`, which stops the thread.
-    _ticker: Arc<Ticker>,
+    _ticker: Option<Arc<Ticker>>,
 }
 
 impl PolicyEngine {
     /// Creates an engine with the component model and epoch interruption
     /// on, and starts its ticker thread.
     pub fn new() -> Result<Self, PolicyError> {
+        Self::with_deadline_mechanism(DeadlineMechanism::Epoch)
+    }
+
+    /// Creates an engine that bounds calls with `mechanism` instead of the
+    /// default epoch deadline. For measurements only: see
+    /// [`DeadlineMechanism`].
+    #[doc(hidden)]
+    pub fn with_deadline_mechanism(mechanism: DeadlineMechanism) -> Result<Self, PolicyError> {
         let mut config = Config::new();
-        config.wasm_component_model(true).epoch_interruption(true);
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(mechanism.epoch())
+            .consume_fuel(mechanism.fuel().is_some());
         let engine = Engine::new(&config).map_err(|e| PolicyError::Engine(one_line(&e)))?;
-        let ticker = Ticker::start(engine.clone()).map_err(PolicyError::Ticker)?;
+        let ticker = if mechanism.epoch() {
+            let ticker = Ticker::start(engine.clone()).map_err(PolicyError::Ticker)?;
+            Some(Arc::new(ticker))
+        } else {
+            None
+        };
         Ok(PolicyEngine {
             engine,
-            _ticker: Arc::new(ticker),
+            mechanism,
+            _ticker: ticker,
         })
     }
 
     /// The wasmtime engine.
     pub(crate) fn wasmtime(&self) -> &Engine {
         &self.engine
+    }
+
+    /// How calls are bounded.
+    pub(crate) fn deadline_mechanism(&self) -> DeadlineMechanism {
+        self.mechanism
     }
 }
 

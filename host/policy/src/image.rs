@@ -13,7 +13,7 @@ use crate::engine::PolicyEngine;
 use crate::error::{one_line, PolicyError};
 use crate::instance::PolicyInstance;
 use crate::limits::Limits;
-use crate::wasi;
+use crate::wasi::{self, WasiGrants};
 
 /// Largest policy file accepted.
 pub const MAX_POLICY_BYTES: u64 = 64 << 20;
@@ -33,6 +33,7 @@ const PROVIDED: [&str; 2] = [
 pub struct PolicyImage {
     name: Arc<str>,
     pre: PolicyPre<Ctx>,
+    wasi: WasiGrants,
     /// Keeps the epoch ticker alive as long as an image or instance is.
     engine: PolicyEngine,
 }
@@ -41,6 +42,15 @@ impl PolicyImage {
     /// Reads and compiles the component at `path`; its file name names it
     /// in errors.
     pub fn load(engine: &PolicyEngine, path: &Path) -> Result<PolicyImage, PolicyError> {
+        Self::load_with(engine, path, WasiGrants::default())
+    }
+
+    /// Like [`PolicyImage::load`], granting the policy `wasi`.
+    pub fn load_with(
+        engine: &PolicyEngine,
+        path: &Path,
+        wasi: WasiGrants,
+    ) -> Result<PolicyImage, PolicyError> {
         let name = match path.file_name() {
             Some(name) => name.to_string_lossy().into_owned(),
             None => path.display().to_string(),
@@ -58,7 +68,7 @@ impl PolicyImage {
             });
         }
         let bytes = std::fs::read(path).map_err(read_error)?;
-        Self::from_bytes(engine, &name, &bytes)
+        Self::from_bytes_with(engine, &name, &bytes, wasi)
     }
 
     /// Compiles a component held in memory; `name` names it in errors.
@@ -67,6 +77,16 @@ impl PolicyImage {
         name: &str,
         bytes: &[u8],
     ) -> Result<PolicyImage, PolicyError> {
+        Self::from_bytes_with(engine, name, bytes, WasiGrants::default())
+    }
+
+    /// Like [`PolicyImage::from_bytes`], granting the policy `wasi`.
+    pub fn from_bytes_with(
+        engine: &PolicyEngine,
+        name: &str,
+        bytes: &[u8],
+        wasi: WasiGrants,
+    ) -> Result<PolicyImage, PolicyError> {
         sniff(name, bytes)?;
         let wasmtime = engine.wasmtime();
         let component = Component::new(wasmtime, bytes).map_err(|e| PolicyError::Compile {
@@ -74,10 +94,11 @@ impl PolicyImage {
             reason: one_line(&e),
         })?;
         check_world(engine, name, &component)?;
-        let pre = link(name, &component)?;
+        let pre = link(name, &component, wasi)?;
         Ok(PolicyImage {
             name: name.into(),
             pre,
+            wasi,
             engine: engine.clone(),
         })
     }
@@ -100,6 +121,11 @@ impl PolicyImage {
     /// The linked, pre-instantiated component.
     pub(crate) fn pre(&self) -> &PolicyPre<Ctx> {
         &self.pre
+    }
+
+    /// The WASI authority granted to the policy.
+    pub fn wasi(&self) -> WasiGrants {
+        self.wasi
     }
 
     /// The engine the image was compiled by.
@@ -171,7 +197,11 @@ fn check_imports(
 }
 
 /// Links the host interfaces and WASI, and pre-instantiates.
-fn link(name: &str, component: &Component) -> Result<PolicyPre<Ctx>, PolicyError> {
+fn link(
+    name: &str,
+    component: &Component,
+    wasi: WasiGrants,
+) -> Result<PolicyPre<Ctx>, PolicyError> {
     let link_error = |e: wasmtime::Error| PolicyError::Link {
         name: name.into(),
         reason: one_line(&e),
@@ -179,7 +209,7 @@ fn link(name: &str, component: &Component) -> Result<PolicyPre<Ctx>, PolicyError
     let mut linker: Linker<Ctx> = Linker::new(component.engine());
     Policy::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)
         .map_err(link_error)?;
-    wasi::add_to_linker(&mut linker).map_err(link_error)?;
+    wasi::add_to_linker(&mut linker, wasi).map_err(link_error)?;
     let pre = linker.instantiate_pre(component).map_err(link_error)?;
     PolicyPre::new(pre).map_err(|e| PolicyError::WrongTypes {
         name: name.into(),

@@ -12,6 +12,7 @@ use crate::bindings::exports::wasmvisor::policy::handler::Guest;
 use crate::bindings::Policy;
 use crate::convert;
 use crate::ctx::{Ctx, InstanceContext};
+use crate::engine::PolicyEngine;
 use crate::error::{one_line, CallError, PolicyError};
 use crate::image::PolicyImage;
 use crate::limits::Limits;
@@ -104,7 +105,7 @@ impl<V: VcpuAccess + Send + 'static> PolicyInstance<V> {
         }
         let event = convert::exit_event(event);
         self.store.data_mut().swap_vcpu(vcpu);
-        self.store.set_epoch_deadline(self.ticks);
+        arm(&mut self.store, self.image.engine(), self.ticks);
         let result = self
             .bindings
             .wasmvisor_policy_handler()
@@ -140,7 +141,7 @@ impl<V: VcpuAccess + Send + 'static> PolicyInstance<V> {
         if self.broken.is_some() {
             self.repair()?;
         }
-        self.store.set_epoch_deadline(self.ticks);
+        arm(&mut self.store, self.image.engine(), self.ticks);
         f(self.bindings.wasmvisor_policy_handler(), &mut self.store)
             .map_err(|error| self.recover(&error))
     }
@@ -178,7 +179,7 @@ impl<V: VcpuAccess + Send + 'static> PolicyInstance<V> {
         let Some(config) = &self.config else {
             return Ok(());
         };
-        self.store.set_epoch_deadline(self.ticks);
+        arm(&mut self.store, self.image.engine(), self.ticks);
         let handler = self.bindings.wasmvisor_policy_handler();
         match handler.call_init(&mut self.store, config) {
             Ok(Ok(_)) => Ok(()),
@@ -225,16 +226,32 @@ fn start<V: VcpuAccess + Send + 'static>(
     limits: &Limits,
 ) -> Result<(Store<Ctx>, Policy), PolicyError> {
     let policy = inst.policy_name.clone();
-    let mut store = Store::new(image.engine().wasmtime(), Ctx::new::<V>(inst, limits));
+    let mut store = Store::new(
+        image.engine().wasmtime(),
+        Ctx::new::<V>(inst, limits, image.wasi()),
+    );
     store.limiter(|ctx| &mut ctx.limiter);
     // Start-up code runs under the same deadline as a call.
-    store.set_epoch_deadline(limits.deadline_ticks());
+    arm(&mut store, image.engine(), limits.deadline_ticks());
     match image.pre().instantiate(&mut store) {
         Ok(bindings) => Ok((store, bindings)),
         Err(e) => Err(PolicyError::Instantiate {
             policy,
             error: classify(store.data_mut(), &e),
         }),
+    }
+}
+
+/// Arms the deadline of the next call: `ticks` epoch ticks and, on an
+/// engine that meters fuel (measurements only), a full fuel budget.
+fn arm(store: &mut Store<Ctx>, engine: &PolicyEngine, ticks: u64) {
+    let mechanism = engine.deadline_mechanism();
+    if mechanism.epoch() {
+        store.set_epoch_deadline(ticks);
+    }
+    if let Some(budget) = mechanism.fuel() {
+        // Fails only on an engine without fuel, which has no budget.
+        let _ = store.set_fuel(budget);
     }
 }
 
@@ -247,7 +264,7 @@ fn classify(ctx: &mut Ctx, error: &wasmtime::Error) -> CallError {
         return exceeded;
     }
     match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => CallError::Timeout,
+        Some(wasmtime::Trap::Interrupt | wasmtime::Trap::OutOfFuel) => CallError::Timeout,
         _ => CallError::Trap(one_line(error)),
     }
 }

@@ -18,6 +18,8 @@ mod convert;
 mod ctx;
 mod engine;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod image;
 mod imports;
 mod instance;
@@ -27,7 +29,7 @@ mod types;
 mod wasi;
 
 pub use ctx::InstanceContext;
-pub use engine::{PolicyEngine, TICK};
+pub use engine::{DeadlineMechanism, PolicyEngine, TICK};
 pub use error::{CallError, PolicyError};
 pub use image::{PolicyImage, HANDLER, MAX_POLICY_BYTES};
 pub use imports::{MAX_EVENT_BYTES, MAX_KEY_BYTES, MAX_LOG_BYTES, MAX_TRANSFER};
@@ -35,3 +37,4 @@ pub use instance::PolicyInstance;
 pub use limits::{Limits, MIN_DEADLINE_TICKS};
 pub use sinks::{CaptureConsole, ConsoleSink, Shared, StderrConsole, StdoutConsole, MAX_COUNTERS};
 pub use types::{CpuidLeaf, PolicyInfo, Verdict};
+pub use wasi::WasiGrants;

@@ -8,6 +8,10 @@
 //! gets no time source, and cannot sleep or poll a timer, which would block
 //! its vCPU thread where the epoch deadline cannot interrupt it.
 //!
+//! The operator may grant a policy more, per policy ([`WasiGrants`]):
+//! the clocks, and standard output and error (both go to the host's
+//! standard error, never to the guest console).
+//!
 //! The interfaces are linked at wasmtime-wasi's own version (0.2.12), and
 //! wasmtime matches a policy's 0.2.x imports to them by semver. That is why
 //! the unimplemented clocks are shadowed by name rather than stubbed with
@@ -51,18 +55,36 @@ pub(crate) fn provides(import: &str) -> bool {
     PACKAGES.iter().any(|p| interface.starts_with(p)) && version.starts_with("0.2.")
 }
 
-/// The empty context each store gets.
-pub(crate) fn empty_ctx() -> WasiCtx {
-    WasiCtxBuilder::new()
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .build()
+/// WASI authority the operator granted one policy. Nothing by default:
+/// no filesystem, sockets, environment or arguments are ever granted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WasiGrants {
+    /// The monotonic and wall clocks (and so sleeping and timers).
+    pub clocks: bool,
+    /// Standard output and error, both written to the host's stderr.
+    pub stdio: bool,
 }
 
-/// Adds WASI preview 2 to `linker`, with the clocks trapping.
-pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
+/// The context each store gets: empty, plus what was granted.
+pub(crate) fn ctx(grants: WasiGrants) -> WasiCtx {
+    let mut b = WasiCtxBuilder::new();
+    b.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    if grants.stdio {
+        b.stdout(wasmtime_wasi::cli::stderr())
+            .stderr(wasmtime_wasi::cli::stderr());
+    }
+    b.build()
+}
+
+/// Adds WASI preview 2 to `linker`, with the clocks trapping unless
+/// granted.
+pub(crate) fn add_to_linker(linker: &mut Linker<Ctx>, grants: WasiGrants) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    if grants.clocks {
+        return Ok(());
+    }
     linker.allow_shadowing(true);
     for (interface, funcs) in CLOCKS {
         let mut instance = linker.instance(interface)?;

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 use wasmvisor_kvm::{BootMode, MAX_BOOT_VCPUS, MMIO_HOLE_START};
-use wasmvisor_policy::Limits;
+
+use crate::sandbox::Sandbox;
 
 /// A configuration value is unusable.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -25,38 +26,48 @@ pub enum ConfigError {
     PolicyConfig(String),
     #[error("cannot read config file {path}: {reason}")]
     File { path: String, reason: String },
+    #[error("{0}")]
+    Sandbox(String),
     #[error("config file {path}: {reason}")]
     Toml { path: String, reason: String },
 }
 
-/// One policy to load, with its config pairs (keys may repeat).
+/// One policy to load, with its config pairs (keys may repeat) and its
+/// sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySpec {
     pub path: PathBuf,
     pub config: Vec<(String, String)>,
+    pub sandbox: Sandbox,
 }
 
 impl PolicySpec {
     /// Parses `PATH[:key=value,key=value...]`. The path ends at the first
-    /// `.wasm:` (or is the whole argument).
+    /// `.wasm:` (or is the whole argument). Keys starting with `@` are
+    /// sandbox settings for the host; the rest go to the policy.
     pub fn parse(arg: &str) -> Result<PolicySpec, ConfigError> {
         let (path, rest) = match arg.find(".wasm:") {
             Some(i) => (&arg[..i + 5], Some(&arg[i + 6..])),
             None => (arg, None),
         };
         let mut config = Vec::new();
+        let mut sandbox = Sandbox::default();
         for pair in rest.unwrap_or("").split(',').filter(|p| !p.is_empty()) {
             let (k, v) = pair
                 .split_once('=')
                 .ok_or_else(|| ConfigError::PolicyConfig(pair.to_string()))?;
-            if k.is_empty() {
+            if k.is_empty() || k == "@" {
                 return Err(ConfigError::PolicyConfig(pair.to_string()));
             }
-            config.push((k.to_string(), v.to_string()));
+            match k.strip_prefix('@') {
+                Some(setting) => sandbox.set(setting, v)?,
+                None => config.push((k.to_string(), v.to_string())),
+            }
         }
         Ok(PolicySpec {
             path: PathBuf::from(path),
             config,
+            sandbox,
         })
     }
 }
@@ -92,7 +103,6 @@ pub struct VmConfig {
     pub mem_bytes: u64,
     pub serial: SerialBackend,
     pub events: Option<PathBuf>,
-    pub limits: Limits,
 }
 
 impl VmConfig {
@@ -105,7 +115,6 @@ impl VmConfig {
             mem_bytes: 64 << 20,
             serial: SerialBackend::Policy,
             events: None,
-            limits: Limits::default(),
         }
     }
 
@@ -207,6 +216,8 @@ struct FilePolicy {
     path: PathBuf,
     #[serde(default)]
     config: toml::Table,
+    #[serde(default)]
+    sandbox: toml::Table,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,9 +290,25 @@ pub fn read_config_file(path: &Path) -> Result<FileSettings, ConfigError> {
                 }
             }
         }
+        let mut sandbox = Sandbox::default();
+        for (key, value) in p.sandbox {
+            let value: ConfigValue = value.try_into().map_err(|_| {
+                toml_err(format!(
+                    "sandbox setting `{key}` must be a string, number or a list of them"
+                ))
+            })?;
+            let values = match value {
+                ConfigValue::One(s) => vec![s.text()],
+                ConfigValue::Many(list) => list.iter().map(Scalar::text).collect(),
+            };
+            for v in values {
+                sandbox.set(&key, &v)?;
+            }
+        }
         policies.push(PolicySpec {
             path: dir.join(p.path),
             config,
+            sandbox,
         });
     }
     Ok(FileSettings {
@@ -310,6 +337,11 @@ mod tests {
         assert_eq!(PolicySpec::parse("p.wasm").unwrap().config, vec![]);
         assert!(PolicySpec::parse("p.wasm:novalue").is_err());
         assert!(PolicySpec::parse("p.wasm:=1").is_err());
+        let s = PolicySpec::parse("p.wasm:@on-fault=stop,port=1,@grant=stop-vm").unwrap();
+        assert_eq!(s.config, vec![("port".into(), "1".into())]);
+        assert_eq!(s.sandbox.on_fault, crate::sandbox::OnFault::Stop);
+        assert!(s.sandbox.grants.stop_vm);
+        assert!(PolicySpec::parse("p.wasm:@bogus=1").is_err());
     }
 
     #[test]
@@ -358,6 +390,7 @@ load-addr = 0x8000
 [[policy]]
 path = "policies/msr-guard.wasm"
 config = { allow = [0x174, "0x175"], log = "all" }
+sandbox = { deadline = "5ms", grant = ["stop-vm", "set-registers"], on-fault = "gp" }
 "#,
         )
         .unwrap();
@@ -372,6 +405,8 @@ config = { allow = [0x174, "0x175"], log = "all" }
         assert_eq!(p.path, dir.join("policies/msr-guard.wasm"));
         assert!(p.config.contains(&("allow".into(), "372".into())));
         assert!(p.config.contains(&("allow".into(), "0x175".into())));
+        assert!(p.sandbox.grants.stop_vm && p.sandbox.grants.set_registers);
+        assert_eq!(p.sandbox.on_fault, crate::sandbox::OnFault::Gp);
         std::fs::write(&file, "bogus = 1").unwrap();
         assert!(matches!(
             read_config_file(&file),

@@ -6,6 +6,7 @@ mod error;
 pub mod loader;
 mod machine;
 pub mod outcome;
+pub mod sandbox;
 mod serial;
 mod signals;
 pub mod stats;

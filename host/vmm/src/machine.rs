@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use wasmvisor_exit::{Capabilities, GpaRange, Routes, Subscriptions};
+use wasmvisor_exit::{GpaRange, Routes, Subscriptions};
 use wasmvisor_kvm::{install_kick_handler, BootMode, BootState, CpuidEntry, Kicker, Vcpu, Vm};
 use wasmvisor_policy::{
     ConsoleSink, CpuidLeaf, InstanceContext, PolicyEngine, PolicyImage, PolicyInstance, Shared,
@@ -23,7 +23,7 @@ use crate::outcome::VmOutcome;
 use crate::serial::{NativeSerial, COM1};
 use crate::signals;
 use crate::stats::Stats;
-use crate::vcpu_loop::{Control, VcpuEnd, VcpuPolicy, VcpuWorker};
+use crate::vcpu_loop::{Control, PolicyHealth, VcpuEnd, VcpuPolicy, VcpuWorker};
 
 /// Default load address for flat binaries: just above the host-reserved
 /// low memory.
@@ -158,7 +158,7 @@ pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport
     let images = config
         .policies
         .iter()
-        .map(|p| PolicyImage::load(&engine, &p.path).map_err(VmmError::from))
+        .map(|p| PolicyImage::load_with(&engine, &p.path, p.sandbox.wasi).map_err(VmmError::from))
         .collect::<Result<Vec<_>, _>>()?;
     let names = policy_names(config);
 
@@ -212,16 +212,24 @@ pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport
                 vcpu_index: index,
                 vcpu_count: config.vcpus,
                 memory: vm.memory().clone(),
-                grants: Capabilities::ALL,
+                grants: spec.sandbox.grants,
                 shared: Arc::clone(&shared),
             };
-            let mut inst = image.instantiate::<Vcpu>(ctx, &config.limits)?;
+            let mut inst = image.instantiate::<Vcpu>(ctx, &spec.sandbox.limits)?;
             let sub = inst.init(&spec.config)?;
             if index == 0 {
                 if let Some(reason) = sub.unsupported().into_iter().next() {
                     return Err(VmmError::Policy {
                         policy: names[p].clone(),
                         reason,
+                    });
+                }
+                if let Some(cap) = spec.sandbox.missing_grant(sub.capabilities) {
+                    return Err(VmmError::Policy {
+                        policy: names[p].clone(),
+                        reason: format!(
+                            "asks for the {cap} capability, which was not granted (grant it with @grant={cap})"
+                        ),
                     });
                 }
                 subs.push(sub);
@@ -238,9 +246,6 @@ pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport
         per_vcpu.push((vcpu, instances));
     }
 
-    // Grants: what each policy asked for (operator restrictions arrive
-    // with the sandbox flags).
-    let grants: Vec<Capabilities> = subs.iter().map(|s| s.capabilities).collect();
     let builtins = match config.serial {
         SerialBackend::Native => vec![NativeSerial::new(Arc::clone(&console))],
         SerialBackend::Policy => Vec::new(),
@@ -257,6 +262,11 @@ pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport
         vm.set_msr_filter(routes.msr_filter())?;
     }
 
+    let health: Vec<Arc<PolicyHealth>> = config
+        .policies
+        .iter()
+        .map(|p| Arc::new(PolicyHealth::new(p.sandbox.quarantine_after)))
+        .collect();
     let base_cpuid = vm.supported_cpuid()?;
     let control = Arc::new(Control::default());
     let mut workers = Vec::new();
@@ -267,11 +277,14 @@ pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport
         let policies = instances
             .into_iter()
             .zip(&names)
-            .zip(&grants)
-            .map(|((instance, name), grants)| VcpuPolicy {
+            .zip(&config.policies)
+            .zip(&health)
+            .map(|(((instance, name), spec), health)| VcpuPolicy {
                 name: name.clone(),
                 instance,
-                grants: *grants,
+                grants: spec.sandbox.grants,
+                on_fault: spec.sandbox.on_fault,
+                health: Arc::clone(health),
             })
             .collect();
         workers.push(VcpuWorker::new(

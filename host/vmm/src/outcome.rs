@@ -13,6 +13,8 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_GUEST_FAULT: i32 = 3;
 /// A policy stopped the VM and called it a failure.
 pub const EXIT_POLICY_STOP: i32 = 4;
+/// A policy set to fail closed with `@on-fault=stop` faulted.
+pub const EXIT_POLICY_FAULT: i32 = 5;
 
 /// How the VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,8 @@ pub enum VmOutcome {
     },
     /// A vCPU hit a fatal exit.
     GuestFault(FatalExit),
+    /// A fail-closed policy faulted.
+    PolicyFault { policy: String, reason: String },
     /// SIGINT or SIGTERM.
     Signal(i32),
     /// The host failed while the guest ran (an ioctl error).
@@ -41,6 +45,7 @@ impl VmOutcome {
             VmOutcome::Stopped { clean: true, .. } => EXIT_OK,
             VmOutcome::Stopped { clean: false, .. } => EXIT_POLICY_STOP,
             VmOutcome::GuestFault(_) => EXIT_GUEST_FAULT,
+            VmOutcome::PolicyFault { .. } => EXIT_POLICY_FAULT,
             VmOutcome::Signal(n) => 128 + n,
             VmOutcome::HostFailure(_) => EXIT_HOST_ERROR,
         }
@@ -59,6 +64,9 @@ impl VmOutcome {
                 if *clean { "clean" } else { "failure" }
             ),
             VmOutcome::GuestFault(f) => format!("guest fault: {f}"),
+            VmOutcome::PolicyFault { policy, reason } => {
+                format!("stopped: policy {policy} faulted and fails closed: {reason}")
+            }
             VmOutcome::Signal(n) => format!("stopped by signal {n}"),
             VmOutcome::HostFailure(e) => format!("host failure: {e}"),
         }
@@ -72,8 +80,9 @@ impl VmOutcome {
             VmOutcome::Stopped { clean: true, .. } => 1,
             VmOutcome::Signal(_) => 2,
             VmOutcome::Stopped { clean: false, .. } => 3,
-            VmOutcome::GuestFault(_) => 4,
-            VmOutcome::HostFailure(_) => 5,
+            VmOutcome::PolicyFault { .. } => 4,
+            VmOutcome::GuestFault(_) => 5,
+            VmOutcome::HostFailure(_) => 6,
         }
     }
 }

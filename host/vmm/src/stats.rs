@@ -40,6 +40,8 @@ pub struct PolicyStats {
     pub faults: u64,
     /// Wall time spent inside its calls.
     pub time: Duration,
+    /// The longest single call, in nanoseconds.
+    pub max_call_ns: u64,
 }
 
 /// Counters for one vCPU, or merged for the VM.
@@ -82,6 +84,7 @@ impl Stats {
             a.declined += b.declined;
             a.faults += b.faults;
             a.time += b.time;
+            a.max_call_ns = a.max_call_ns.max(b.max_call_ns);
         }
         self.builtin += other.builtin;
         self.default += other.default;
@@ -119,8 +122,9 @@ impl Stats {
             }
         ));
         for p in &self.policies {
-            let avg = if p.handled + p.declined > 0 {
-                p.time.as_nanos() as f64 / (p.handled + p.declined) as f64
+            let calls = p.handled + p.declined + p.faults;
+            let avg = if calls > 0 {
+                p.time.as_nanos() as f64 / calls as f64
             } else {
                 0.0
             };

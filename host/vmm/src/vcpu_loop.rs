@@ -1,20 +1,20 @@
 //! The per-vCPU thread: run, classify, dispatch, validate, apply,
 //! complete, repeat.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use vm_memory::GuestMemoryMmap;
 use wasmvisor_exit::{
-    apply, classify, default_actions, validate, Capabilities, Completion, ExitEvent, ExitKind,
-    Flow, Route, Routes, Target,
+    apply, classify, default_actions, validate, Action, Capabilities, Completion, Exception,
+    ExitEvent, ExitKind, Flow, Route, Routes, Target,
 };
 use wasmvisor_kvm::{Kicker, RunOutcome, Vcpu};
 use wasmvisor_policy::{CallError, PolicyInstance, Verdict};
 
 use crate::outcome::VmOutcome;
+use crate::sandbox::OnFault;
 use crate::serial::NativeSerial;
 use crate::stats::Stats;
 
@@ -25,11 +25,45 @@ pub(crate) struct Control {
     pub stop: AtomicBool,
 }
 
+/// Fault count and quarantine state of one policy, shared by its
+/// instances on every vCPU.
+pub(crate) struct PolicyHealth {
+    faults: AtomicU64,
+    quarantine_after: u64,
+    quarantined: AtomicBool,
+}
+
+impl PolicyHealth {
+    pub fn new(quarantine_after: u64) -> PolicyHealth {
+        PolicyHealth {
+            faults: AtomicU64::new(0),
+            quarantine_after,
+            quarantined: AtomicBool::new(false),
+        }
+    }
+
+    fn is_quarantined(&self) -> bool {
+        self.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Counts a fault; returns the total and whether this one tipped the
+    /// policy into quarantine.
+    fn record(&self) -> (u64, bool) {
+        let n = self.faults.fetch_add(1, Ordering::AcqRel) + 1;
+        let tip = self.quarantine_after != 0
+            && n >= self.quarantine_after
+            && !self.quarantined.swap(true, Ordering::AcqRel);
+        (n, tip)
+    }
+}
+
 /// One loaded policy as a vCPU thread holds it.
 pub(crate) struct VcpuPolicy {
     pub name: String,
     pub instance: PolicyInstance<Vcpu>,
     pub grants: Capabilities,
+    pub on_fault: OnFault,
+    pub health: Arc<PolicyHealth>,
 }
 
 /// Everything a vCPU thread owns.
@@ -41,8 +75,6 @@ pub(crate) struct VcpuWorker {
     pub memory: GuestMemoryMmap,
     pub control: Arc<Control>,
     pub stats: Stats,
-    /// Faults already logged, so each is reported once.
-    logged: HashSet<(usize, String)>,
     /// The policy whose stop action ends the VM, for the report.
     answered_by: Option<String>,
 }
@@ -71,7 +103,6 @@ impl VcpuWorker {
             memory,
             control,
             stats: Stats::new(&names),
-            logged: HashSet::new(),
             answered_by: None,
         }
     }
@@ -187,10 +218,16 @@ impl VcpuWorker {
         event: &ExitEvent,
         completion: &mut Completion,
     ) -> Result<Option<Flow>, VmOutcome> {
-        let started = Instant::now();
         let policy = &mut self.policies[i];
+        if policy.health.is_quarantined() {
+            return Ok(None);
+        }
+        let started = Instant::now();
         let verdict = policy.instance.handle_exit(event, &mut self.vcpu);
-        self.stats.policies[i].time += started.elapsed();
+        let took = started.elapsed();
+        let stats = &mut self.stats.policies[i];
+        stats.time += took;
+        stats.max_call_ns = stats.max_call_ns.max(took.as_nanos() as u64);
         let actions = match verdict {
             Ok(Verdict::Decline) => {
                 self.stats.policies[i].declined += 1;
@@ -200,15 +237,11 @@ impl VcpuWorker {
             // A vCPU ioctl failing inside a host import is the host's
             // fault, not the policy's.
             Err(CallError::Vcpu(e)) => return Err(VmOutcome::HostFailure(e.to_string())),
-            Err(e) => {
-                self.fault(i, event, &e.to_string());
-                return Ok(None);
-            }
+            Err(e) => return self.fault(i, event, &e.to_string(), completion),
         };
         let grants = self.policies[i].grants;
         if let Err(fault) = validate(event, &actions, grants, &self.memory) {
-            self.fault(i, event, &fault.to_string());
-            return Ok(None);
+            return self.fault(i, event, &format!("rejected answer: {fault}"), completion);
         }
         let vcpu = self
             .vcpu
@@ -223,17 +256,76 @@ impl VcpuWorker {
         Ok(Some(flow))
     }
 
-    /// Counts a policy fault and logs it the first time it happens.
-    fn fault(&mut self, i: usize, event: &ExitEvent, reason: &str) {
+    /// Handles a policy fault: one log line, the quarantine count, then
+    /// the policy's fault mode decides who finishes the exit.
+    fn fault(
+        &mut self,
+        i: usize,
+        event: &ExitEvent,
+        reason: &str,
+        completion: &mut Completion,
+    ) -> Result<Option<Flow>, VmOutcome> {
         self.stats.policies[i].faults += 1;
-        if self.logged.insert((i, reason.to_string())) {
+        let policy = &self.policies[i];
+        let (count, quarantined) = policy.health.record();
+        let mode = match policy.on_fault {
+            OnFault::Open => "failing open",
+            OnFault::Gp => "raising #GP in the guest",
+            OnFault::Stop => "stopping the VM",
+        };
+        eprintln!(
+            "wasmvisor: policy {} fault {count} on vcpu {} at {} (rip {:#x}): {reason}; {mode}",
+            policy.name,
+            event.vcpu,
+            exit_detail(&event.kind),
+            event.rip
+        );
+        if quarantined {
             eprintln!(
-                "wasmvisor: policy {} faulted on vcpu {} at a {} exit (rip {:#x}): {reason}; falling back to the next handler",
-                self.policies[i].name,
-                event.vcpu,
-                event.kind.name(),
-                event.rip
+                "wasmvisor: policy {} quarantined after {count} faults: it is skipped from now on",
+                policy.name
             );
         }
+        match policy.on_fault {
+            OnFault::Open => Ok(None),
+            // A shutdown cannot take an exception: let the default finish it.
+            OnFault::Gp if matches!(event.kind, ExitKind::Shutdown { .. }) => Ok(None),
+            OnFault::Gp => {
+                let vcpu = self
+                    .vcpu
+                    .as_mut()
+                    .expect("vCPU returned by the policy call");
+                apply(
+                    event,
+                    &[Action::Inject(Exception::GP)],
+                    vcpu,
+                    &self.memory,
+                    completion,
+                )
+                .map(Some)
+                .map_err(|e| VmOutcome::HostFailure(e.to_string()))
+            }
+            OnFault::Stop => Err(VmOutcome::PolicyFault {
+                policy: policy.name.clone(),
+                reason: format!(
+                    "vcpu {} at {}: {reason}",
+                    event.vcpu,
+                    exit_detail(&event.kind)
+                ),
+            }),
+        }
+    }
+}
+
+/// Names an exit for a log line: kind and address.
+fn exit_detail(kind: &ExitKind) -> String {
+    match kind {
+        ExitKind::Io(io) => format!("an io exit (port {:#x})", io.port),
+        ExitKind::Mmio(m) => format!("an mmio exit (gpa {:#x})", m.gpa),
+        ExitKind::Msr(m) => format!("an msr exit (msr {:#x})", m.index),
+        ExitKind::MemViolation(m) => format!("a mem-violation exit (gpa {:#x})", m.gpa),
+        ExitKind::Debug(_) => "a debug exit".to_string(),
+        ExitKind::Hlt => "an hlt exit".to_string(),
+        ExitKind::Shutdown { .. } => "a shutdown exit".to_string(),
     }
 }

@@ -1,0 +1,467 @@
+//! What a per-call deadline costs on the dispatch path, and how fast it
+//! stops a policy that never returns: no deadline, epoch interruption (the
+//! engine's default), fuel, and both. The numbers behind
+//! `docs/adr/0002-call-deadlines.md`.
+//!
+//! ```sh
+//! make policies
+//! cargo bench -p wasmvisor-policy --bench deadline
+//! ```
+//!
+//! Every measured call is `PolicyInstance::handle_exit` on a real policy
+//! component built by `make policies`: the exit is converted, a fake vCPU
+//! is lent to the store, the deadline armed, the component called and its
+//! verdict converted back. Rounds of each variant are interleaved so that
+//! drift on a busy machine spreads over all of them; the table shows the
+//! median round.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use wasmvisor_exit::{
+    Capabilities, Direction, Exception, ExitEvent, ExitKind, IoExit, Reg, VcpuAccess,
+    VcpuAccessError,
+};
+use wasmvisor_policy::{
+    CallError, ConsoleSink, DeadlineMechanism, InstanceContext, Limits, PolicyEngine, PolicyImage,
+    PolicyInstance, Shared, Verdict,
+};
+
+/// Fuel given to each call under (c) and (d). Generous for any handler
+/// here (the heaviest, the 4096-range scan, needs well under 1 %); it sets
+/// how long the spinning call runs before fuel stops it.
+const FUEL_BUDGET: u64 = 100_000_000;
+
+/// Interleaved rounds per workload and variant.
+const ROUNDS: usize = 15;
+
+/// Wall time one round aims at.
+const ROUND_TIME: Duration = Duration::from_millis(20);
+
+/// Spinning (and panicking) calls timed per variant.
+const TRAPS: usize = 10;
+
+/// Port ranges the io-tracer is configured with for the compute workload.
+const SCAN_RANGES: u16 = 4096;
+
+const VARIANTS: [(&str, DeadlineMechanism); 4] = [
+    ("(a) none", DeadlineMechanism::Unbounded),
+    ("(b) epoch", DeadlineMechanism::Epoch),
+    (
+        "(c) fuel",
+        DeadlineMechanism::Fuel {
+            budget: FUEL_BUDGET,
+        },
+    ),
+    (
+        "(d) epoch+fuel",
+        DeadlineMechanism::EpochAndFuel {
+            budget: FUEL_BUDGET,
+        },
+    ),
+];
+
+/// Ports of the hostile fixture (tests/fixtures/hostile, `port` module).
+const GET_RAX: u16 = 0x11;
+const PANIC: u16 = 0x12;
+const SPIN: u16 = 0x13;
+
+/// A vCPU whose registers read as fixed values.
+#[derive(Debug, Default)]
+struct FakeVcpu;
+
+impl VcpuAccess for FakeVcpu {
+    fn index(&self) -> u32 {
+        0
+    }
+
+    fn get_reg(&mut self, reg: Reg) -> Result<u64, VcpuAccessError> {
+        Ok(if reg == Reg::Rax { 0x42 } else { 0 })
+    }
+
+    fn set_reg(&mut self, _reg: Reg, _value: u64) -> Result<(), VcpuAccessError> {
+        Ok(())
+    }
+
+    fn inject_exception(&mut self, _exception: Exception) -> Result<(), VcpuAccessError> {
+        Ok(())
+    }
+
+    fn host_rdmsr(&mut self, _index: u32) -> Result<Option<u64>, VcpuAccessError> {
+        Ok(None)
+    }
+
+    fn host_wrmsr(&mut self, _index: u32, _value: u64) -> Result<bool, VcpuAccessError> {
+        Ok(false)
+    }
+}
+
+/// A console that drops what it is given, so that millions of serial
+/// writes do not pile up in memory.
+struct NullConsole;
+
+impl ConsoleSink for NullConsole {
+    fn write(&self, bytes: &[u8]) {
+        std::hint::black_box(bytes);
+    }
+}
+
+/// Directory of the built policies: `WASMVISOR_POLICY_DIR`, or the
+/// workspace's `target/wasm32-wasip2/policy`.
+fn policy_dir() -> PathBuf {
+    match std::env::var_os("WASMVISOR_POLICY_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm32-wasip2/policy"),
+    }
+}
+
+fn io(port: u16, direction: Direction, data: u32) -> ExitEvent {
+    ExitEvent {
+        vcpu: 0,
+        seq: 7,
+        rip: 0x1000,
+        kind: ExitKind::Io(IoExit {
+            port,
+            size: 1,
+            direction,
+            data,
+        }),
+    }
+}
+
+/// One kind of exit answered by one policy.
+struct Workload {
+    name: &'static str,
+    file: &'static str,
+    config: Vec<(String, String)>,
+    event: ExitEvent,
+    /// What a correct answer looks like, checked once per instance.
+    check: fn(&Verdict) -> bool,
+}
+
+fn workloads() -> Vec<Workload> {
+    let handled = |v: &Verdict| matches!(v, Verdict::Handled(a) if a.len() == 1);
+    let declined = |v: &Verdict| *v == Verdict::Decline;
+    // Even ports 0, 2, ..., 8190: the odd port below matches none of
+    // them, so every call scans the whole list and declines.
+    let scan = (0..SCAN_RANGES)
+        .map(|i| ("ports".to_string(), (i * 2).to_string()))
+        .collect();
+    vec![
+        Workload {
+            name: "noop: port read",
+            file: "noop_policy.wasm",
+            config: vec![],
+            event: io(0x80, Direction::Read, 0),
+            check: handled,
+        },
+        Workload {
+            name: "serial: LSR read",
+            file: "serial_policy.wasm",
+            config: vec![],
+            event: io(0x3fd, Direction::Read, 0),
+            check: handled,
+        },
+        Workload {
+            name: "serial: THR write (+console import)",
+            file: "serial_policy.wasm",
+            config: vec![],
+            event: io(0x3f8, Direction::Write, u32::from(b'x')),
+            check: handled,
+        },
+        Workload {
+            name: "hostile: get-reg import",
+            file: "hostile_fixture.wasm",
+            config: vec![],
+            event: io(GET_RAX, Direction::Read, 0),
+            check: handled,
+        },
+        Workload {
+            name: "io-tracer: scan 4096 ranges (compute)",
+            file: "io_tracer_policy.wasm",
+            config: scan,
+            event: io(0x1fff, Direction::Write, 0),
+            check: declined,
+        },
+    ]
+}
+
+/// An engine variant and the images it compiled.
+struct Variant {
+    name: &'static str,
+    mechanism: DeadlineMechanism,
+    /// Each image keeps its engine, and the engine's ticker, alive.
+    images: Vec<(&'static str, PolicyImage)>,
+}
+
+impl Variant {
+    fn image(&self, file: &str) -> &PolicyImage {
+        &self
+            .images
+            .iter()
+            .find(|(f, _)| *f == file)
+            .expect("every file is loaded")
+            .1
+    }
+}
+
+fn context(shared: &Arc<Shared>, name: &str) -> InstanceContext {
+    InstanceContext {
+        policy_index: 0,
+        policy_name: name.into(),
+        vcpu_index: 0,
+        vcpu_count: 1,
+        memory: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("guest RAM"),
+        grants: Capabilities::default(),
+        shared: Arc::clone(shared),
+    }
+}
+
+fn instance(
+    variant: &Variant,
+    shared: &Arc<Shared>,
+    file: &str,
+    config: &[(String, String)],
+) -> PolicyInstance<FakeVcpu> {
+    let mut p = variant
+        .image(file)
+        .instantiate(context(shared, file), &Limits::default())
+        .unwrap_or_else(|e| panic!("{}: {file}: {e}", variant.name));
+    p.init(config)
+        .unwrap_or_else(|e| panic!("{}: {file}: {e}", variant.name));
+    p
+}
+
+/// Median of `xs` (sorted in place).
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// Makes `n` calls; returns the wall time and how many failed.
+fn run(
+    p: &mut PolicyInstance<FakeVcpu>,
+    event: &ExitEvent,
+    vcpu: &mut Option<FakeVcpu>,
+    n: u64,
+) -> (Duration, u64) {
+    let mut failed = 0;
+    let start = Instant::now();
+    for _ in 0..n {
+        match p.handle_exit(event, vcpu) {
+            Ok(v) => {
+                std::hint::black_box(v);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    (start.elapsed(), failed)
+}
+
+/// Median ns per call of each variant on `w`, and the failed calls.
+fn measure(variants: &[Variant], shared: &Arc<Shared>, w: &Workload) -> (Vec<f64>, u64) {
+    let mut vcpu = Some(FakeVcpu);
+    let mut instances: Vec<_> = variants
+        .iter()
+        .map(|v| {
+            let mut p = instance(v, shared, w.file, &w.config);
+            let verdict = p.handle_exit(&w.event, &mut vcpu).expect("first call");
+            assert!((w.check)(&verdict), "{}: {}: {verdict:?}", v.name, w.name);
+            p
+        })
+        .collect();
+    // Warm up, and size a round from the fastest variant's rate.
+    let mut calls = 1u64;
+    for p in &mut instances {
+        let (t, _) = run(p, &w.event, &mut vcpu, 1000);
+        let per_round = ROUND_TIME.as_secs_f64() / (t.as_secs_f64() / 1000.0);
+        calls = calls.max(per_round as u64);
+    }
+    let mut samples = vec![Vec::with_capacity(ROUNDS); variants.len()];
+    let mut failed = 0;
+    for round in 0..ROUNDS {
+        // Rotate which variant goes first, so none always runs just after
+        // another workload's set-up.
+        for k in 0..variants.len() {
+            let i = (round + k) % variants.len();
+            let (t, f) = run(&mut instances[i], &w.event, &mut vcpu, calls);
+            failed += f;
+            samples[i].push(t.as_nanos() as f64 / calls as f64);
+        }
+    }
+    (samples.iter_mut().map(|s| median(s)).collect(), failed)
+}
+
+/// Times `TRAPS` calls on `port` of the hostile fixture, each of which must
+/// fail as `expect` says; returns the sorted times in microseconds.
+fn time_traps(
+    variant: &Variant,
+    shared: &Arc<Shared>,
+    port: u16,
+    expect: fn(&CallError) -> bool,
+) -> Vec<f64> {
+    let mut p = instance(variant, shared, "hostile_fixture.wasm", &[]);
+    let mut vcpu = Some(FakeVcpu);
+    let event = io(port, Direction::Read, 1);
+    let mut times: Vec<f64> = (0..TRAPS)
+        .map(|_| {
+            let start = Instant::now();
+            let err = p.handle_exit(&event, &mut vcpu).expect_err("must trap");
+            let t = start.elapsed();
+            assert!(expect(&err), "{}: port {port:#x}: {err}", variant.name);
+            t.as_secs_f64() * 1e6
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {kernel}")
+}
+
+fn main() {
+    // `cargo test --benches` runs bench binaries with `--bench` absent;
+    // only do the work when asked to benchmark.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("deadline: run with `cargo bench -p wasmvisor-policy --bench deadline`");
+        return;
+    }
+    let dir = policy_dir();
+    let files = [
+        "noop_policy.wasm",
+        "serial_policy.wasm",
+        "io_tracer_policy.wasm",
+        "hostile_fixture.wasm",
+    ];
+    let missing: Vec<_> = files.iter().filter(|f| !dir.join(f).is_file()).collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "deadline: missing {} in {}\n\
+             build the policies with `make policies` from the workspace root, \
+             or point WASMVISOR_POLICY_DIR at a directory holding them",
+            missing
+                .iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            dir.display()
+        );
+        std::process::exit(2);
+    }
+
+    println!("machine: {}", machine());
+    println!(
+        "deadline: {:?} (epoch, 1 ms ticker); fuel budget {FUEL_BUDGET} units/call; \
+         median of {ROUNDS} interleaved rounds of ~{} ms",
+        Limits::default().deadline,
+        ROUND_TIME.as_millis()
+    );
+    let compile = Instant::now();
+    let variants: Vec<Variant> = VARIANTS
+        .iter()
+        .map(|&(name, mechanism)| {
+            let engine = PolicyEngine::with_deadline_mechanism(mechanism).expect("engine");
+            let images = files
+                .iter()
+                .map(|&f| {
+                    let image = PolicyImage::load(&engine, &dir.join(f))
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
+                    (f, image)
+                })
+                .collect();
+            Variant {
+                name,
+                mechanism,
+                images,
+            }
+        })
+        .collect();
+    println!(
+        "compiled {} components in {:.1} s\n",
+        files.len() * variants.len(),
+        compile.elapsed().as_secs_f64()
+    );
+    let shared = Arc::new(Shared::new(Arc::new(NullConsole), None).expect("shared"));
+
+    // Per-call cost.
+    print!("{:<38}", "handle_exit, ns/call (ratio to (a))");
+    for v in &variants {
+        print!(" | {:>16}", v.name);
+    }
+    println!();
+    println!("{}", "-".repeat(38 + variants.len() * 19));
+    let mut failures = 0;
+    for w in workloads() {
+        let (ns, failed) = measure(&variants, &shared, &w);
+        failures += failed;
+        print!("{:<38}", w.name);
+        for (i, n) in ns.iter().enumerate() {
+            if i == 0 {
+                print!(" | {n:>16.1}");
+            } else {
+                print!(" | {:>16}", format!("{n:.1} ({:.3})", n / ns[0]));
+            }
+        }
+        println!();
+    }
+    println!("failed calls during the rounds (spurious timeouts): {failures}\n");
+
+    // Stopping a call that never returns.
+    println!(
+        "hostile spin (infinite loop), from the call to its Err(Timeout), {TRAPS} calls; \
+         every failed call also rebuilds the instance, timed on its own by the \
+         panic port (trap + rebuild)"
+    );
+    println!(
+        "{:<16} | {:>12} | {:>12} | {:>12} | {:>12} | {:>14}",
+        "variant", "spin median", "spin min", "spin max", "panic median", "spin - panic"
+    );
+    println!("{}", "-".repeat(16 + 5 * 15 + 17));
+    for v in &variants {
+        if v.mechanism == DeadlineMechanism::Unbounded {
+            println!("{:<16} | never returns (not run)", v.name);
+            continue;
+        }
+        let spin = time_traps(v, &shared, SPIN, |e| *e == CallError::Timeout);
+        let mut panic = time_traps(v, &shared, PANIC, |e| matches!(e, CallError::Trap(_)));
+        let panic_median = median(&mut panic);
+        let spin_median = median(&mut spin.clone());
+        let stop = spin_median - panic_median;
+        let fuel_rate = match v.mechanism {
+            DeadlineMechanism::Fuel { budget } => {
+                format!("  ({:.0} fuel units/µs)", budget as f64 / stop)
+            }
+            _ => String::new(),
+        };
+        println!(
+            "{:<16} | {:>9.0} µs | {:>9.0} µs | {:>9.0} µs | {:>9.0} µs | {:>11.0} µs{fuel_rate}",
+            v.name,
+            spin_median,
+            spin[0],
+            spin[spin.len() - 1],
+            panic_median,
+            stop
+        );
+    }
+}

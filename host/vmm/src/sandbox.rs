@@ -1,0 +1,203 @@
+//! Per-policy sandbox settings: limits, grants, WASI authority and what a
+//! fault does. Given on the command line as `@key=value` pairs among a
+//! policy's config (`--policy p.wasm:@deadline=5ms,@on-fault=gp,port=1`),
+//! or as a `sandbox` table in a config file; documented in
+//! `docs/sandbox.md`.
+
+use std::time::Duration;
+
+use wasmvisor_exit::Capabilities;
+use wasmvisor_policy::{Limits, WasiGrants};
+
+use crate::config::{parse_number, parse_size, ConfigError};
+
+/// What happens when a policy traps, times out or returns an invalid
+/// answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFault {
+    /// Fail open: the next subscriber, or the default handler, answers.
+    #[default]
+    Open,
+    /// Fail closed: raise #GP in the guest.
+    Gp,
+    /// Fail closed: stop the VM (exit code 5).
+    Stop,
+}
+
+/// One policy's sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sandbox {
+    pub limits: Limits,
+    /// True if the deadline was set for this policy (not inherited).
+    pub deadline_set: bool,
+    pub on_fault: OnFault,
+    /// Faults (summed over vCPUs) after which the policy is skipped for the
+    /// rest of the run; 0 = never.
+    pub quarantine_after: u64,
+    /// Capabilities the operator granted; a policy asking for more is
+    /// refused at load time.
+    pub grants: Capabilities,
+    pub wasi: WasiGrants,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            limits: Limits::default(),
+            deadline_set: false,
+            on_fault: OnFault::Open,
+            quarantine_after: 10,
+            grants: Capabilities::default(),
+            wasi: WasiGrants::default(),
+        }
+    }
+}
+
+fn bad(key: &str, value: &str, why: &str) -> ConfigError {
+    ConfigError::Sandbox(format!("@{key}={value}: {why}"))
+}
+
+/// Parses `500us`, `5ms`, `2s` (a bare number is milliseconds).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, "ms"),
+    };
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "us" => Some(Duration::from_micros(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        _ => None,
+    }
+}
+
+impl Sandbox {
+    /// Applies one setting (`key` without the `@`).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        match key {
+            "deadline" => {
+                let d = parse_duration(value)
+                    .ok_or_else(|| bad(key, value, "use a duration such as 5ms or 2s"))?;
+                if d < Duration::from_millis(1) || d > Duration::from_secs(60) {
+                    return Err(bad(key, value, "must be between 1ms and 60s"));
+                }
+                self.limits.deadline = d;
+                self.deadline_set = true;
+            }
+            "memory" => {
+                let m = parse_size(value)?;
+                if !(2 << 20..=1 << 30).contains(&m) {
+                    return Err(bad(key, value, "must be between 2M and 1G"));
+                }
+                self.limits.memory_bytes = m as usize;
+            }
+            "tables" => {
+                let n = parse_number(value)?;
+                if !(1..=1_000_000).contains(&n) {
+                    return Err(bad(key, value, "must be between 1 and 1000000 elements"));
+                }
+                self.limits.table_elements = n as usize;
+            }
+            "on-fault" => {
+                self.on_fault = match value {
+                    "open" => OnFault::Open,
+                    "gp" => OnFault::Gp,
+                    "stop" => OnFault::Stop,
+                    _ => return Err(bad(key, value, "use open, gp or stop")),
+                }
+            }
+            "quarantine" => {
+                let n = parse_number(value)?;
+                if n > 1_000_000 {
+                    return Err(bad(key, value, "must be at most 1000000 (0 = never)"));
+                }
+                self.quarantine_after = n;
+            }
+            "grant" => match value {
+                "set-registers" => self.grants.set_registers = true,
+                "write-memory" => self.grants.write_memory = true,
+                "protect-memory" => self.grants.protect_memory = true,
+                "debug" => self.grants.debug = true,
+                "stop-vm" => self.grants.stop_vm = true,
+                _ => {
+                    return Err(bad(
+                        key,
+                        value,
+                        "use set-registers, write-memory, protect-memory, debug or stop-vm",
+                    ))
+                }
+            },
+            "wasi" => match value {
+                "clocks" => self.wasi.clocks = true,
+                "stdio" => self.wasi.stdio = true,
+                _ => return Err(bad(key, value, "use clocks or stdio")),
+            },
+            _ => {
+                return Err(ConfigError::Sandbox(format!(
+                    "unknown sandbox setting @{key}: use @deadline, @memory, @tables, @on-fault, @quarantine, @grant or @wasi"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// The first capability `requested` holds that was not granted.
+    pub fn missing_grant(&self, requested: Capabilities) -> Option<&'static str> {
+        let granted = requested.intersect(self.grants);
+        requested
+            .names()
+            .into_iter()
+            .find(|n| !granted.names().contains(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_and_check_ranges() {
+        let mut s = Sandbox::default();
+        s.set("deadline", "5ms").unwrap();
+        assert_eq!(s.limits.deadline, Duration::from_millis(5));
+        assert!(s.deadline_set);
+        s.set("memory", "8M").unwrap();
+        assert_eq!(s.limits.memory_bytes, 8 << 20);
+        s.set("on-fault", "stop").unwrap();
+        assert_eq!(s.on_fault, OnFault::Stop);
+        s.set("grant", "stop-vm").unwrap();
+        assert!(s.grants.stop_vm);
+        s.set("wasi", "clocks").unwrap();
+        assert!(s.wasi.clocks && !s.wasi.stdio);
+        for (k, v) in [
+            ("deadline", "0ms"),
+            ("deadline", "2h"),
+            ("deadline", "61s"),
+            ("memory", "1M"),
+            ("tables", "0"),
+            ("on-fault", "maybe"),
+            ("grant", "root"),
+            ("wasi", "network"),
+            ("colour", "blue"),
+        ] {
+            assert!(s.set(k, v).is_err(), "@{k}={v} accepted");
+        }
+    }
+
+    #[test]
+    fn missing_grant_names_the_first_ungranted_capability() {
+        let mut s = Sandbox::default();
+        let want = Capabilities {
+            stop_vm: true,
+            write_memory: true,
+            ..Default::default()
+        };
+        assert_eq!(s.missing_grant(want), Some("write-memory"));
+        s.grants.write_memory = true;
+        assert_eq!(s.missing_grant(want), Some("stop-vm"));
+        s.grants.stop_vm = true;
+        assert_eq!(s.missing_grant(want), None);
+    }
+}

@@ -1,0 +1,200 @@
+//! Fault containment on a real guest: the hostile fixture policy traps,
+//! runs past its deadline, exceeds its memory cap and returns an answer
+//! that must be rejected, under each fault mode.
+
+use wasmvisor_tests::*;
+
+fn hostile(sandbox: &str) -> String {
+    let p = assets().join("fixtures/hostile.wasm");
+    let mut spec = format!("{}:@grant=write-memory", p.display());
+    if !sandbox.is_empty() {
+        spec.push(',');
+        spec.push_str(sandbox);
+    }
+    spec
+}
+
+fn faults_guest(sandbox: &str) -> Run {
+    let g = guest("faults.bin");
+    wasmvisor(&[
+        "run",
+        "--guest",
+        g.to_str().unwrap(),
+        "--policy",
+        &policy("serial"),
+        "--policy",
+        &hostile(sandbox),
+        "--stats",
+    ])
+}
+
+fn fault_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("wasmvisor: policy hostile fault "))
+        .collect()
+}
+
+const PROBES: &str =
+    "faults: start\npanic: 00ff\nspin: 00ff\nhog: 00ff\nbad: 00ff\nram: 56781234\n";
+
+#[test]
+fn fail_open_guest_keeps_running_and_ram_is_untouched() {
+    if !kvm_available() {
+        return;
+    }
+    let r = faults_guest("@quarantine=0");
+    assert_eq!(r.code, 0, "{r:?}");
+    // Every faulted read fell through to the default (all-ones), and the
+    // rejected answer's write to 0x9000 never landed.
+    assert!(r.stdout.starts_with(PROBES), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .ends_with(&format!("loop: {}\nfaults: done\n", ".".repeat(20))),
+        "{}",
+        r.stdout
+    );
+    let lines = fault_lines(&r.stderr);
+    assert_eq!(lines.len(), 24, "one line per fault:\n{}", r.stderr);
+    // Each names the policy, vCPU, exit and reason, and the fault mode.
+    assert!(
+        lines[0].contains("on vcpu 0 at an io exit (port 0x12)"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("trap"), "{}", lines[0]);
+    assert!(
+        lines[1].contains("port 0x13") && lines[1].contains("deadline"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].contains("port 0x14") && lines[2].contains("memory"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].contains("port 0x1e") && lines[3].contains("rejected answer"),
+        "{}",
+        lines[3]
+    );
+    assert!(
+        lines.iter().all(|l| l.ends_with("failing open")),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn looping_policy_never_holds_a_vcpu_past_its_deadline() {
+    if !kvm_available() {
+        return;
+    }
+    let r = faults_guest("@quarantine=0,@deadline=10ms");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("loop: {}\n", ".".repeat(20))),
+        "{}",
+        r.stdout
+    );
+    let stats = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("stats: "))
+        .expect("stats line");
+    let stats: serde_json::Value = serde_json::from_str(stats).unwrap();
+    let hostile = stats["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "hostile")
+        .unwrap();
+    assert_eq!(hostile["faults"], 24);
+    // The longest single call (spin, interrupt, rebuild) stays within the
+    // deadline plus the epoch granularity and rebuild: well under 100 ms.
+    let max_ns = hostile["max_call_ns"].as_u64().unwrap();
+    assert!(
+        max_ns >= 10_000_000,
+        "a spin ended before its deadline: {max_ns} ns"
+    );
+    assert!(max_ns < 100_000_000, "a vCPU was held {max_ns} ns");
+}
+
+#[test]
+fn fail_closed_gp_raises_gp_in_the_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let r = faults_guest("@on-fault=gp,@quarantine=0");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.starts_with("faults: start\npanic: #GP\n00ff\nspin: #GP\n00ff\nhog: #GP\n00ff\nbad: #GP\n00ff\nram: 56781234\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(fault_lines(&r.stderr)
+        .iter()
+        .all(|l| l.ends_with("raising #GP in the guest")));
+}
+
+#[test]
+fn fail_closed_stop_ends_the_vm_with_exit_code_5() {
+    if !kvm_available() {
+        return;
+    }
+    let r = faults_guest("@on-fault=stop");
+    assert_eq!(r.code, 5, "{r:?}");
+    assert_eq!(r.stdout, "faults: start\npanic: ");
+    assert_eq!(fault_lines(&r.stderr).len(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("wasmvisor: stopped: policy hostile faulted and fails closed: vcpu 0 at an io exit (port 0x12)"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn repeated_faults_quarantine_the_policy() {
+    if !kvm_available() {
+        return;
+    }
+    let r = faults_guest("@quarantine=3");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with(PROBES), "{}", r.stdout);
+    assert_eq!(fault_lines(&r.stderr).len(), 3, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("wasmvisor: policy hostile quarantined after 3 faults"),
+        "{}",
+        r.stderr
+    );
+    // Once quarantined it is skipped: the loop ran at default speed and the
+    // policy saw no more calls.
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("policy hostile: "))
+        .unwrap();
+    assert!(line.contains("faults 3,"), "{line}");
+}
+
+#[test]
+fn ungranted_capability_is_refused_at_load() {
+    if !kvm_available() {
+        return;
+    }
+    let p = assets().join("fixtures/hostile.wasm");
+    let g = guest("faults.bin");
+    let r = wasmvisor(&[
+        "run",
+        "--guest",
+        g.to_str().unwrap(),
+        "--policy",
+        p.to_str().unwrap(),
+    ]);
+    let line = r.one_error_line();
+    assert!(
+        line.contains("policy hostile: asks for the write-memory capability, which was not granted (grant it with @grant=write-memory)"),
+        "{line}"
+    );
+}
