@@ -12,7 +12,7 @@ use wasmvisor_exit::{
     ProtectRequest, Protection, Reg, StopRequest,
 };
 use wasmvisor_policy::{
-    CallError, CpuidLeaf, Limits, PolicyError, PolicyImage, PolicyInstance, Verdict,
+    CallError, CpuidLeaf, Limits, PolicyError, PolicyImage, PolicyInstance, Verdict, WasiGrants,
 };
 
 const FILE: &str = "hostile_fixture.wasm";
@@ -309,6 +309,68 @@ fn a_cap_below_the_initial_memory_fails_instantiation() {
         matches!(error, CallError::Limit { what: "memory", .. }),
         "{err}"
     );
+}
+
+#[test]
+fn table_cap_obeyed_and_violated() {
+    let capture = Capture::new(None);
+    let instantiate = |table_elements| {
+        let limits = Limits {
+            table_elements,
+            ..Limits::default()
+        };
+        image().instantiate::<FakeVcpu>(
+            capture.context("fixture", 0, Capabilities::default()),
+            &limits,
+        )
+    };
+    // The default cap holds the policy's function table.
+    let mut p = instantiate(Limits::default().table_elements).expect("fits the cap");
+    p.init(&[]).expect("init");
+    assert_eq!(ask(&mut p, port::CALLS, 0), Ok(1));
+    // A cap of one element is below the table it needs: refused, precisely.
+    let err = instantiate(1).unwrap_err();
+    let PolicyError::Instantiate { error, .. } = &err else {
+        panic!("expected an instantiation error, got {err}");
+    };
+    assert!(
+        matches!(error, CallError::Limit { what: "table", .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn wasi_grants_open_clocks_and_stdio() {
+    let path = common::policy_path(FILE, BUILD);
+    let granted = PolicyImage::load_with(
+        common::engine(),
+        &path,
+        WasiGrants {
+            clocks: true,
+            stdio: true,
+        },
+    )
+    .expect("loads");
+    assert_eq!(
+        granted.wasi(),
+        WasiGrants {
+            clocks: true,
+            stdio: true
+        }
+    );
+    let capture = Capture::new(None);
+    let mut p = granted
+        .instantiate::<FakeVcpu>(
+            capture.context("fixture", 0, Capabilities::default()),
+            &Limits::default(),
+        )
+        .expect("instantiates");
+    p.init(&[]).expect("init");
+    // With the clock granted, reading it is an answer, not a trap.
+    assert!(ask(&mut p, port::CLOCK, 0).is_ok());
+    // Stdio goes to the host's stderr, never to the guest console.
+    assert_eq!(ask(&mut p, port::STDIO, 0), Ok(0x50));
+    assert_eq!(capture.console.text(), "");
 }
 
 #[test]
