@@ -150,3 +150,34 @@ impl Drop for Ticker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_engine_bounds_calls_by_epoch_only() {
+        assert_eq!(DeadlineMechanism::default(), DeadlineMechanism::Epoch);
+        let engine = PolicyEngine::new().expect("engine");
+        assert_eq!(engine.deadline_mechanism(), DeadlineMechanism::Epoch);
+        assert!(engine._ticker.is_some());
+    }
+
+    #[test]
+    fn mechanisms_say_what_they_arm() {
+        let arms = |m: DeadlineMechanism| (m.epoch(), m.fuel());
+        assert_eq!(arms(DeadlineMechanism::Unbounded), (false, None));
+        assert_eq!(arms(DeadlineMechanism::Epoch), (true, None));
+        assert_eq!(
+            arms(DeadlineMechanism::Fuel { budget: 5 }),
+            (false, Some(5))
+        );
+        assert_eq!(
+            arms(DeadlineMechanism::EpochAndFuel { budget: 7 }),
+            (true, Some(7))
+        );
+        let fuel = PolicyEngine::with_deadline_mechanism(DeadlineMechanism::Fuel { budget: 5 })
+            .expect("engine");
+        assert!(fuel._ticker.is_none(), "no ticker without epochs");
+    }
+}
