@@ -18,7 +18,7 @@ impl Exception {
 }
 
 /// Memory protection modes (mirrors the WIT `protection` enum).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protection {
     WriteProtect,
     NoAccess,

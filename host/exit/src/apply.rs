@@ -3,7 +3,18 @@
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::{Action, Exception, ExitEvent, ExitKind, Reg, StopRequest};
+use crate::event::size_mask;
+use crate::{
+    Action, Direction, Exception, ExitEvent, ExitKind, GpaRange, MemAccess, MemoryProtector,
+    ProtectError, Reg, StopRequest, PAGE_SIZE,
+};
+
+/// Guest memory and its protections, as apply sees them.
+#[derive(Clone, Copy)]
+pub struct GuestEnv<'a> {
+    pub mem: &'a GuestMemoryMmap,
+    pub protector: &'a dyn MemoryProtector,
+}
 
 /// A failure of the vCPU backend (an ioctl), not of the policy.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -58,8 +69,52 @@ pub enum Flow {
 pub enum ApplyError {
     #[error(transparent)]
     Vcpu(#[from] VcpuAccessError),
-    #[error("guest memory write at {gpa:#x} failed: {reason}")]
+    #[error("guest memory access at {gpa:#x} failed: {reason}")]
     Memory { gpa: u64, reason: String },
+    #[error(transparent)]
+    Protect(#[from] ProtectError),
+}
+
+/// Performs a protected-page (or RAM-backed MMIO) access against backing
+/// RAM: the write lands, or the read is answered from RAM.
+pub fn perform_access(
+    event: &ExitEvent,
+    env: &GuestEnv<'_>,
+    completion: &mut Completion,
+) -> Result<(), ApplyError> {
+    let (gpa, size, direction, data) = match event.kind {
+        ExitKind::MemViolation(v) => (
+            v.gpa,
+            v.size,
+            if v.access == MemAccess::Write {
+                Direction::Write
+            } else {
+                Direction::Read
+            },
+            v.data,
+        ),
+        ExitKind::Mmio(m) => (m.gpa, m.size, m.direction, m.data),
+        _ => return Ok(()),
+    };
+    let n = usize::from(size).min(8);
+    let err = |e: vm_memory::GuestMemoryError| ApplyError::Memory {
+        gpa,
+        reason: e.to_string(),
+    };
+    match direction {
+        Direction::Write => env
+            .mem
+            .write_slice(&data.to_le_bytes()[..n], GuestAddress(gpa))
+            .map_err(err)?,
+        Direction::Read => {
+            let mut buf = [0u8; 8];
+            env.mem
+                .read_slice(&mut buf[..n], GuestAddress(gpa))
+                .map_err(err)?;
+            completion.read = Some(u64::from_le_bytes(buf) & size_mask(size));
+        }
+    }
+    Ok(())
 }
 
 /// Applies `actions` (already checked by [`crate::validate`]) to finish
@@ -68,7 +123,7 @@ pub fn apply(
     event: &ExitEvent,
     actions: &[Action],
     vcpu: &mut impl VcpuAccess,
-    mem: &GuestMemoryMmap,
+    env: &GuestEnv<'_>,
     completion: &mut Completion,
 ) -> Result<Flow, ApplyError> {
     // A handled HLT resumes the guest after the instruction.
@@ -84,24 +139,33 @@ pub fn apply(
                 _ => vcpu.inject_exception(*e)?,
             },
             Action::SetReg { reg, value } => vcpu.set_reg(*reg, *value)?,
-            Action::WritePhys { gpa, data } => {
-                mem.write_slice(data, GuestAddress(*gpa))
-                    .map_err(|e| ApplyError::Memory {
-                        gpa: *gpa,
-                        reason: e.to_string(),
-                    })?
-            }
+            Action::WritePhys { gpa, data } => env
+                .mem
+                .write_slice(data, GuestAddress(*gpa))
+                .map_err(|e| ApplyError::Memory {
+                    gpa: *gpa,
+                    reason: e.to_string(),
+                })?,
             Action::Stop(req) => flow = Flow::Stop(req.clone()),
-            // Rejected by validation until memory protection, debug and the
-            // control channel land; never reached.
-            Action::Allow
-            | Action::Deny
-            | Action::UnprotectRetry
-            | Action::Protect(_)
-            | Action::Unprotect(_)
-            | Action::Step
-            | Action::RemoveBreakpoint
-            | Action::Pause => {}
+            Action::Allow => perform_access(event, env, completion)?,
+            // A denied write is dropped; a denied read reads all-ones (the
+            // fallback below).
+            Action::Deny => {}
+            Action::UnprotectRetry => {
+                if let ExitKind::MemViolation(v) = event.kind {
+                    let page = GpaRange {
+                        base: v.gpa & !(PAGE_SIZE - 1),
+                        len: PAGE_SIZE,
+                    };
+                    env.protector.unprotect(page)?;
+                }
+                perform_access(event, env, completion)?
+            }
+            Action::Protect(req) => env.protector.protect(req.range, req.mode)?,
+            Action::Unprotect(range) => env.protector.unprotect(*range)?,
+            // Rejected by validation until debug exits and the control
+            // channel land; never reached.
+            Action::Step | Action::RemoveBreakpoint | Action::Pause => {}
         }
     }
     // An injected exception on a read still owes the guest a value for the

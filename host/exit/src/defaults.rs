@@ -1,16 +1,19 @@
 //! The host's answer to an exit nobody claimed (documented in
 //! `docs/routing.md`): reads of unclaimed ports and MMIO return all-ones,
 //! writes are dropped, MSRs go to KVM's own emulation (and #GP if KVM
-//! does not know them), HLT halts the vCPU, a shutdown stops the VM.
+//! does not know them), an access to a protected page goes through to
+//! RAM, HLT halts the vCPU, a shutdown stops the VM.
 
-use crate::apply::{ApplyError, Completion, Flow, VcpuAccess};
+use crate::apply::{ApplyError, Completion, Flow, GuestEnv, VcpuAccess};
 use crate::event::size_mask;
+use crate::perform_access;
 use crate::{Direction, ExitEvent, ExitKind, MsrReason, StopRequest};
 
 /// Finishes `event` the default way.
 pub fn default_actions(
     event: &ExitEvent,
     vcpu: &mut impl VcpuAccess,
+    env: &GuestEnv<'_>,
     completion: &mut Completion,
 ) -> Result<Flow, ApplyError> {
     match event.kind {
@@ -35,11 +38,9 @@ pub fn default_actions(
             }
             (MsrReason::Unknown | MsrReason::Invalid, _) => completion.msr_fault = true,
         },
-        ExitKind::MemViolation(v) => {
-            // Not delivered until memory protection lands; answer reads
-            // like unbacked memory.
-            completion.read = Some(size_mask(v.size));
-        }
+        // A protected page nobody answered for: the access goes through,
+        // as if unprotected (the protecting policy declined it).
+        ExitKind::MemViolation(_) => perform_access(event, env, completion)?,
         ExitKind::Debug(_) => {}
         ExitKind::Hlt => return Ok(Flow::Halt),
         ExitKind::Shutdown { reason } => {

@@ -12,18 +12,27 @@ mod action;
 mod apply;
 mod defaults;
 mod event;
+mod pagewalk;
+mod protection;
 mod regs;
 mod routes;
 mod subscription;
 mod validate;
 
 pub use action::{Action, Exception, ProtectRequest, Protection, StopRequest};
-pub use apply::{apply, ApplyError, Completion, Flow, VcpuAccess, VcpuAccessError};
+pub use apply::{
+    apply, perform_access, ApplyError, Completion, Flow, GuestEnv, VcpuAccess, VcpuAccessError,
+};
 pub use defaults::default_actions;
 pub use event::{
     DebugCause, DebugExit, Direction, ExitEvent, ExitKind, IoExit, MemAccess, MemViolation,
     MmioExit, MsrExit, MsrReason, ShutdownReason,
 };
+pub use pagewalk::{
+    translate, translate_with_maxphyaddr, PagingMode, PagingState, PhysRead, Translation,
+    WalkFault, DEFAULT_MAXPHYADDR, MIN_MAXPHYADDR,
+};
+pub use protection::{MemoryProtector, ProtectError, ProtectionMap, Run, PAGE_SIZE};
 pub use regs::Reg;
 pub use routes::{classify, Route, Routes, RoutesError, Target, MAX_MSR_FILTER_RANGES};
 pub use subscription::{Capabilities, EventSet, GpaRange, Subscriptions};

@@ -111,9 +111,13 @@ impl Subscriptions {
         if self.events.debug {
             out.push("subscribes to debug exits, which this host does not deliver yet".into());
         }
-        if self.events.mem_violation || !self.protect.is_empty() {
+        if self
+            .protect
+            .iter()
+            .any(|p| p.mode == crate::Protection::NoExecute)
+        {
             out.push(
-                "subscribes to memory-protection violations, which this host does not deliver yet"
+                "asks for execute protection, which stock KVM cannot provide (no instruction-fetch exits)"
                     .into(),
             );
         }

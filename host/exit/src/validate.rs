@@ -8,7 +8,7 @@ use thiserror::Error;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::event::size_mask;
-use crate::{Action, Capabilities, ExitEvent, ExitKind, Protection};
+use crate::{Action, Capabilities, ExitEvent, ExitKind, GpaRange, Protection, PAGE_SIZE};
 
 /// Largest guest-memory write one action may carry.
 pub const MAX_WRITE_LEN: usize = 64 * 1024;
@@ -53,9 +53,29 @@ pub enum ActionFault {
     /// A register write that the host refuses regardless of grants.
     #[error("set-reg of {0} is not allowed")]
     BadRegister(&'static str),
+    /// A protect or unprotect range that is not whole pages of RAM.
+    #[error("range {base:#x}+{len:#x} is not whole 4 KiB pages of guest RAM")]
+    BadRange { base: u64, len: u64 },
     /// The host cannot do this yet.
     #[error("{0} is not supported by this host")]
     Unsupported(&'static str),
+}
+
+/// A protect or unprotect range must be whole pages of RAM.
+fn check_pages(range: GpaRange, mem: &GuestMemoryMmap) -> Result<(), ActionFault> {
+    let aligned = range.base.is_multiple_of(PAGE_SIZE)
+        && range.len.is_multiple_of(PAGE_SIZE)
+        && range.len > 0;
+    let in_ram =
+        usize::try_from(range.len).is_ok_and(|len| mem.check_range(GuestAddress(range.base), len));
+    if aligned && in_ram {
+        Ok(())
+    } else {
+        Err(ActionFault::BadRange {
+            base: range.base,
+            len: range.len,
+        })
+    }
 }
 
 /// True for vectors whose exceptions push an error code.
@@ -167,7 +187,11 @@ pub fn validate(
                 if !matches!(event.kind, ExitKind::MemViolation(_)) {
                     return Err(wrong(action));
                 }
-                return Err(ActionFault::Unsupported(action.name()));
+                if *action == Action::UnprotectRetry {
+                    need(grants.protect_memory, action, "protect-memory")?;
+                }
+                finish(action)?;
+                answered_read = true;
             }
             Action::Protect(req) => {
                 need(grants.protect_memory, action, "protect-memory")?;
@@ -176,11 +200,11 @@ pub fn validate(
                         "execute protection (stock KVM cannot trap instruction fetches)",
                     ));
                 }
-                return Err(ActionFault::Unsupported(action.name()));
+                check_pages(req.range, mem)?;
             }
-            Action::Unprotect(_) => {
+            Action::Unprotect(range) => {
                 need(grants.protect_memory, action, "protect-memory")?;
-                return Err(ActionFault::Unsupported(action.name()));
+                check_pages(*range, mem)?;
             }
             Action::Step | Action::RemoveBreakpoint => {
                 if !matches!(event.kind, ExitKind::Debug(_)) {

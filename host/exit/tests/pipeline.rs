@@ -45,6 +45,10 @@ fn mem() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
 }
 
+fn protector() -> std::sync::Mutex<ProtectionMap> {
+    std::sync::Mutex::new(ProtectionMap::new(0x10000))
+}
+
 fn ev(kind: ExitKind) -> ExitEvent {
     ExitEvent {
         vcpu: 0,
@@ -275,7 +279,12 @@ fn apply_completes_reads_writes_memory_and_sets_registers() {
         },
     ];
     validate(&read, &actions, Capabilities::ALL, &m).unwrap();
-    let flow = apply(&read, &actions, &mut vcpu, &m, &mut c).unwrap();
+    let p = protector();
+    let env = GuestEnv {
+        mem: &m,
+        protector: &p,
+    };
+    let flow = apply(&read, &actions, &mut vcpu, &env, &mut c).unwrap();
     assert_eq!(flow, Flow::Continue);
     assert_eq!(c.read, Some(0xdead_beef));
     assert_eq!(vcpu.regs[&Reg::Rbx], 5);
@@ -290,13 +299,18 @@ fn apply_msr_gp_uses_the_fault_flag_not_an_ioctl() {
     let e = msr(0x175, Direction::Read, 0, MsrReason::Filtered);
     let actions = [Action::Inject(Exception::GP)];
     validate(&e, &actions, Capabilities::default(), &m).unwrap();
-    apply(&e, &actions, &mut vcpu, &m, &mut c).unwrap();
+    let p = protector();
+    let env = GuestEnv {
+        mem: &m,
+        protector: &p,
+    };
+    apply(&e, &actions, &mut vcpu, &env, &mut c).unwrap();
     assert!(c.msr_fault);
     assert!(vcpu.injected.is_empty());
     // On a port read the exception is queued and the read gets all-ones.
     let mut c = Completion::default();
     let e = io(0x60, Direction::Read, 2, 0);
-    apply(&e, &actions, &mut vcpu, &m, &mut c).unwrap();
+    apply(&e, &actions, &mut vcpu, &env, &mut c).unwrap();
     assert_eq!(vcpu.injected, vec![Exception::GP]);
     assert_eq!(c.read, Some(0xffff));
 }
@@ -304,15 +318,27 @@ fn apply_msr_gp_uses_the_fault_flag_not_an_ioctl() {
 #[test]
 fn apply_stop_and_handled_hlt() {
     let m = mem();
+    let p = protector();
+    let env = GuestEnv {
+        mem: &m,
+        protector: &p,
+    };
     let mut vcpu = FakeVcpu::default();
     let mut c = Completion::default();
     let stop = Action::Stop(StopRequest {
         clean: false,
         reason: "bad".into(),
     });
-    let flow = apply(&ev(ExitKind::Hlt), &[stop], &mut vcpu, &m, &mut c).unwrap();
+    let flow = apply(&ev(ExitKind::Hlt), &[stop], &mut vcpu, &env, &mut c).unwrap();
     assert!(matches!(flow, Flow::Stop(StopRequest { clean: false, .. })));
-    let flow = apply(&ev(ExitKind::Hlt), &[Action::Resume], &mut vcpu, &m, &mut c).unwrap();
+    let flow = apply(
+        &ev(ExitKind::Hlt),
+        &[Action::Resume],
+        &mut vcpu,
+        &env,
+        &mut c,
+    )
+    .unwrap();
     assert_eq!(flow, Flow::Continue);
 }
 
@@ -320,9 +346,15 @@ fn apply_stop_and_handled_hlt() {
 fn defaults_answer_unclaimed_exits() {
     let mut vcpu = FakeVcpu::default();
     vcpu.msrs.insert(0x174, 0x10);
+    let m = mem();
+    let p = protector();
+    let env = GuestEnv {
+        mem: &m,
+        protector: &p,
+    };
     let run = |e: ExitEvent, vcpu: &mut FakeVcpu| {
         let mut c = Completion::default();
-        let flow = default_actions(&e, vcpu, &mut c).unwrap();
+        let flow = default_actions(&e, vcpu, &env, &mut c).unwrap();
         (flow, c)
     };
     let (_, c) = run(io(0x600, Direction::Read, 4, 0), &mut vcpu);
@@ -393,4 +425,132 @@ mod model {
             }
         }
     }
+}
+
+fn violation(gpa: u64, access: MemAccess, size: u8, data: u64) -> ExitEvent {
+    ev(ExitKind::MemViolation(MemViolation {
+        gpa,
+        access,
+        size,
+        data,
+    }))
+}
+
+#[test]
+fn mem_violation_allow_deny_and_unprotect_retry() {
+    let m = mem();
+    let p = protector();
+    let page = GpaRange {
+        base: 0x9000,
+        len: 0x1000,
+    };
+    p.protect(page, Protection::WriteProtect).unwrap();
+    let env = GuestEnv {
+        mem: &m,
+        protector: &p,
+    };
+    let mut vcpu = FakeVcpu::default();
+    let grants = Capabilities {
+        protect_memory: true,
+        ..Default::default()
+    };
+    let write = violation(0x9010, MemAccess::Write, 4, 0xdead_beef);
+    let run = |actions: &[Action], vcpu: &mut FakeVcpu| {
+        validate(&write, actions, grants, &m).unwrap();
+        let mut c = Completion::default();
+        apply(&write, actions, vcpu, &env, &mut c).unwrap();
+    };
+    // deny: the write is dropped.
+    run(&[Action::Deny], &mut vcpu);
+    assert_eq!(m.read_obj::<u32>(GuestAddress(0x9010)).unwrap(), 0);
+    // allow: the host performs it, the page stays protected.
+    run(&[Action::Allow], &mut vcpu);
+    assert_eq!(
+        m.read_obj::<u32>(GuestAddress(0x9010)).unwrap(),
+        0xdead_beef
+    );
+    assert_eq!(p.lookup(0x9010), Some(Protection::WriteProtect));
+    // unprotect-retry: the page is unprotected and the write lands.
+    m.write_obj(0u32, GuestAddress(0x9010)).unwrap();
+    run(&[Action::UnprotectRetry], &mut vcpu);
+    assert_eq!(
+        m.read_obj::<u32>(GuestAddress(0x9010)).unwrap(),
+        0xdead_beef
+    );
+    assert_eq!(p.lookup(0x9010), None);
+    // unprotect-retry needs the grant; allow/deny answer only violations.
+    assert!(validate(
+        &write,
+        &[Action::UnprotectRetry],
+        Capabilities::default(),
+        &m
+    )
+    .is_err());
+    assert!(matches!(
+        validate(
+            &io(0x10, Direction::Write, 1, 0),
+            &[Action::Allow],
+            grants,
+            &m
+        ),
+        Err(ActionFault::WrongExit { .. })
+    ));
+}
+
+#[test]
+fn mem_violation_reads_answered_by_ram_policy_data_or_all_ones() {
+    let m = mem();
+    m.write_obj(0x1122_3344u32, GuestAddress(0xa000)).unwrap();
+    let p = protector();
+    let env = GuestEnv {
+        mem: &m,
+        protector: &p,
+    };
+    let mut vcpu = FakeVcpu::default();
+    let read = violation(0xa000, MemAccess::Read, 4, 0);
+    let answer = |actions: &[Action], vcpu: &mut FakeVcpu| {
+        validate(&read, actions, Capabilities::default(), &m).unwrap();
+        let mut c = Completion::default();
+        apply(&read, actions, vcpu, &env, &mut c).unwrap();
+        c.read
+    };
+    assert_eq!(answer(&[Action::Allow], &mut vcpu), Some(0x1122_3344));
+    assert_eq!(answer(&[Action::Deny], &mut vcpu), Some(0xffff_ffff));
+    assert_eq!(
+        answer(&[Action::CompleteRead(0x5a5a)], &mut vcpu),
+        Some(0x5a5a)
+    );
+    // Nobody answered: the default lets the access through.
+    let mut c = Completion::default();
+    default_actions(&read, &mut vcpu, &env, &mut c).unwrap();
+    assert_eq!(c.read, Some(0x1122_3344));
+}
+
+#[test]
+fn protect_actions_need_whole_pages_of_ram_and_the_grant() {
+    let m = mem();
+    let e = io(0x10, Direction::Write, 1, 0);
+    let grants = Capabilities {
+        protect_memory: true,
+        ..Default::default()
+    };
+    let prot = |base, len| {
+        Action::Protect(ProtectRequest {
+            range: GpaRange { base, len },
+            mode: Protection::WriteProtect,
+        })
+    };
+    assert!(validate(&e, &[prot(0x1000, 0x1000)], grants, &m).is_ok());
+    assert!(matches!(
+        validate(&e, &[prot(0x1001, 0x1000)], grants, &m),
+        Err(ActionFault::BadRange { .. })
+    ));
+    assert!(matches!(
+        validate(&e, &[prot(0xf000, 0x2000)], grants, &m),
+        Err(ActionFault::BadRange { .. })
+    ));
+    assert!(matches!(
+        validate(&e, &[prot(0x1000, 0x1000)], Capabilities::default(), &m),
+        Err(ActionFault::NotGranted { .. })
+    ));
 }

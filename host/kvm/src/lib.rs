@@ -11,6 +11,7 @@ mod cpuid;
 pub mod decode;
 mod error;
 mod kick;
+mod memslots;
 mod vcpu;
 mod vm;
 
@@ -18,5 +19,6 @@ pub use boot::{BootMode, BootState, HOST_RESERVED_END, MAX_BOOT_VCPUS};
 pub use cpuid::CpuidEntry;
 pub use error::KvmError;
 pub use kick::{install_kick_handler, Kicker};
+pub use memslots::MemSlots;
 pub use vcpu::{FatalExit, RunOutcome, Vcpu};
 pub use vm::{Vm, MMIO_HOLE_START};

@@ -1,6 +1,7 @@
 //! The VM: KVM handle, guest RAM and VM-wide configuration (MSR filter).
 
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_X86_USER_SPACE_MSR, KVM_MAX_CPUID_ENTRIES,
@@ -10,6 +11,7 @@ use kvm_ioctls::{Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRang
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::cpuid::CpuidEntry;
+use crate::memslots::MemSlots;
 use crate::{KvmError, Vcpu};
 
 /// Guest RAM ends below this address; above it lies the MMIO hole where
@@ -19,8 +21,9 @@ pub const MMIO_HOLE_START: u64 = 0xC000_0000;
 /// A KVM VM with one contiguous RAM slot at GPA 0.
 pub struct Vm {
     kvm: Kvm,
-    fd: VmFd,
+    fd: Arc<VmFd>,
     memory: GuestMemoryMmap,
+    slots: Arc<MemSlots>,
     sync_regs: bool,
 }
 
@@ -93,10 +96,13 @@ impl Vm {
         };
         fd.enable_cap(&cap)
             .map_err(KvmError::ioctl("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)"))?;
+        let fd = Arc::new(fd);
+        let slots = Arc::new(MemSlots::new(Arc::clone(&fd), host as u64, ram_size));
         Ok(Vm {
             kvm,
             fd,
             memory,
+            slots,
             sync_regs,
         })
     }
@@ -104,6 +110,11 @@ impl Vm {
     /// Guest RAM.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
+    }
+
+    /// The memslot layout, which protects pages.
+    pub fn memslots(&self) -> Arc<MemSlots> {
+        Arc::clone(&self.slots)
     }
 
     /// Sends accesses to these MSRs to user space; everything else stays

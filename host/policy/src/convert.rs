@@ -149,14 +149,14 @@ fn action(a: wit::Action) -> exit::Action {
     }
 }
 
-fn gpa_range(r: wit::GpaRange) -> exit::GpaRange {
+pub(crate) fn gpa_range(r: wit::GpaRange) -> exit::GpaRange {
     exit::GpaRange {
         base: r.base,
         len: r.len,
     }
 }
 
-fn protect_request(p: wit::ProtectRequest) -> exit::ProtectRequest {
+pub(crate) fn protect_request(p: wit::ProtectRequest) -> exit::ProtectRequest {
     exit::ProtectRequest {
         range: gpa_range(p.range),
         mode: match p.mode {

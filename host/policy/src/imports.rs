@@ -99,18 +99,25 @@ impl host::Host for Ctx {
         Ok(Err(HostError::Unsupported))
     }
 
-    fn protect(&mut self, _req: ProtectRequest) -> HostResult<()> {
+    fn protect(&mut self, req: ProtectRequest) -> HostResult<()> {
         if !self.inst.grants.protect_memory {
             return Ok(Err(HostError::NotGranted));
         }
-        Ok(Err(HostError::Unsupported))
+        let Some(protector) = self.inst.shared.protector() else {
+            return Ok(Err(HostError::Unsupported));
+        };
+        let req = crate::convert::protect_request(req);
+        protection_result(protector.protect(req.range, req.mode))
     }
 
-    fn unprotect(&mut self, _range: GpaRange) -> HostResult<()> {
+    fn unprotect(&mut self, range: GpaRange) -> HostResult<()> {
         if !self.inst.grants.protect_memory {
             return Ok(Err(HostError::NotGranted));
         }
-        Ok(Err(HostError::Unsupported))
+        let Some(protector) = self.inst.shared.protector() else {
+            return Ok(Err(HostError::Unsupported));
+        };
+        protection_result(protector.unprotect(crate::convert::gpa_range(range)))
     }
 
     fn console_write(&mut self, bytes: Vec<u8>) -> wasmtime::Result<()> {
@@ -212,5 +219,20 @@ mod tests {
             err.to_string(),
             "counter key of 257 bytes exceeds the 256-byte limit"
         );
+    }
+}
+
+/// Maps a protection change's outcome to what the policy sees: its own
+/// mistakes are errors it can handle, a failing memslot update is a host
+/// fault (a trap).
+fn protection_result(r: Result<(), wasmvisor_exit::ProtectError>) -> HostResult<()> {
+    use wasmvisor_exit::ProtectError;
+    match r {
+        Ok(()) => Ok(Ok(())),
+        Err(ProtectError::NoExecute) => Ok(Err(HostError::Unsupported)),
+        Err(ProtectError::Unaligned { .. } | ProtectError::OutsideRam { .. }) => {
+            Ok(Err(HostError::OutOfRange))
+        }
+        Err(e @ ProtectError::Backend(_)) => Err(wasmtime::Error::msg(e.to_string())),
     }
 }

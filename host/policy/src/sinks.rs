@@ -13,6 +13,8 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use wasmvisor_exit::MemoryProtector;
+
 use crate::error::PolicyError;
 
 /// Most counters all policies of a VM may create together.
@@ -89,6 +91,8 @@ pub struct Shared {
     /// Events emitted, indexed by policy index.
     emitted: Mutex<Vec<u64>>,
     counters: Mutex<HashMap<(usize, String), i64>>,
+    /// Page protections of the VM, if it has any to offer.
+    protector: Option<Arc<dyn MemoryProtector>>,
 }
 
 impl Shared {
@@ -117,7 +121,19 @@ impl Shared {
             event_write_errors: AtomicU64::new(0),
             emitted: Mutex::new(Vec::new()),
             counters: Mutex::new(HashMap::new()),
+            protector: None,
         })
+    }
+
+    /// Lets policies protect guest pages through `protector`.
+    pub fn with_protector(mut self, protector: Arc<dyn MemoryProtector>) -> Shared {
+        self.protector = Some(protector);
+        self
+    }
+
+    /// The VM's page protections, if any.
+    pub(crate) fn protector(&self) -> Option<&Arc<dyn MemoryProtector>> {
+        self.protector.as_ref()
     }
 
     /// Sends log lines to `log` instead of standard error.
@@ -138,6 +154,14 @@ impl Shared {
 
     /// Appends one event line and counts it. `json` is embedded as is if
     /// it is a JSON object, and as `{"raw": json}` otherwise.
+    /// Records an event the host itself observed (`policy` names the
+    /// source, e.g. `wasmvisor`); `json` must be a JSON object.
+    pub fn emit_host(&self, source: &str, vcpu: u32, kind: &str, json: &str) {
+        if self.events.is_some() {
+            self.emit(usize::MAX, source, vcpu, kind, json);
+        }
+    }
+
     pub(crate) fn emit(
         &self,
         policy_index: usize,
@@ -146,7 +170,7 @@ impl Shared {
         kind: &str,
         json: &str,
     ) {
-        {
+        if policy_index != usize::MAX {
             let mut emitted = lock(&self.emitted);
             if emitted.len() <= policy_index {
                 emitted.resize(policy_index + 1, 0);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use wasmvisor_exit::{GpaRange, Routes, Subscriptions};
+use wasmvisor_exit::{GpaRange, MemoryProtector, Routes, Subscriptions};
 use wasmvisor_kvm::{install_kick_handler, BootMode, BootState, CpuidEntry, Kicker, Vcpu, Vm};
 use wasmvisor_policy::{
     ConsoleSink, CpuidLeaf, InstanceContext, PolicyEngine, PolicyImage, PolicyInstance, Shared,
@@ -195,9 +195,12 @@ pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport
     boot.check()?;
     boot.write_tables(vm.memory())?;
 
+    let memslots = vm.memslots();
+    let protector: Arc<dyn MemoryProtector> = memslots.clone();
     let shared = Arc::new(
         Shared::new(Arc::clone(&console), config.events.as_deref())
-            .map_err(|e| VmmError::Engine(e.to_string()))?,
+            .map_err(|e| VmmError::Engine(e.to_string()))?
+            .with_protector(Arc::clone(&protector)),
     );
     // Instantiate and initialise every policy on every vCPU.
     let mut per_vcpu: Vec<(Vcpu, Vec<PolicyInstance<Vcpu>>)> = Vec::new();
@@ -231,6 +234,23 @@ pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport
                             "asks for the {cap} capability, which was not granted (grant it with @grant={cap})"
                         ),
                     });
+                }
+                if !sub.protect.is_empty() && !spec.sandbox.grants.protect_memory {
+                    return Err(VmmError::Policy {
+                        policy: names[p].clone(),
+                        reason: "protects memory at init without the protect-memory capability (grant it with @grant=protect-memory)".into(),
+                    });
+                }
+                for req in &sub.protect {
+                    protector
+                        .protect(req.range, req.mode)
+                        .map_err(|e| VmmError::Policy {
+                            policy: names[p].clone(),
+                            reason: format!(
+                                "cannot protect {:#x}+{:#x}: {e}",
+                                req.range.base, req.range.len
+                            ),
+                        })?;
                 }
                 subs.push(sub);
             } else if sub != subs[p] {
@@ -293,6 +313,8 @@ pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport
             Arc::clone(&routes),
             builtins.clone(),
             vm.memory().clone(),
+            Arc::clone(&protector),
+            Arc::clone(&shared),
             Arc::clone(&control),
         ));
     }

@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use vm_memory::GuestMemoryMmap;
 use wasmvisor_exit::{
-    apply, classify, default_actions, validate, Action, Capabilities, Completion, Exception,
-    ExitEvent, ExitKind, Flow, Route, Routes, Target,
+    apply, classify, default_actions, perform_access, validate, Action, ApplyError, Capabilities,
+    Completion, Direction, Exception, ExitEvent, ExitKind, Flow, GuestEnv, MemAccess, MemViolation,
+    MemoryProtector, Route, Routes, Target,
 };
 use wasmvisor_kvm::{Kicker, RunOutcome, Vcpu};
-use wasmvisor_policy::{CallError, PolicyInstance, Verdict};
+use wasmvisor_policy::{CallError, PolicyInstance, Shared, Verdict};
 
 use crate::outcome::VmOutcome;
 use crate::sandbox::OnFault;
@@ -73,6 +74,11 @@ pub(crate) struct VcpuWorker {
     pub routes: Arc<Routes>,
     pub builtins: Vec<NativeSerial>,
     pub memory: GuestMemoryMmap,
+    /// Page protections (memslot layout) of the VM.
+    pub protector: Arc<dyn MemoryProtector>,
+    /// Console, events and counters, for host-side events.
+    pub shared: Arc<Shared>,
+    ram_size: u64,
     pub control: Arc<Control>,
     pub stats: Stats,
     /// The policy whose stop action ends the VM, for the report.
@@ -92,6 +98,8 @@ impl VcpuWorker {
         routes: Arc<Routes>,
         builtins: Vec<NativeSerial>,
         memory: GuestMemoryMmap,
+        protector: Arc<dyn MemoryProtector>,
+        shared: Arc<Shared>,
         control: Arc<Control>,
     ) -> VcpuWorker {
         let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
@@ -100,7 +108,10 @@ impl VcpuWorker {
             policies,
             routes,
             builtins,
+            ram_size: vm_memory::GuestMemoryBackend::last_addr(&memory).0 + 1,
             memory,
+            protector,
+            shared,
             control,
             stats: Stats::new(&names),
             answered_by: None,
@@ -150,7 +161,7 @@ impl VcpuWorker {
                 }
                 RunOutcome::Exit(mut event) => loop {
                     let mut completion = Completion::default();
-                    let flow = match self.dispatch(&event, &mut completion) {
+                    let flow = match self.dispatch_exit(&mut event, &mut completion) {
                         Ok(flow) => flow,
                         Err(outcome) => return outcome,
                     };
@@ -178,6 +189,69 @@ impl VcpuWorker {
 
 /// Dispatch lives in its own impl block: it is the hot path.
 impl VcpuWorker {
+    /// An MMIO exit inside RAM is an access to a protected page (a
+    /// read-only slot or a hole): it becomes a mem-violation event. If the
+    /// page is no longer protected, the exit raced a layout change and the
+    /// access is simply performed against RAM.
+    fn dispatch_exit(
+        &mut self,
+        event: &mut ExitEvent,
+        completion: &mut Completion,
+    ) -> Result<Flow, VmOutcome> {
+        if let ExitKind::Mmio(m) = event.kind {
+            if m.gpa < self.ram_size {
+                let env = GuestEnv {
+                    mem: &self.memory,
+                    protector: &*self.protector,
+                };
+                if self.protector.lookup(m.gpa).is_none() {
+                    perform_access(event, &env, completion)
+                        .map_err(|e| VmOutcome::HostFailure(e.to_string()))?;
+                    return Ok(Flow::Continue);
+                }
+                event.kind = ExitKind::MemViolation(MemViolation {
+                    gpa: m.gpa,
+                    access: match m.direction {
+                        Direction::Read => MemAccess::Read,
+                        Direction::Write => MemAccess::Write,
+                    },
+                    size: m.size,
+                    data: m.data,
+                });
+                let flow = self.dispatch(event, completion);
+                self.record_violation(event, completion);
+                return flow;
+            }
+        }
+        self.dispatch(event, completion)
+    }
+
+    /// Writes a violation and its outcome to the event stream.
+    fn record_violation(&self, event: &ExitEvent, completion: &Completion) {
+        let ExitKind::MemViolation(v) = event.kind else {
+            return;
+        };
+        let json = format!(
+            "{{\"gpa\":{},\"access\":\"{}\",\"size\":{},\"data\":{},\"rip\":{},\"answered_by\":{},\"read\":{}}}",
+            v.gpa,
+            match v.access {
+                MemAccess::Read => "read",
+                MemAccess::Write => "write",
+                MemAccess::Execute => "execute",
+            },
+            v.size,
+            v.data,
+            event.rip,
+            match &self.answered_by {
+                Some(p) => format!("\"{p}\""),
+                None => "null".to_string(),
+            },
+            completion.read.map_or("null".to_string(), |r| r.to_string()),
+        );
+        self.shared
+            .emit_host("wasmvisor", event.vcpu, "mem-violation", &json);
+    }
+
     /// Finds who answers `event`, gets the answer, checks and applies it.
     fn dispatch(
         &mut self,
@@ -206,8 +280,13 @@ impl VcpuWorker {
             }
         }
         self.stats.default += 1;
+        let env = GuestEnv {
+            mem: &self.memory,
+            protector: &*self.protector,
+        };
         let vcpu = self.vcpu.as_mut().expect("vCPU present");
-        default_actions(event, vcpu, completion).map_err(|e| VmOutcome::HostFailure(e.to_string()))
+        default_actions(event, vcpu, &env, completion)
+            .map_err(|e| VmOutcome::HostFailure(e.to_string()))
     }
 
     /// Asks policy `i`; `None` means it declined or faulted (fail-open:
@@ -243,14 +322,30 @@ impl VcpuWorker {
         if let Err(fault) = validate(event, &actions, grants, &self.memory) {
             return self.fault(i, event, &format!("rejected answer: {fault}"), completion);
         }
+        let env = GuestEnv {
+            mem: &self.memory,
+            protector: &*self.protector,
+        };
         let vcpu = self
             .vcpu
             .as_mut()
             .expect("vCPU returned by the policy call");
-        let flow = apply(event, &actions, vcpu, &self.memory, completion)
-            .map_err(|e| VmOutcome::HostFailure(e.to_string()))?;
+        let flow = match apply(event, &actions, vcpu, &env, completion) {
+            Ok(flow) => flow,
+            // A protection change the layout refused is the policy's
+            // mistake, not the host's.
+            Err(ApplyError::Protect(e)) => {
+                return self.fault(
+                    i,
+                    event,
+                    &format!("protection change failed: {e}"),
+                    completion,
+                )
+            }
+            Err(e) => return Err(VmOutcome::HostFailure(e.to_string())),
+        };
         self.stats.policies[i].handled += 1;
-        if matches!(flow, Flow::Stop(_)) {
+        if matches!(flow, Flow::Stop(_)) || matches!(event.kind, ExitKind::MemViolation(_)) {
             self.answered_by = Some(self.policies[i].name.clone());
         }
         Ok(Some(flow))
@@ -291,6 +386,10 @@ impl VcpuWorker {
             // A shutdown cannot take an exception: let the default finish it.
             OnFault::Gp if matches!(event.kind, ExitKind::Shutdown { .. }) => Ok(None),
             OnFault::Gp => {
+                let env = GuestEnv {
+                    mem: &self.memory,
+                    protector: &*self.protector,
+                };
                 let vcpu = self
                     .vcpu
                     .as_mut()
@@ -299,7 +398,7 @@ impl VcpuWorker {
                     event,
                     &[Action::Inject(Exception::GP)],
                     vcpu,
-                    &self.memory,
+                    &env,
                     completion,
                 )
                 .map(Some)
