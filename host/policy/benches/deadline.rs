@@ -35,10 +35,10 @@ use wasmvisor_policy::{
 const FUEL_BUDGET: u64 = 100_000_000;
 
 /// Interleaved rounds per workload and variant.
-const ROUNDS: usize = 15;
+const ROUNDS: usize = 30;
 
 /// Wall time one round aims at.
-const ROUND_TIME: Duration = Duration::from_millis(20);
+const ROUND_TIME: Duration = Duration::from_millis(10);
 
 /// Spinning (and panicking) calls timed per variant.
 const TRAPS: usize = 10;
@@ -245,7 +245,7 @@ fn median(xs: &mut [f64]) -> f64 {
     }
 }
 
-/// Makes `n` calls; returns the wall time and how many failed.
+/// Makes `n` calls; returns the wall time and how many timed out.
 fn run(
     p: &mut PolicyInstance<FakeVcpu>,
     event: &ExitEvent,
@@ -259,14 +259,27 @@ fn run(
             Ok(v) => {
                 std::hint::black_box(v);
             }
-            Err(_) => failed += 1,
+            Err(CallError::Timeout) => failed += 1,
+            Err(e) => panic!("unexpected failure: {e}"),
         }
     }
     (start.elapsed(), failed)
 }
 
-/// Median ns per call of each variant on `w`, and the failed calls.
-fn measure(variants: &[Variant], shared: &Arc<Shared>, w: &Workload) -> (Vec<f64>, u64) {
+/// One variant on one workload.
+struct Sample {
+    /// ns per call of the median round.
+    median: f64,
+    /// ns per call of the fastest round.
+    best: f64,
+    /// Calls made in the rounds.
+    calls: u64,
+    /// Calls that failed (timed out) in the rounds.
+    failed: u64,
+}
+
+/// Runs `w` on each variant in interleaved rounds.
+fn measure(variants: &[Variant], shared: &Arc<Shared>, w: &Workload) -> Vec<Sample> {
     let mut vcpu = Some(FakeVcpu);
     let mut instances: Vec<_> = variants
         .iter()
@@ -284,19 +297,57 @@ fn measure(variants: &[Variant], shared: &Arc<Shared>, w: &Workload) -> (Vec<f64
         let per_round = ROUND_TIME.as_secs_f64() / (t.as_secs_f64() / 1000.0);
         calls = calls.max(per_round as u64);
     }
-    let mut samples = vec![Vec::with_capacity(ROUNDS); variants.len()];
-    let mut failed = 0;
+    let mut rounds = vec![Vec::with_capacity(ROUNDS); variants.len()];
+    let mut failed = vec![0; variants.len()];
     for round in 0..ROUNDS {
         // Rotate which variant goes first, so none always runs just after
         // another workload's set-up.
         for k in 0..variants.len() {
             let i = (round + k) % variants.len();
             let (t, f) = run(&mut instances[i], &w.event, &mut vcpu, calls);
-            failed += f;
-            samples[i].push(t.as_nanos() as f64 / calls as f64);
+            failed[i] += f;
+            rounds[i].push(t.as_nanos() as f64 / calls as f64);
         }
     }
-    (samples.iter_mut().map(|s| median(s)).collect(), failed)
+    rounds
+        .iter_mut()
+        .zip(failed)
+        .map(|(r, failed)| {
+            let median = median(r);
+            Sample {
+                median,
+                best: r.iter().copied().fold(f64::INFINITY, f64::min),
+                calls: calls * ROUNDS as u64,
+                failed,
+            }
+        })
+        .collect()
+}
+
+/// Prints one table row: `(a)`'s value, then each other value with its
+/// ratio to `(a)`.
+fn row(name: &str, values: impl Iterator<Item = f64>) {
+    print!("{name:<38}");
+    let mut base = None;
+    for n in values {
+        match base {
+            None => {
+                print!(" | {n:>16.1}");
+                base = Some(n);
+            }
+            Some(b) => print!(" | {:>16}", format!("{n:.1} ({:.3})", n / b)),
+        }
+    }
+    println!();
+}
+
+fn header(title: &str, variants: &[Variant]) {
+    print!("{title:<38}");
+    for v in variants {
+        print!(" | {:>16}", v.name);
+    }
+    println!();
+    println!("{}", "-".repeat(38 + variants.len() * 19));
 }
 
 /// Times `TRAPS` calls on `port` of the hostile fixture, each of which must
@@ -340,6 +391,13 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, Linux {kernel}")
 }
 
+/// The 1-, 5- and 15-minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn main() {
     // `cargo test --benches` runs bench binaries with `--bench` absent;
     // only do the work when asked to benchmark.
@@ -370,7 +428,7 @@ fn main() {
         std::process::exit(2);
     }
 
-    println!("machine: {}", machine());
+    println!("machine: {}; load average {}", machine(), loadavg());
     println!(
         "deadline: {:?} (epoch, 1 ms ticker); fuel budget {FUEL_BUDGET} units/call; \
          median of {ROUNDS} interleaved rounds of ~{} ms",
@@ -405,27 +463,30 @@ fn main() {
     let shared = Arc::new(Shared::new(Arc::new(NullConsole), None).expect("shared"));
 
     // Per-call cost.
-    print!("{:<38}", "handle_exit, ns/call (ratio to (a))");
-    for v in &variants {
-        print!(" | {:>16}", v.name);
+    let results: Vec<(Workload, Vec<Sample>)> = workloads()
+        .into_iter()
+        .map(|w| {
+            let samples = measure(&variants, &shared, &w);
+            (w, samples)
+        })
+        .collect();
+    println!("handle_exit ns/call (ratio to (a))");
+    header("median round", &variants);
+    for (w, samples) in &results {
+        row(w.name, samples.iter().map(|s| s.median));
     }
     println!();
-    println!("{}", "-".repeat(38 + variants.len() * 19));
-    let mut failures = 0;
-    for w in workloads() {
-        let (ns, failed) = measure(&variants, &shared, &w);
-        failures += failed;
-        print!("{:<38}", w.name);
-        for (i, n) in ns.iter().enumerate() {
-            if i == 0 {
-                print!(" | {n:>16.1}");
-            } else {
-                print!(" | {:>16}", format!("{n:.1} ({:.3})", n / ns[0]));
-            }
-        }
-        println!();
+    header("best round", &variants);
+    for (w, samples) in &results {
+        row(w.name, samples.iter().map(|s| s.best));
     }
-    println!("failed calls during the rounds (spurious timeouts): {failures}\n");
+    print!("\n{:<38}", "timeouts in the rounds / calls made");
+    for (i, _) in variants.iter().enumerate() {
+        let failed: u64 = results.iter().map(|(_, s)| s[i].failed).sum();
+        let calls: u64 = results.iter().map(|(_, s)| s[i].calls).sum();
+        print!(" | {:>16}", format!("{failed} / {calls}"));
+    }
+    println!("\n");
 
     // Stopping a call that never returns.
     println!(
@@ -464,4 +525,5 @@ fn main() {
             stop
         );
     }
+    println!("\nload average at the end: {}", loadavg());
 }

@@ -195,6 +195,21 @@ fn log_line(policy: &str, vcpu: u32, level: LogLevel, msg: &str) -> String {
     line
 }
 
+/// Maps a protection change's outcome to what the policy sees: its own
+/// mistakes are errors it can handle, a failing memslot update is a host
+/// fault (a trap).
+fn protection_result(r: Result<(), wasmvisor_exit::ProtectError>) -> HostResult<()> {
+    use wasmvisor_exit::ProtectError;
+    match r {
+        Ok(()) => Ok(Ok(())),
+        Err(ProtectError::NoExecute) => Ok(Err(HostError::Unsupported)),
+        Err(ProtectError::Unaligned { .. } | ProtectError::OutsideRam { .. }) => {
+            Ok(Err(HostError::OutOfRange))
+        }
+        Err(e @ ProtectError::Backend(_)) => Err(wasmtime::Error::msg(e.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,20 +234,5 @@ mod tests {
             err.to_string(),
             "counter key of 257 bytes exceeds the 256-byte limit"
         );
-    }
-}
-
-/// Maps a protection change's outcome to what the policy sees: its own
-/// mistakes are errors it can handle, a failing memslot update is a host
-/// fault (a trap).
-fn protection_result(r: Result<(), wasmvisor_exit::ProtectError>) -> HostResult<()> {
-    use wasmvisor_exit::ProtectError;
-    match r {
-        Ok(()) => Ok(Ok(())),
-        Err(ProtectError::NoExecute) => Ok(Err(HostError::Unsupported)),
-        Err(ProtectError::Unaligned { .. } | ProtectError::OutsideRam { .. }) => {
-            Ok(Err(HostError::OutOfRange))
-        }
-        Err(e @ ProtectError::Backend(_)) => Err(wasmtime::Error::msg(e.to_string())),
     }
 }

@@ -23,7 +23,7 @@ use crate::outcome::VmOutcome;
 use crate::serial::{NativeSerial, COM1};
 use crate::signals;
 use crate::stats::Stats;
-use crate::vcpu_loop::{Control, PolicyHealth, VcpuEnd, VcpuPolicy, VcpuWorker};
+use crate::vcpu_loop::{Control, PolicyHealth, VcpuEnd, VcpuPolicy, VcpuWorker, VmHandles};
 
 /// Default load address for flat binaries: just above the host-reserved
 /// low memory.
@@ -289,6 +289,14 @@ pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport
         .collect();
     let base_cpuid = vm.supported_cpuid()?;
     let control = Arc::new(Control::default());
+    let handles = VmHandles {
+        routes: Arc::clone(&routes),
+        builtins: builtins.clone(),
+        memory: vm.memory().clone(),
+        protector: Arc::clone(&protector),
+        shared: Arc::clone(&shared),
+        control: Arc::clone(&control),
+    };
     let mut workers = Vec::new();
     for (mut vcpu, mut instances) in per_vcpu {
         let table = cpuid_table(&base_cpuid, &mut instances, &subs, &names)?;
@@ -307,16 +315,7 @@ pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport
                 health: Arc::clone(health),
             })
             .collect();
-        workers.push(VcpuWorker::new(
-            vcpu,
-            policies,
-            Arc::clone(&routes),
-            builtins.clone(),
-            vm.memory().clone(),
-            Arc::clone(&protector),
-            Arc::clone(&shared),
-            Arc::clone(&control),
-        ));
+        workers.push(VcpuWorker::new(vcpu, policies, handles.clone()));
     }
     let outcome = run_workers(workers, &control, &names)?;
     drop(vm);

@@ -91,28 +91,30 @@ pub(crate) enum VcpuEnd {
     Done(VmOutcome),
 }
 
+/// What every vCPU thread of one VM shares.
+#[derive(Clone)]
+pub(crate) struct VmHandles {
+    pub routes: Arc<Routes>,
+    pub builtins: Vec<NativeSerial>,
+    pub memory: GuestMemoryMmap,
+    pub protector: Arc<dyn MemoryProtector>,
+    pub shared: Arc<Shared>,
+    pub control: Arc<Control>,
+}
+
 impl VcpuWorker {
-    pub fn new(
-        vcpu: Vcpu,
-        policies: Vec<VcpuPolicy>,
-        routes: Arc<Routes>,
-        builtins: Vec<NativeSerial>,
-        memory: GuestMemoryMmap,
-        protector: Arc<dyn MemoryProtector>,
-        shared: Arc<Shared>,
-        control: Arc<Control>,
-    ) -> VcpuWorker {
+    pub fn new(vcpu: Vcpu, policies: Vec<VcpuPolicy>, vm: VmHandles) -> VcpuWorker {
         let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
         VcpuWorker {
             vcpu: Some(vcpu),
             policies,
-            routes,
-            builtins,
-            ram_size: vm_memory::GuestMemoryBackend::last_addr(&memory).0 + 1,
-            memory,
-            protector,
-            shared,
-            control,
+            ram_size: vm_memory::GuestMemoryBackend::last_addr(&vm.memory).0 + 1,
+            routes: vm.routes,
+            builtins: vm.builtins,
+            memory: vm.memory,
+            protector: vm.protector,
+            shared: vm.shared,
+            control: vm.control,
             stats: Stats::new(&names),
             answered_by: None,
         }
