@@ -110,14 +110,17 @@ fn looping_policy_never_holds_a_vcpu_past_its_deadline() {
         .find(|p| p["name"] == "hostile")
         .unwrap();
     assert_eq!(hostile["faults"], 24);
-    // The longest single call (spin, interrupt, rebuild) stays within the
-    // deadline plus the epoch granularity and rebuild: well under 100 ms.
+    // The deadline counts the vCPU thread's CPU time (a descheduled thread
+    // keeps its call), and is confirmed one deadline after it first fires:
+    // a spinning call ends after about 2-3 deadlines of CPU. The wall-clock
+    // bound allows for a loaded 2-core CI host; a policy that is never
+    // interrupted would hold the vCPU forever.
     let max_ns = hostile["max_call_ns"].as_u64().unwrap();
     assert!(
         max_ns >= 10_000_000,
         "a spin ended before its deadline: {max_ns} ns"
     );
-    assert!(max_ns < 100_000_000, "a vCPU was held {max_ns} ns");
+    assert!(max_ns < 2_000_000_000, "a vCPU was held {max_ns} ns");
 }
 
 #[test]

@@ -317,7 +317,7 @@ mod tests {
             }
         );
         // The inverted range is reported, not dropped.
-        assert_eq!(d.unsupported().len(), 2);
+        assert_eq!(d.unsupported().len(), 1);
     }
 
     #[test]

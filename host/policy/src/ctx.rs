@@ -71,6 +71,9 @@ pub(crate) struct Ctx {
     /// A vCPU backend failure met by a host import during the current
     /// call; it turns the resulting trap into [`crate::CallError::Vcpu`].
     pub(crate) fault: Option<VcpuAccessError>,
+    /// The vCPU thread's CPU time when the current call's epoch deadline
+    /// first fired; `None` until then (reset before each call).
+    pub(crate) cpu_mark: Option<std::time::Duration>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -87,6 +90,7 @@ impl Ctx {
             limiter: StoreLimiter::new(limits),
             vcpu: Box::new(None::<V>),
             fault: None,
+            cpu_mark: None,
             wasi: crate::wasi::ctx(wasi),
             table: ResourceTable::new(),
         }

@@ -231,6 +231,9 @@ fn start<V: VcpuAccess + Send + 'static>(
         Ctx::new::<V>(inst, limits, image.wasi()),
     );
     store.limiter(|ctx| &mut ctx.limiter);
+    if image.engine().deadline_mechanism().epoch() {
+        store.epoch_deadline_callback(cpu_time_deadline(limits));
+    }
     // Start-up code runs under the same deadline as a call.
     arm(&mut store, image.engine(), limits.deadline_ticks());
     match image.pre().instantiate(&mut store) {
@@ -242,12 +245,40 @@ fn start<V: VcpuAccess + Send + 'static>(
     }
 }
 
+/// The epoch callback that makes a deadline count the vCPU thread's CPU
+/// time rather than wall time. Epoch ticks are wall-clock, so a thread
+/// descheduled for a while (two cores, a busy host) would otherwise lose
+/// its call. When the deadline first fires, the callback notes the
+/// thread's CPU time and grants one more deadline; when it fires again it
+/// interrupts only if the thread really ran for most of that window.
+/// Nothing of this runs on a call that finishes in time.
+fn cpu_time_deadline(
+    limits: &Limits,
+) -> impl FnMut(wasmtime::StoreContextMut<'_, Ctx>) -> wasmtime::Result<wasmtime::UpdateDeadline>
+       + Send
+       + Sync
+       + 'static {
+    let ticks = limits.deadline_ticks();
+    // Most of the window: the first tick after the mark may be partial.
+    let budget = limits.deadline.mul_f64(0.8);
+    move |mut cx| {
+        let now = cpu_time::ThreadTime::now().as_duration();
+        match cx.data_mut().cpu_mark.replace(now) {
+            Some(mark) if now.saturating_sub(mark) >= budget => {
+                Err(wasmtime::Trap::Interrupt.into())
+            }
+            _ => Ok(wasmtime::UpdateDeadline::Continue(ticks)),
+        }
+    }
+}
+
 /// Arms the deadline of the next call: `ticks` epoch ticks and, on an
 /// engine that meters fuel (measurements only), a full fuel budget.
 fn arm(store: &mut Store<Ctx>, engine: &PolicyEngine, ticks: u64) {
     let mechanism = engine.deadline_mechanism();
     if mechanism.epoch() {
         store.set_epoch_deadline(ticks);
+        store.data_mut().cpu_mark = None;
     }
     if let Some(budget) = mechanism.fuel() {
         // Fails only on an engine without fuel, which has no budget.
