@@ -249,8 +249,8 @@ fn start<V: VcpuAccess + Send + 'static>(
 /// time rather than wall time. Epoch ticks are wall-clock, so a thread
 /// descheduled for a while (two cores, a busy host) would otherwise lose
 /// its call. When the deadline first fires, the callback notes the
-/// thread's CPU time and grants one more deadline; when it fires again it
-/// interrupts only if the thread really ran for most of that window.
+/// thread's CPU time, then checks every other tick and interrupts once the
+/// thread has used most of another deadline of CPU since that mark.
 /// Nothing of this runs on a call that finishes in time.
 fn cpu_time_deadline(
     limits: &Limits,
@@ -263,11 +263,13 @@ fn cpu_time_deadline(
     let budget = limits.deadline.mul_f64(0.8);
     move |mut cx| {
         let now = cpu_time::ThreadTime::now().as_duration();
-        match cx.data_mut().cpu_mark.replace(now) {
-            Some(mark) if now.saturating_sub(mark) >= budget => {
-                Err(wasmtime::Trap::Interrupt.into())
-            }
-            _ => Ok(wasmtime::UpdateDeadline::Continue(ticks)),
+        // The mark stays at the first fire, so CPU time accumulates across
+        // windows however small the thread's share of the host is.
+        let mark = *cx.data_mut().cpu_mark.get_or_insert(now);
+        if now != mark && now.saturating_sub(mark) >= budget {
+            Err(wasmtime::Trap::Interrupt.into())
+        } else {
+            Ok(wasmtime::UpdateDeadline::Continue(ticks.min(2)))
         }
     }
 }
