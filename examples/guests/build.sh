@@ -5,6 +5,8 @@
 #
 # produces in OUT_DIR:
 #   hello.elf    ELF64, 64-bit long mode, loaded at 1 MiB, entry _start
+#   minios.elf   ELF64, 64-bit long mode, loaded at 1 MiB, entry _start;
+#                a small higher-half kernel with its own page tables
 #   devices.bin  flat, 32-bit protected mode, load at 0x8000, entry = byte 0
 #   smp.bin      flat, 16-bit real mode, load at 0x8000, entry = byte 0
 #   faults.bin   flat, 16-bit real mode, load at 0x8000, entry = byte 0
@@ -36,6 +38,12 @@ as --64 -o "$work/hello.o" "$src/hello.S"
 ld -m elf_x86_64 "${ldflags[@]}" -T "$src/hello.ld" \
     -o "$work/hello.elf" "$work/hello.o"
 
+# minios.elf: 64-bit code; minios.ld puts a boot stub at 0x100000 and links
+# the kernel in the higher half (load addresses 0x101000 and up).
+as --64 -o "$work/minios.o" "$src/minios.S"
+ld -m elf_x86_64 "${ldflags[@]}" -T "$src/minios.ld" \
+    -o "$work/minios.elf" "$work/minios.o"
+
 # Flat images: assembled as 32-bit ELF objects (smp.S switches to .code16
 # itself), linked at 0x8000 by flat.ld, then stripped to raw bytes.
 for guest in devices smp faults; do
@@ -48,4 +56,4 @@ done
 
 # Publish only once everything built, so OUT_DIR never holds a mix of old
 # and new guests after a failed build.
-cp "$work/hello.elf" "$work/devices.bin" "$work/smp.bin" "$work/faults.bin" "$out/"
+cp "$work/hello.elf" "$work/minios.elf" "$work/devices.bin" "$work/smp.bin" "$work/faults.bin" "$out/"

@@ -5,8 +5,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::event::size_mask;
 use crate::{
-    Action, Direction, Exception, ExitEvent, ExitKind, GpaRange, MemAccess, MemoryProtector,
-    ProtectError, Reg, StopRequest, PAGE_SIZE,
+    Action, DebugState, Direction, Exception, ExitEvent, ExitKind, GpaRange, HwBreakpointKind,
+    MemAccess, MemoryProtector, ProtectError, Reg, Segment, SegmentReg, StopRequest, PAGE_SIZE,
 };
 
 /// Guest memory and its protections, as apply sees them.
@@ -41,6 +41,62 @@ pub trait VcpuAccess {
     fn host_rdmsr(&mut self, index: u32) -> Result<Option<u64>, VcpuAccessError>;
     /// Writes an MSR through the hypervisor; `false` if it refused.
     fn host_wrmsr(&mut self, index: u32, value: u64) -> Result<bool, VcpuAccessError>;
+
+    /// Reads a segment register.
+    fn get_segment(&mut self, _s: SegmentReg) -> Result<Segment, VcpuAccessError> {
+        Err(unsupported("get-segment"))
+    }
+    /// Writes a segment register; it takes effect when the vCPU next runs.
+    fn set_segment(&mut self, _s: SegmentReg, _v: Segment) -> Result<(), VcpuAccessError> {
+        Err(unsupported("set-segment"))
+    }
+    /// The vCPU's debug state.
+    fn debug_state(&self) -> DebugState {
+        DebugState::default()
+    }
+    /// Replaces the vCPU's debug state (breakpoints, single-step).
+    fn set_debug_state(&mut self, _d: DebugState) -> Result<(), VcpuAccessError> {
+        Err(unsupported("guest debug"))
+    }
+}
+
+fn unsupported(op: &'static str) -> VcpuAccessError {
+    VcpuAccessError {
+        op,
+        reason: "not supported by this vCPU backend".into(),
+    }
+}
+
+/// RFLAGS.RF: lets an instruction run once without re-triggering its own
+/// execute breakpoint.
+const RFLAGS_RF: u64 = 1 << 16;
+
+/// Continues from a debug exit: a one-shot step ends, and an execute
+/// breakpoint is stepped over with RF.
+fn continue_debug(
+    event: &ExitEvent,
+    vcpu: &mut impl VcpuAccess,
+    remove: bool,
+) -> Result<(), ApplyError> {
+    let ExitKind::Debug(d) = event.kind else {
+        return Ok(());
+    };
+    let mut state = vcpu.debug_state();
+    let mut changed = std::mem::take(&mut state.step_once);
+    if let Some(slot) = d.slot {
+        if remove {
+            state.hw[usize::from(slot & 3)] = None;
+            changed = true;
+        } else if matches!(state.hw[usize::from(slot & 3)], Some(bp) if bp.kind == HwBreakpointKind::Execute)
+        {
+            let rflags = vcpu.get_reg(Reg::Rflags)?;
+            vcpu.set_reg(Reg::Rflags, rflags | RFLAGS_RF)?;
+        }
+    }
+    if changed {
+        vcpu.set_debug_state(state)?;
+    }
+    Ok(())
 }
 
 /// Data owed to the guest for the exit, written into `kvm_run` by the
@@ -130,7 +186,7 @@ pub fn apply(
     let mut flow = Flow::Continue;
     for action in actions {
         match action {
-            Action::Resume => {}
+            Action::Resume => continue_debug(event, vcpu, false)?,
             Action::CompleteRead(value) => completion.read = Some(*value),
             Action::Inject(e) => match event.kind {
                 // An MSR #GP is delivered by the faulting instruction itself:
@@ -163,9 +219,14 @@ pub fn apply(
             }
             Action::Protect(req) => env.protector.protect(req.range, req.mode)?,
             Action::Unprotect(range) => env.protector.unprotect(*range)?,
-            // Rejected by validation until debug exits and the control
-            // channel land; never reached.
-            Action::Step | Action::RemoveBreakpoint | Action::Pause => {}
+            Action::Step => {
+                let mut state = vcpu.debug_state();
+                state.step_once = true;
+                vcpu.set_debug_state(state)?;
+            }
+            Action::RemoveBreakpoint => continue_debug(event, vcpu, true)?,
+            // Rejected by validation until the control channel lands.
+            Action::Pause => {}
         }
     }
     // An injected exception on a read still owes the guest a value for the

@@ -41,7 +41,10 @@ pub fn default_actions(
         // A protected page nobody answered for: the access goes through,
         // as if unprotected (the protecting policy declined it).
         ExitKind::MemViolation(_) => perform_access(event, env, completion)?,
-        ExitKind::Debug(_) => {}
+        // Nobody answered a debug exit: continue.
+        ExitKind::Debug(_) => {
+            return crate::apply(event, &[crate::Action::Resume], vcpu, env, completion)
+        }
         ExitKind::Hlt => return Ok(Flow::Halt),
         ExitKind::Shutdown { reason } => {
             return Ok(Flow::Stop(StopRequest {

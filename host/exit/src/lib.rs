@@ -10,6 +10,7 @@
 
 mod action;
 mod apply;
+mod debug;
 mod defaults;
 mod event;
 mod pagewalk;
@@ -23,6 +24,7 @@ pub use action::{Action, Exception, ProtectRequest, Protection, StopRequest};
 pub use apply::{
     apply, perform_access, ApplyError, Completion, Flow, GuestEnv, VcpuAccess, VcpuAccessError,
 };
+pub use debug::{DebugState, HwBreakpoint, HwBreakpointKind, Segment, SegmentReg};
 pub use defaults::default_actions;
 pub use event::{
     DebugCause, DebugExit, Direction, ExitEvent, ExitKind, IoExit, MemAccess, MemViolation,

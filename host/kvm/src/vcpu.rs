@@ -10,11 +10,15 @@
 
 use std::fmt;
 
-use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
+use kvm_bindings::{
+    kvm_guest_debug, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs, KVM_GUESTDBG_ENABLE,
+    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use wasmvisor_exit::{
-    Completion, DebugExit, Direction, Exception, ExitEvent, ExitKind, IoExit, MmioExit, MsrExit,
-    MsrReason, Reg, ShutdownReason, VcpuAccess, VcpuAccessError,
+    Completion, DebugCause, DebugExit, DebugState, Direction, Exception, ExitEvent, ExitKind,
+    IoExit, MmioExit, MsrExit, MsrReason, Reg, Segment, SegmentReg, ShutdownReason, VcpuAccess,
+    VcpuAccessError,
 };
 
 use crate::boot::BootState;
@@ -91,6 +95,8 @@ pub struct Vcpu {
     /// General registers when KVM lacks sync regs.
     regs: Option<kvm_regs>,
     regs_dirty: bool,
+    /// Breakpoints and single-step, as last given to KVM.
+    debug: DebugState,
 }
 
 impl Vcpu {
@@ -105,6 +111,7 @@ impl Vcpu {
             sregs_dirty: false,
             regs: None,
             regs_dirty: false,
+            debug: DebugState::default(),
         };
         if sync_regs {
             v.fd.set_sync_valid_reg(SyncReg::Register);
@@ -204,7 +211,17 @@ impl Vcpu {
                     reason,
                 })
             }
-            RawExit::Debug(d) => ExitKind::Debug(d),
+            RawExit::Debug(mut d) => {
+                // Some backends leave DR6 empty: name the slot from the
+                // execute breakpoint at this RIP instead.
+                if d.slot.is_none() {
+                    if let Some(slot) = self.debug.execute_slot_at(rip) {
+                        d.slot = Some(slot);
+                        d.cause = DebugCause::HwBreakpoint;
+                    }
+                }
+                ExitKind::Debug(d)
+            }
             RawExit::Hlt => ExitKind::Hlt,
             RawExit::Interrupted => return Ok(RunOutcome::Interrupted),
             RawExit::Fatal(reason, detail) => {
@@ -529,6 +546,46 @@ impl VcpuAccess for Vcpu {
         Ok((read == 1).then(|| msrs.as_slice()[0].data))
     }
 
+    fn get_segment(&mut self, s: SegmentReg) -> Result<Segment, VcpuAccessError> {
+        Ok(segment_from_kvm(segment_slot(self.system_regs()?, s)))
+    }
+
+    fn set_segment(&mut self, s: SegmentReg, v: Segment) -> Result<(), VcpuAccessError> {
+        *segment_slot(self.system_regs()?, s) = segment_to_kvm(&v);
+        self.sregs_dirty = true;
+        Ok(())
+    }
+
+    fn debug_state(&self) -> DebugState {
+        self.debug
+    }
+
+    fn set_debug_state(&mut self, d: DebugState) -> Result<(), VcpuAccessError> {
+        let mut control = 0;
+        if d.enabled() {
+            control |= KVM_GUESTDBG_ENABLE;
+        }
+        if d.single_step() {
+            control |= KVM_GUESTDBG_SINGLESTEP;
+        }
+        if d.hw.iter().any(Option::is_some) {
+            control |= KVM_GUESTDBG_USE_HW_BP;
+        }
+        let mut dbg = kvm_guest_debug {
+            control,
+            ..Default::default()
+        };
+        for (i, bp) in d.hw.iter().enumerate() {
+            dbg.arch.debugreg[i] = bp.map_or(0, |b| b.gva);
+        }
+        dbg.arch.debugreg[7] = d.dr7();
+        self.fd
+            .set_guest_debug(&dbg)
+            .map_err(access_err("KVM_SET_GUEST_DEBUG"))?;
+        self.debug = d;
+        Ok(())
+    }
+
     fn host_wrmsr(&mut self, index: u32, value: u64) -> Result<bool, VcpuAccessError> {
         let msrs = Msrs::from_entries(&[kvm_msr_entry {
             index,
@@ -624,4 +681,85 @@ impl From<VcpuExit<'_>> for RawExit {
 fn exit_name(exit: &VcpuExit<'_>) -> String {
     let dbg = format!("{exit:?}");
     dbg.split(['(', ' ', '{']).next().unwrap_or("?").to_string()
+}
+
+fn segment_slot(s: &mut kvm_sregs, r: SegmentReg) -> &mut kvm_segment {
+    match r {
+        SegmentReg::Cs => &mut s.cs,
+        SegmentReg::Ds => &mut s.ds,
+        SegmentReg::Es => &mut s.es,
+        SegmentReg::Fs => &mut s.fs,
+        SegmentReg::Gs => &mut s.gs,
+        SegmentReg::Ss => &mut s.ss,
+        SegmentReg::Tr => &mut s.tr,
+        SegmentReg::Ldtr => &mut s.ldt,
+    }
+}
+
+/// KVM's unpacked segment as the WIT's packed attribute word.
+fn segment_from_kvm(k: &kvm_segment) -> Segment {
+    let attributes = u16::from(k.type_ & 0xf)
+        | u16::from(k.s & 1) << 4
+        | u16::from(k.dpl & 3) << 5
+        | u16::from(k.present & 1) << 7
+        | u16::from(k.avl & 1) << 12
+        | u16::from(k.l & 1) << 13
+        | u16::from(k.db & 1) << 14
+        | u16::from(k.g & 1) << 15;
+    Segment {
+        selector: k.selector,
+        base: k.base,
+        limit: k.limit,
+        attributes,
+        unusable: k.unusable != 0,
+    }
+}
+
+fn segment_to_kvm(s: &Segment) -> kvm_segment {
+    let bit = |n: u16| ((s.attributes >> n) & 1) as u8;
+    kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: (s.attributes & 0xf) as u8,
+        s: bit(4),
+        dpl: ((s.attributes >> 5) & 3) as u8,
+        present: bit(7),
+        avl: bit(12),
+        l: bit(13),
+        db: bit(14),
+        g: bit(15),
+        unusable: u8::from(s.unusable),
+        padding: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_round_trip_through_the_packed_form() {
+        let k = kvm_segment {
+            base: 0x1000,
+            limit: 0xffff_ffff,
+            selector: 0x18,
+            type_: 0xb,
+            present: 1,
+            dpl: 3,
+            db: 0,
+            s: 1,
+            l: 1,
+            g: 1,
+            avl: 1,
+            unusable: 0,
+            padding: 0,
+        };
+        let s = segment_from_kvm(&k);
+        assert_eq!(
+            s.attributes,
+            0xb | 1 << 4 | 3 << 5 | 1 << 7 | 1 << 12 | 1 << 13 | 1 << 15
+        );
+        assert_eq!(segment_to_kvm(&s), k);
+    }
 }

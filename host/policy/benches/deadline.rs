@@ -16,9 +16,11 @@
 //! median round.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cpu_time::ThreadTime;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use wasmvisor_exit::{
     Capabilities, Direction, Exception, ExitEvent, ExitKind, IoExit, Reg, VcpuAccess,
@@ -42,6 +44,12 @@ const ROUND_TIME: Duration = Duration::from_millis(10);
 
 /// Spinning (and panicking) calls timed per variant.
 const TRAPS: usize = 10;
+
+/// Busy threads that play a loaded host (the machine has 2 cores).
+const CONTENDERS: usize = 2;
+
+/// How long each variant answers short calls next to them.
+const CONTENDED_TIME: Duration = Duration::from_millis(1000);
 
 /// Port ranges the io-tracer is configured with for the compute workload.
 const SCAN_RANGES: u16 = 4096;
@@ -351,27 +359,89 @@ fn header(title: &str, variants: &[Variant]) {
 }
 
 /// Times `TRAPS` calls on `port` of the hostile fixture, each of which must
-/// fail as `expect` says; returns the sorted times in microseconds.
+/// fail as `expect` says; returns the sorted wall and CPU times of the
+/// calling thread, in milliseconds.
 fn time_traps(
     variant: &Variant,
     shared: &Arc<Shared>,
     port: u16,
     expect: fn(&CallError) -> bool,
-) -> Vec<f64> {
+) -> (Vec<f64>, Vec<f64>) {
     let mut p = instance(variant, shared, "hostile_fixture.wasm", &[]);
     let mut vcpu = Some(FakeVcpu);
     let event = io(port, Direction::Read, 1);
-    let mut times: Vec<f64> = (0..TRAPS)
+    let (mut wall, mut cpu): (Vec<f64>, Vec<f64>) = (0..TRAPS)
         .map(|_| {
+            let cpu = ThreadTime::now();
             let start = Instant::now();
             let err = p.handle_exit(&event, &mut vcpu).expect_err("must trap");
             let t = start.elapsed();
+            let c = cpu.elapsed();
             assert!(expect(&err), "{}: port {port:#x}: {err}", variant.name);
-            t.as_secs_f64() * 1e6
+            (t.as_secs_f64() * 1e3, c.as_secs_f64() * 1e3)
         })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times
+        .unzip();
+    wall.sort_by(f64::total_cmp);
+    cpu.sort_by(f64::total_cmp);
+    (wall, cpu)
+}
+
+/// Busy threads that compete with the benchmark for the CPUs, like a
+/// loaded host, until dropped.
+struct Contention {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Contention {
+    fn start(n: usize) -> Contention {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut x = 1u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(3).wrapping_add(1));
+                    }
+                })
+            })
+            .collect();
+        Contention { stop, threads }
+    }
+}
+
+impl Drop for Contention {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Calls `w` for `time` on each variant; returns the timeouts and calls.
+fn timeouts(
+    variants: &[Variant],
+    shared: &Arc<Shared>,
+    w: &Workload,
+    time: Duration,
+) -> Vec<(u64, u64)> {
+    let mut vcpu = Some(FakeVcpu);
+    variants
+        .iter()
+        .map(|v| {
+            let mut p = instance(v, shared, w.file, &w.config);
+            let (mut failed, mut calls) = (0, 0);
+            let start = Instant::now();
+            while start.elapsed() < time {
+                let (_, f) = run(&mut p, &w.event, &mut vcpu, 1000);
+                failed += f;
+                calls += 1000;
+            }
+            (failed, calls)
+        })
+        .collect()
 }
 
 fn machine() -> String {
@@ -488,42 +558,74 @@ fn main() {
     }
     println!("\n");
 
+    // Short calls on a host with more runnable threads than cores.
+    let contention = Contention::start(CONTENDERS);
+    let counts = timeouts(&variants, &shared, &workloads()[0], CONTENDED_TIME);
+    drop(contention);
+    print!(
+        "{:<38}",
+        format!("same, {CONTENDERS} busy threads, noop, {CONTENDED_TIME:?}")
+    );
+    for (failed, calls) in counts {
+        print!(" | {:>16}", format!("{failed} / {calls}"));
+    }
+    println!("\n");
+
+    // What counting CPU time from the start of every call would add.
+    let n = 100_000u32;
+    let start = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(ThreadTime::now());
+    }
+    println!(
+        "one read of the thread's CPU time (CLOCK_THREAD_CPUTIME_ID): {:.1} ns\n",
+        start.elapsed().as_nanos() as f64 / f64::from(n)
+    );
+
     // Stopping a call that never returns.
     println!(
-        "hostile spin (infinite loop), from the call to its Err(Timeout), {TRAPS} calls; \
-         every failed call also rebuilds the instance, timed on its own by the \
-         panic port (trap + rebuild)"
+        "hostile spin (an infinite loop): {TRAPS} calls, each from the call to its \
+         Err(Timeout); a failed call also rebuilds the instance, which the panic \
+         port (trap at once, then rebuild) times on its own. Wall and CPU time of \
+         the calling thread, ms; 'busy' runs {CONTENDERS} busy threads alongside"
     );
     println!(
-        "{:<16} | {:>12} | {:>12} | {:>12} | {:>12} | {:>14}",
-        "variant", "spin median", "spin min", "spin max", "panic median", "spin - panic"
+        "{:<16} | {:<5} | {:>11} | {:>9} | {:>9} | {:>10} | {:>13}",
+        "variant", "host", "wall median", "wall min", "wall max", "CPU median", "panic (wall)"
     );
-    println!("{}", "-".repeat(16 + 5 * 15 + 17));
+    println!("{}", "-".repeat(16 + 5 + 11 + 9 + 9 + 10 + 13 + 18));
     for v in &variants {
         if v.mechanism == DeadlineMechanism::Unbounded {
             println!("{:<16} | never returns (not run)", v.name);
             continue;
         }
-        let spin = time_traps(v, &shared, SPIN, |e| *e == CallError::Timeout);
-        let mut panic = time_traps(v, &shared, PANIC, |e| matches!(e, CallError::Trap(_)));
-        let panic_median = median(&mut panic);
-        let spin_median = median(&mut spin.clone());
-        let stop = spin_median - panic_median;
-        let fuel_rate = match v.mechanism {
-            DeadlineMechanism::Fuel { budget } => {
-                format!("  ({:.0} fuel units/µs)", budget as f64 / stop)
-            }
-            _ => String::new(),
-        };
-        println!(
-            "{:<16} | {:>9.0} µs | {:>9.0} µs | {:>9.0} µs | {:>9.0} µs | {:>11.0} µs{fuel_rate}",
-            v.name,
-            spin_median,
-            spin[0],
-            spin[spin.len() - 1],
-            panic_median,
-            stop
-        );
+        for busy in [false, true] {
+            let contention = busy.then(|| Contention::start(CONTENDERS));
+            let (spin_wall, mut spin_cpu) =
+                time_traps(v, &shared, SPIN, |e| *e == CallError::Timeout);
+            let (mut panic_wall, mut panic_cpu) =
+                time_traps(v, &shared, PANIC, |e| matches!(e, CallError::Trap(_)));
+            drop(contention);
+            let spin_median = median(&mut spin_wall.clone());
+            let cpu_median = median(&mut spin_cpu);
+            let fuel_rate = match v.mechanism {
+                DeadlineMechanism::Fuel { budget } if !busy => {
+                    let stop_us = (cpu_median - median(&mut panic_cpu)) * 1e3;
+                    format!("  ({:.0} fuel units per CPU µs)", budget as f64 / stop_us)
+                }
+                _ => String::new(),
+            };
+            println!(
+                "{:<16} | {:<5} | {:>11.2} | {:>9.2} | {:>9.2} | {:>10.2} | {:>13.3}{fuel_rate}",
+                v.name,
+                if busy { "busy" } else { "idle" },
+                spin_median,
+                spin_wall[0],
+                spin_wall[spin_wall.len() - 1],
+                cpu_median,
+                median(&mut panic_wall),
+            );
+        }
     }
     println!("\nload average at the end: {}", loadavg());
 }

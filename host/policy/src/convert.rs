@@ -247,6 +247,42 @@ pub(crate) fn policy_info(i: wit::PolicyInfo) -> PolicyInfo {
     }
 }
 
+/// A WIT segment register name in domain terms.
+pub(crate) fn segment_reg(s: wit::SegmentReg) -> exit::SegmentReg {
+    match s {
+        wit::SegmentReg::Cs => exit::SegmentReg::Cs,
+        wit::SegmentReg::Ds => exit::SegmentReg::Ds,
+        wit::SegmentReg::Es => exit::SegmentReg::Es,
+        wit::SegmentReg::Fs => exit::SegmentReg::Fs,
+        wit::SegmentReg::Gs => exit::SegmentReg::Gs,
+        wit::SegmentReg::Ss => exit::SegmentReg::Ss,
+        wit::SegmentReg::Tr => exit::SegmentReg::Tr,
+        wit::SegmentReg::Ldtr => exit::SegmentReg::Ldtr,
+    }
+}
+
+/// A segment for the policy.
+pub(crate) fn segment_to_wit(s: exit::Segment) -> wit::Segment {
+    wit::Segment {
+        selector: s.selector,
+        base: s.base,
+        limit: s.limit,
+        attributes: s.attributes,
+        unusable: s.unusable,
+    }
+}
+
+/// A segment from the policy.
+pub(crate) fn segment_from_wit(s: wit::Segment) -> exit::Segment {
+    exit::Segment {
+        selector: s.selector,
+        base: s.base,
+        limit: s.limit,
+        attributes: s.attributes,
+        unusable: s.unusable,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

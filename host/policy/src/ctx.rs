@@ -54,11 +54,17 @@ impl std::fmt::Debug for InstanceContext {
 pub(crate) trait VcpuSlot: Any + Send {
     /// Reads a register of the lent vCPU; `None` if none is lent.
     fn get_reg(&mut self, reg: Reg) -> Option<Result<u64, VcpuAccessError>>;
+    /// The lent vCPU, if any.
+    fn access(&mut self) -> Option<&mut dyn VcpuAccess>;
 }
 
 impl<V: VcpuAccess + Send + 'static> VcpuSlot for Option<V> {
     fn get_reg(&mut self, reg: Reg) -> Option<Result<u64, VcpuAccessError>> {
         self.as_mut().map(|vcpu| vcpu.get_reg(reg))
+    }
+
+    fn access(&mut self) -> Option<&mut dyn VcpuAccess> {
+        self.as_mut().map(|vcpu| vcpu as &mut dyn VcpuAccess)
     }
 }
 

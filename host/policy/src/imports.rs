@@ -10,6 +10,11 @@ use crate::bindings::wasmvisor::policy::host;
 use crate::bindings::wasmvisor::policy::types::{
     self, GpaRange, HostError, LogLevel, ProtectRequest, Reg,
 };
+use wasmvisor_exit::{
+    translate, DebugState, HwBreakpoint, HwBreakpointKind, PagingState, Reg as ExitReg, VcpuAccess,
+    VcpuAccessError, WalkFault,
+};
+
 use crate::convert;
 use crate::ctx::Ctx;
 
@@ -26,6 +31,96 @@ pub const MAX_KEY_BYTES: usize = 256;
 type HostResult<T> = wasmtime::Result<Result<T, HostError>>;
 
 impl types::Host for Ctx {}
+
+impl Ctx {
+    /// Runs `f` on the lent vCPU. Outside an exit, or if the vCPU backend
+    /// fails, the call traps (the latter is recorded as a host fault).
+    fn with_vcpu<T>(
+        &mut self,
+        op: &str,
+        f: impl FnOnce(&mut dyn VcpuAccess) -> Result<T, VcpuAccessError>,
+    ) -> wasmtime::Result<T> {
+        let Some(vcpu) = self.vcpu.access() else {
+            return Err(wasmtime::Error::msg(format!("{op} called outside an exit")));
+        };
+        f(vcpu).map_err(|fault| {
+            let error = wasmtime::Error::msg(fault.to_string());
+            self.fault = Some(fault);
+            error
+        })
+    }
+
+    /// The guest's paging state, for page walks.
+    fn paging(&mut self, op: &str) -> wasmtime::Result<PagingState> {
+        self.with_vcpu(op, |v| {
+            Ok(PagingState {
+                cr0: v.get_reg(ExitReg::Cr0)?,
+                cr3: v.get_reg(ExitReg::Cr3)?,
+                cr4: v.get_reg(ExitReg::Cr4)?,
+                efer: v.get_reg(ExitReg::Efer)?,
+            })
+        })
+    }
+
+    /// Splits `[gva, gva + len)` at page boundaries and translates each
+    /// piece: `(gpa, len)` chunks, or the error the walk met.
+    fn virt_chunks(
+        &mut self,
+        op: &str,
+        gva: u64,
+        len: usize,
+    ) -> wasmtime::Result<Result<Vec<(u64, usize)>, HostError>> {
+        let paging = self.paging(op)?;
+        let mut chunks = Vec::new();
+        let mut at = gva;
+        let mut left = len;
+        while left > 0 {
+            let in_page = (4096 - (at & 0xfff)) as usize;
+            let n = in_page.min(left);
+            match translate(&self.inst.memory, &paging, at) {
+                Ok(t) => {
+                    if !self.inst.memory.check_range(GuestAddress(t.gpa), n) {
+                        return Ok(Err(HostError::OutOfRange));
+                    }
+                    chunks.push((t.gpa, n));
+                }
+                Err(e) => return Ok(Err(walk_error(&e))),
+            }
+            at = match at.checked_add(n as u64) {
+                Some(next) => next,
+                None => return Ok(Err(HostError::OutOfRange)),
+            };
+            left -= n;
+        }
+        Ok(Ok(chunks))
+    }
+
+    /// Changes the lent vCPU's debug state (grant: debug).
+    fn update_debug(
+        &mut self,
+        op: &str,
+        f: impl FnOnce(&mut DebugState) -> Result<u8, HostError>,
+    ) -> HostResult<u8> {
+        if !self.inst.grants.debug {
+            return Ok(Err(HostError::NotGranted));
+        }
+        self.with_vcpu(op, |v| {
+            let mut state = v.debug_state();
+            match f(&mut state) {
+                Ok(slot) => v.set_debug_state(state).map(|()| Ok(slot)),
+                Err(e) => Ok(Err(e)),
+            }
+        })
+    }
+}
+
+/// A failed page walk as the policy sees it.
+fn walk_error(e: &WalkFault) -> HostError {
+    match e {
+        WalkFault::OutsideRam { .. } => HostError::OutOfRange,
+        _ => HostError::NotMapped,
+    }
+}
 
 impl host::Host for Ctx {
     fn vcpu_id(&mut self) -> wasmtime::Result<u32> {
@@ -88,15 +183,123 @@ impl host::Host for Ctx {
             .map_err(|_| HostError::OutOfRange))
     }
 
-    fn translate(&mut self, _gva: u64) -> HostResult<u64> {
-        Ok(Err(HostError::Unsupported))
+    fn translate(&mut self, gva: u64) -> HostResult<u64> {
+        let paging = self.paging("translate")?;
+        Ok(translate(&self.inst.memory, &paging, gva)
+            .map(|t| t.gpa)
+            .map_err(|e| walk_error(&e)))
     }
 
-    fn read_virt(&mut self, _gva: u64, len: u32) -> HostResult<Vec<u8>> {
-        if len as usize > MAX_TRANSFER {
+    fn read_virt(&mut self, gva: u64, len: u32) -> HostResult<Vec<u8>> {
+        let len = len as usize;
+        if len > MAX_TRANSFER {
             return Ok(Err(HostError::TooLarge));
         }
-        Ok(Err(HostError::Unsupported))
+        let chunks = match self.virt_chunks("read-virt", gva, len)? {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut out = vec![0u8; len];
+        let mut at = 0;
+        for (gpa, n) in chunks {
+            if self
+                .inst
+                .memory
+                .read_slice(&mut out[at..at + n], GuestAddress(gpa))
+                .is_err()
+            {
+                return Ok(Err(HostError::OutOfRange));
+            }
+            at += n;
+        }
+        Ok(Ok(out))
+    }
+
+    fn write_virt(&mut self, gva: u64, data: Vec<u8>) -> HostResult<()> {
+        if !self.inst.grants.write_memory {
+            return Ok(Err(HostError::NotGranted));
+        }
+        if data.len() > MAX_TRANSFER {
+            return Ok(Err(HostError::TooLarge));
+        }
+        // Every page is translated before anything is written.
+        let chunks = match self.virt_chunks("write-virt", gva, data.len())? {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut at = 0;
+        for (gpa, n) in chunks {
+            if self
+                .inst
+                .memory
+                .write_slice(&data[at..at + n], GuestAddress(gpa))
+                .is_err()
+            {
+                return Ok(Err(HostError::OutOfRange));
+            }
+            at += n;
+        }
+        Ok(Ok(()))
+    }
+
+    fn get_segment(&mut self, s: types::SegmentReg) -> wasmtime::Result<types::Segment> {
+        let s = convert::segment_reg(s);
+        self.with_vcpu("get-segment", |v| v.get_segment(s))
+            .map(convert::segment_to_wit)
+    }
+
+    fn set_segment(&mut self, s: types::SegmentReg, value: types::Segment) -> HostResult<()> {
+        if !self.inst.grants.set_registers {
+            return Ok(Err(HostError::NotGranted));
+        }
+        let s = convert::segment_reg(s);
+        let value = convert::segment_from_wit(value);
+        self.with_vcpu("set-segment", |v| v.set_segment(s, value))
+            .map(Ok)
+    }
+
+    fn set_breakpoint(&mut self, bp: types::Breakpoint) -> HostResult<u8> {
+        let kind = match bp.kind {
+            types::BreakpointKind::Execute => HwBreakpointKind::Execute,
+            types::BreakpointKind::Write => HwBreakpointKind::Write,
+            types::BreakpointKind::ReadWrite => HwBreakpointKind::ReadWrite,
+            // This machine's software KVM backend does not trap #BP; an
+            // int3 would be delivered to the guest instead.
+            types::BreakpointKind::Software => return Ok(Err(HostError::Unsupported)),
+        };
+        let len = if kind == HwBreakpointKind::Execute {
+            1
+        } else {
+            bp.len
+        };
+        if !matches!(len, 1 | 2 | 4 | 8) || !bp.gva.is_multiple_of(u64::from(len)) {
+            return Ok(Err(HostError::OutOfRange));
+        }
+        let hw = HwBreakpoint {
+            kind,
+            gva: bp.gva,
+            len,
+        };
+        self.update_debug("set-breakpoint", |d| d.add(hw).ok_or(HostError::TooLarge))
+    }
+
+    fn clear_breakpoint(&mut self, slot: u8) -> HostResult<()> {
+        if slot > 3 {
+            return Ok(Err(HostError::OutOfRange));
+        }
+        self.update_debug("clear-breakpoint", |d| {
+            d.hw[usize::from(slot)] = None;
+            Ok(slot)
+        })
+        .map(|r| r.map(|_| ()))
+    }
+
+    fn single_step(&mut self, on: bool) -> HostResult<()> {
+        self.update_debug("single-step", |d| {
+            d.step_always = on;
+            Ok(0)
+        })
+        .map(|r| r.map(|_| ()))
     }
 
     fn protect(&mut self, req: ProtectRequest) -> HostResult<()> {
