@@ -12,8 +12,10 @@
 //! component built by `make policies`: the exit is converted, a fake vCPU
 //! is lent to the store, the deadline armed, the component called and its
 //! verdict converted back. Rounds of each variant are interleaved so that
-//! drift on a busy machine spreads over all of them; the table shows the
-//! median round.
+//! drift on a busy machine spreads over all of them; the tables show the
+//! median and the fastest round. Then: timeouts among short calls next to
+//! busy threads, the cost of reading the thread's CPU clock, and how long
+//! each mechanism takes to stop the hostile fixture's infinite loop.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -500,7 +502,7 @@ fn main() {
 
     println!("machine: {}; load average {}", machine(), loadavg());
     println!(
-        "deadline: {:?} (epoch, 1 ms ticker); fuel budget {FUEL_BUDGET} units/call; \
+        "deadline: {:?} (1 ms epoch ticks, confirmed by CPU time); fuel budget {FUEL_BUDGET} units/call; \
          median of {ROUNDS} interleaved rounds of ~{} ms",
         Limits::default().deadline,
         ROUND_TIME.as_millis()
@@ -585,9 +587,11 @@ fn main() {
     // Stopping a call that never returns.
     println!(
         "hostile spin (an infinite loop): {TRAPS} calls, each from the call to its \
-         Err(Timeout); a failed call also rebuilds the instance, which the panic \
-         port (trap at once, then rebuild) times on its own. Wall and CPU time of \
-         the calling thread, ms; 'busy' runs {CONTENDERS} busy threads alongside"
+         Err(Timeout); a failed call also\n\
+         rebuilds the instance, which the panic port (trap at once, then rebuild) \
+         times on its own. Wall and\n\
+         CPU time of the calling thread, ms; 'busy' runs {CONTENDERS} busy threads \
+         alongside"
     );
     println!(
         "{:<16} | {:<5} | {:>11} | {:>9} | {:>9} | {:>10} | {:>13}",

@@ -24,7 +24,8 @@ pub enum DeadlineMechanism {
     /// Nothing: a policy that loops never returns.
     Unbounded,
     /// Epoch interruption: [`Limits::deadline`](crate::Limits::deadline)
-    /// counted in [`TICK`]s of a ticker thread, armed before each call.
+    /// counted in [`TICK`]s of a ticker thread, armed before each call,
+    /// then confirmed against the vCPU thread's CPU time.
     #[default]
     Epoch,
     /// Fuel: each call (and instantiation) may execute `budget` units,

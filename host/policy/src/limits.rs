@@ -16,9 +16,11 @@ pub const MIN_DEADLINE_TICKS: u64 = 10;
 /// What one policy instance may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Wall time one call may take before it is interrupted. Counted in
-    /// [`TICK`]s: a call is interrupted between `max(deadline, 10 ms)` and
-    /// one tick later.
+    /// CPU time one call may take. The epoch ticker (wall-clock, in
+    /// [`TICK`]s, at least [`MIN_DEADLINE_TICKS`]) fires first; the call is
+    /// then interrupted once the vCPU thread has used most of another
+    /// deadline of CPU, so a descheduled thread keeps its call and a
+    /// spinning one stops after about two deadlines.
     pub deadline: Duration,
     /// Largest size of each linear memory, in bytes. A wasm32-wasip2
     /// policy starts with about 1.1 MiB (its 1 MiB stack).

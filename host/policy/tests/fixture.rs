@@ -586,32 +586,3 @@ fn instances_move_to_vcpu_threads() {
 
 /// Rough per-exit cost of a declining policy; run with `--ignored
 /// --nocapture` on a release build for a meaningful figure.
-#[test]
-#[ignore = "timing, not a check"]
-fn measure_decline_cost() {
-    let capture = Capture::new(None);
-    let mut p = start(&capture);
-    let mut vcpu = Some(FakeVcpu::default());
-    let event = io(port::DECLINE, Direction::Write, 0);
-    let n = 200_000;
-    let begin = Instant::now();
-    for _ in 0..n {
-        p.handle_exit(&event, &mut vcpu).unwrap();
-    }
-    let per = begin.elapsed() / n;
-    println!("handle_exit (decline): {per:?} per call");
-    let event = io(port::GET_RAX, Direction::Read, 0);
-    let begin = Instant::now();
-    for _ in 0..n {
-        p.handle_exit(&event, &mut vcpu).unwrap();
-    }
-    let per = begin.elapsed() / n;
-    println!("handle_exit (get-reg, complete-read): {per:?} per call");
-    let leaf = CpuidLeaf::default();
-    let begin = Instant::now();
-    for _ in 0..n {
-        p.cpuid(leaf).unwrap();
-    }
-    let per = begin.elapsed() / n;
-    println!("cpuid (record in, record out): {per:?} per call");
-}
