@@ -583,6 +583,3 @@ fn instances_move_to_vcpu_threads() {
         assert_eq!(t.join().unwrap(), Some(100));
     }
 }
-
-/// Rough per-exit cost of a declining policy; run with `--ignored
-/// --nocapture` on a release build for a meaningful figure.
