@@ -2,10 +2,10 @@
 CARGO   ?= cargo
 ASSETS  := target/assets
 WASM    := target/wasm32-wasip2/policy
-POLICIES := serial msr-guard cpuid-mask io-tracer regbank noop
+POLICIES := serial msr-guard cpuid-mask io-tracer regbank noop mem-guard syscall-tracer task-lister
 FIXTURES := other-world hostile
 
-.PHONY: all setup guests policies assets build demo test lint unit e2e clean
+.PHONY: all setup guests policies assets build demo test lint unit e2e bench clean
 
 all: build
 
@@ -47,6 +47,18 @@ lint:
 ## unless WASMVISOR_SKIP_KVM=1).
 test: setup build lint
 	$(CARGO) test --workspace
+
+## The benchmark suite (docs/performance.md): builds everything, installs
+## QEMU for the start-up comparison if it is missing, and prints every
+## result from one run (also written to target/bench/results.json).
+## Extra options: make bench BENCH_ARGS="--quick" (see --help).
+BENCH_ARGS ?=
+bench: build
+	@command -v qemu-system-x86_64 >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then S=""; else S="sudo"; fi; \
+		$$S apt-get update -qq && $$S apt-get install -y -qq qemu-system-x86; } || \
+		echo "bench: qemu-system-x86 could not be installed; the QEMU comparison is skipped" >&2
+	$(CARGO) run --release -p wasmvisor-bench -- --json target/bench/results.json $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

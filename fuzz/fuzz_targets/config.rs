@@ -21,7 +21,8 @@ use wasmvisor_vmm::config::{
 fn scratch() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("wasmvisor-fuzz-config-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("wasmvisor-fuzz-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch folder");
         dir
     })
@@ -38,7 +39,11 @@ fn check_policy_spec(s: &str) {
         assert!(!v.contains(','));
     }
     if !spec.config.is_empty() {
-        let pairs: Vec<String> = spec.config.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let pairs: Vec<String> = spec
+            .config
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         let again = format!("{path}:{}", pairs.join(","));
         assert_eq!(PolicySpec::parse(&again).as_ref(), Ok(&spec), "{again:?}");
     }

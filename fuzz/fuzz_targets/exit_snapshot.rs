@@ -10,14 +10,22 @@
 //! a filtered MSR is reported as filtered whatever else KVM says.
 #![no_main]
 
+use std::sync::{Mutex, OnceLock};
+
 use arbitrary::{Result, Unstructured};
 use kvm_ioctls::MsrExitReason;
 use libfuzzer_sys::fuzz_target;
+use vm_memory::GuestMemoryMmap;
 use wasmvisor_exit::{
-    default_actions, Completion, DebugCause, Direction, ExitEvent, ExitKind, MmioExit, MsrExit,
-    MsrReason,
+    default_actions, Completion, DebugCause, Direction, ExitEvent, ExitKind, GuestEnv, MmioExit,
+    MsrExit, MsrReason, ProtectionMap,
 };
 use wasmvisor_kvm::decode;
+
+fn mem() -> &'static GuestMemoryMmap {
+    static MEM: OnceLock<GuestMemoryMmap> = OnceLock::new();
+    MEM.get_or_init(|| wasmvisor_fuzz::ram(&[(0, 0x1000)]))
+}
 
 fn run(u: &mut Unstructured) -> Result<()> {
     // kvm_run.internal: suberror, ndata, data[16].
@@ -71,7 +79,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let bytes = u.bytes(len)?;
     let (size, value) = decode::mmio_write(bytes);
     assert_eq!(usize::from(size), len.min(8));
-    assert_eq!(&value.to_le_bytes()[..usize::from(size)], &bytes[..usize::from(size)]);
+    assert_eq!(
+        &value.to_le_bytes()[..usize::from(size)],
+        &bytes[..usize::from(size)]
+    );
     if size < 8 {
         assert_eq!(value >> (u32::from(size) * 8), 0);
     }
@@ -89,6 +100,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     }
 
     // Hand the decoded exits on as Vcpu::run does.
+    let protector = Mutex::new(ProtectionMap::new(0x1000));
     let gpa: u64 = u.arbitrary()?;
     let kinds = [
         ExitKind::Debug(d),
@@ -120,7 +132,11 @@ fn run(u: &mut Unstructured) -> Result<()> {
         assert!(json.contains(kind.name()));
         let mut vcpu = wasmvisor_fuzz::FakeVcpu::default();
         let mut completion = Completion::default();
-        default_actions(&event, &mut vcpu, &mut completion).expect("fake vCPU never fails");
+        let env = GuestEnv {
+            mem: mem(),
+            protector: &protector,
+        };
+        default_actions(&event, &mut vcpu, &env, &mut completion).expect("fake vCPU never fails");
         if let ExitKind::Msr(m) = kind {
             if m.reason != MsrReason::Filtered {
                 assert!(completion.msr_fault);

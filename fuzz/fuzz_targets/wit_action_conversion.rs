@@ -190,8 +190,10 @@ fn same_range(w: &wit::GpaRange, d: &exit::GpaRange) -> bool {
 fn same_protection(w: wit::Protection, d: exit::Protection) -> bool {
     matches!(
         (w, d),
-        (wit::Protection::WriteProtect, exit::Protection::WriteProtect)
-            | (wit::Protection::NoAccess, exit::Protection::NoAccess)
+        (
+            wit::Protection::WriteProtect,
+            exit::Protection::WriteProtect
+        ) | (wit::Protection::NoAccess, exit::Protection::NoAccess)
             | (wit::Protection::NoExecute, exit::Protection::NoExecute)
     )
 }
@@ -221,7 +223,7 @@ fn same_action(w: &wit::Action, d: &exit::Action) -> bool {
     }
 }
 
-fn check_subscriptions(w: &wit::Subscriptions, d: &exit::Subscriptions) {
+fn check_subscriptions(w: &wit::Subscriptions, d: &exit::Subscriptions, route: bool) {
     let problems = d.unsupported();
     let reported = |needle: &str| problems.iter().any(|p| p.contains(needle));
 
@@ -230,7 +232,11 @@ fn check_subscriptions(w: &wit::Subscriptions, d: &exit::Subscriptions) {
         assert_eq!((wr.first, wr.last), (*dr.start(), *dr.end()));
         if dr.start() > dr.end() {
             assert!(
-                reported(&format!("empty port range {:#x}-{:#x}", dr.start(), dr.end())),
+                reported(&format!(
+                    "empty port range {:#x}-{:#x}",
+                    dr.start(),
+                    dr.end()
+                )),
                 "{problems:?}"
             );
         }
@@ -240,7 +246,11 @@ fn check_subscriptions(w: &wit::Subscriptions, d: &exit::Subscriptions) {
         assert_eq!((wr.first, wr.last), (*dr.start(), *dr.end()));
         if dr.start() > dr.end() {
             assert!(
-                reported(&format!("empty MSR range {:#x}-{:#x}", dr.start(), dr.end())),
+                reported(&format!(
+                    "empty MSR range {:#x}-{:#x}",
+                    dr.start(),
+                    dr.end()
+                )),
                 "{problems:?}"
             );
         }
@@ -250,7 +260,10 @@ fn check_subscriptions(w: &wit::Subscriptions, d: &exit::Subscriptions) {
         assert!(same_range(wr, dr));
         if dr.len == 0 || dr.end().is_none() {
             assert!(
-                reported(&format!("invalid MMIO range base {:#x} len {:#x}", dr.base, dr.len)),
+                reported(&format!(
+                    "invalid MMIO range base {:#x} len {:#x}",
+                    dr.base, dr.len
+                )),
                 "{problems:?}"
             );
         }
@@ -260,8 +273,11 @@ fn check_subscriptions(w: &wit::Subscriptions, d: &exit::Subscriptions) {
     for (wp, dp) in w.protect.iter().zip(&d.protect) {
         assert!(same_range(&wp.range, &dp.range) && same_protection(wp.mode, dp.mode));
     }
-    if !d.protect.is_empty() || d.events.mem_violation {
-        assert!(reported("memory-protection"), "{problems:?}");
+    if d.protect
+        .iter()
+        .any(|p| p.mode == exit::Protection::NoExecute)
+    {
+        assert!(reported("execute protection"), "{problems:?}");
     }
     if d.events.debug {
         assert!(reported("debug exits"), "{problems:?}");
@@ -276,14 +292,21 @@ fn check_subscriptions(w: &wit::Subscriptions, d: &exit::Subscriptions) {
     );
     let c = &w.capabilities;
     let dc = d.capabilities;
-    assert_eq!(dc.set_registers, c.contains(wit::Capabilities::SET_REGISTERS));
+    assert_eq!(
+        dc.set_registers,
+        c.contains(wit::Capabilities::SET_REGISTERS)
+    );
     assert_eq!(dc.write_memory, c.contains(wit::Capabilities::WRITE_MEMORY));
-    assert_eq!(dc.protect_memory, c.contains(wit::Capabilities::PROTECT_MEMORY));
+    assert_eq!(
+        dc.protect_memory,
+        c.contains(wit::Capabilities::PROTECT_MEMORY)
+    );
     assert_eq!(dc.debug, c.contains(wit::Capabilities::DEBUG));
     assert_eq!(dc.stop_vm, c.contains(wit::Capabilities::STOP_VM));
 
-    // What load time accepts must route.
-    if problems.is_empty() {
+    // What load time accepts must route (sometimes: building routes costs
+    // milliseconds under the sanitizer and would dominate this target).
+    if problems.is_empty() && route {
         match exit::Routes::build(&[d], &[]) {
             Ok(_) | Err(exit::RoutesError::TooManyMsrRanges { .. }) => {}
             Err(e) => panic!("accepted subscriptions failed to route: {e}"),
@@ -313,17 +336,13 @@ fn check_exit_event(e: &exit::ExitEvent, w: &wit::ExitEvent) {
                 && same_case(d.reason, w.reason)
         }
         (exit::ExitKind::MemViolation(d), wit::ExitKind::MemViolation(w)) => {
-            (d.gpa, d.size, d.data) == (w.gpa, w.size, w.data)
-                && same_case(d.access, w.access)
+            (d.gpa, d.size, d.data) == (w.gpa, w.size, w.data) && same_case(d.access, w.access)
         }
         (exit::ExitKind::Debug(d), wit::ExitKind::Debug(w)) => {
-            (d.slot, d.dr6, d.dr7) == (w.slot, w.dr6, w.dr7)
-                && same_case(d.cause, w.cause)
+            (d.slot, d.dr6, d.dr7) == (w.slot, w.dr6, w.dr7) && same_case(d.cause, w.cause)
         }
         (exit::ExitKind::Hlt, wit::ExitKind::Hlt) => true,
-        (exit::ExitKind::Shutdown { reason }, wit::ExitKind::Shutdown(r)) => {
-            same_case(reason, r)
-        }
+        (exit::ExitKind::Shutdown { reason }, wit::ExitKind::Shutdown(r)) => same_case(reason, r),
         _ => false,
     };
     assert!(ok, "{e:?} became {w:?}");
@@ -354,7 +373,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     // Subscriptions.
     let s = wit_subscriptions(u)?;
     let d = conv::subscriptions(s.clone());
-    check_subscriptions(&s, &d);
+    check_subscriptions(&s, &d, !u.ratio(7, 8)?);
 
     // Policy info, registers, CPUID.
     let (name, version, description): (String, String, String) = u.arbitrary()?;
@@ -363,7 +382,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
         version: version.clone(),
         description: description.clone(),
     });
-    assert_eq!((info.name, info.version, info.description), (name, version, description));
+    assert_eq!(
+        (info.name, info.version, info.description),
+        (name, version, description)
+    );
     let r = *u.choose(&WIT_REGS)?;
     assert!(same_reg(r, conv::reg(r)));
     let leaf = CpuidLeaf {

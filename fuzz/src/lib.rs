@@ -8,10 +8,10 @@ use std::ops::RangeInclusive;
 use arbitrary::{Result, Unstructured};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use wasmvisor_exit::{
-    Action, Capabilities, DebugCause, DebugExit, Direction, EventSet, Exception, ExitEvent,
-    ExitKind, GpaRange, IoExit, MemAccess, MemViolation, MmioExit, MsrExit, MsrReason,
-    ProtectRequest, Protection, Reg, ShutdownReason, StopRequest, Subscriptions, VcpuAccess,
-    VcpuAccessError,
+    Action, Capabilities, DebugCause, DebugExit, DebugState, Direction, EventSet, Exception,
+    ExitEvent, ExitKind, GpaRange, HwBreakpoint, HwBreakpointKind, IoExit, MemAccess, MemViolation,
+    MmioExit, MsrExit, MsrReason, ProtectRequest, Protection, Reg, Segment, SegmentReg,
+    ShutdownReason, StopRequest, Subscriptions, VcpuAccess, VcpuAccessError,
 };
 
 /// Every register, in WIT order.
@@ -72,7 +72,16 @@ pub fn direction(u: &mut Unstructured) -> Result<Direction> {
 }
 
 /// Addresses near the guest RAM used by the targets and near MMIO holes.
-pub const GPA_HINTS: &[u64] = &[0, 0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0xd000_0000, u64::MAX];
+pub const GPA_HINTS: &[u64] = &[
+    0,
+    0x1000,
+    0x2000,
+    0x3000,
+    0x4000,
+    0x5000,
+    0xd000_0000,
+    u64::MAX,
+];
 
 /// Any exit event, with addresses biased towards `gpa_hints`, ports and
 /// MSRs towards `port_hints` and `msr_hints`.
@@ -251,9 +260,13 @@ pub fn subscriptions(
     msr_hints: &[u64],
 ) -> Result<Subscriptions> {
     Ok(Subscriptions {
-        ports: list(u, 3, |u| inclusive::<u16>(u, port_hints, u64::from(u16::MAX)))?,
+        ports: list(u, 3, |u| {
+            inclusive::<u16>(u, port_hints, u64::from(u16::MAX))
+        })?,
         mmio: list(u, 3, |u| gpa_range(u, gpa_hints))?,
-        msrs: list(u, 3, |u| inclusive::<u32>(u, msr_hints, u64::from(u32::MAX)))?,
+        msrs: list(u, 3, |u| {
+            inclusive::<u32>(u, msr_hints, u64::from(u32::MAX))
+        })?,
         cpuid: list(u, 2, |u| u.arbitrary())?,
         events: EventSet {
             hlt: u.arbitrary()?,
@@ -281,6 +294,8 @@ pub struct FakeVcpu {
     pub regs: HashMap<Reg, u64>,
     pub injected: Vec<Exception>,
     pub msrs: HashMap<u32, u64>,
+    pub segments: [Segment; 8],
+    pub debug: DebugState,
     pub set_calls: usize,
 }
 
@@ -312,6 +327,47 @@ impl VcpuAccess for FakeVcpu {
             None => Ok(false),
         }
     }
+    fn get_segment(&mut self, s: SegmentReg) -> std::result::Result<Segment, VcpuAccessError> {
+        Ok(self.segments[s as usize])
+    }
+    fn set_segment(
+        &mut self,
+        s: SegmentReg,
+        v: Segment,
+    ) -> std::result::Result<(), VcpuAccessError> {
+        self.segments[s as usize] = v;
+        Ok(())
+    }
+    fn debug_state(&self) -> DebugState {
+        self.debug
+    }
+    fn set_debug_state(&mut self, d: DebugState) -> std::result::Result<(), VcpuAccessError> {
+        self.debug = d;
+        Ok(())
+    }
+}
+
+/// A debug state with arbitrary breakpoints and step flags.
+pub fn debug_state(u: &mut Unstructured) -> Result<DebugState> {
+    let mut hw = [None; 4];
+    for slot in &mut hw {
+        if u.arbitrary()? {
+            *slot = Some(HwBreakpoint {
+                kind: *u.choose(&[
+                    HwBreakpointKind::Execute,
+                    HwBreakpointKind::Write,
+                    HwBreakpointKind::ReadWrite,
+                ])?,
+                gva: u.arbitrary()?,
+                len: *u.choose(&[1u8, 2, 4, 8])?,
+            });
+        }
+    }
+    Ok(DebugState {
+        hw,
+        step_always: u.arbitrary()?,
+        step_once: u.arbitrary()?,
+    })
 }
 
 /// Fills every RAM region with a pattern that depends on the address, so

@@ -78,6 +78,7 @@
 
 mod config;
 pub mod host;
+pub mod json;
 mod subscriptions;
 mod verdict;
 
@@ -94,10 +95,11 @@ pub mod bindings {
 }
 
 pub use bindings::wasmvisor::policy::types::{
-    Action, Capabilities, CpuidLeaf, DebugCause, DebugExit, Direction, EventSet, Exception,
-    ExitEvent, ExitKind, GpaRange, HostError, IoExit, LogLevel, MemAccess, MemViolation, MmioExit,
-    MsrExit, MsrRange, MsrReason, PhysWrite, PolicyInfo, PortRange, ProtectRequest, Protection,
-    Reg, RegWrite, ShutdownReason, StopRequest, Subscriptions, Verdict,
+    Action, Breakpoint, BreakpointKind, Capabilities, CpuidLeaf, DebugCause, DebugExit, Direction,
+    EventSet, Exception, ExitEvent, ExitKind, GpaRange, HostError, IoExit, LogLevel, MemAccess,
+    MemViolation, MmioExit, MsrExit, MsrRange, MsrReason, PhysWrite, PolicyInfo, PortRange,
+    ProtectRequest, Protection, Reg, RegWrite, Segment, SegmentReg, ShutdownReason, StopRequest,
+    Subscriptions, Verdict,
 };
 pub use config::{parse_range, parse_region, parse_u64, Config};
 pub use verdict::{mask, GP_VECTOR, UD_VECTOR};

@@ -67,12 +67,9 @@ fn unsupported(op: &'static str) -> VcpuAccessError {
     }
 }
 
-/// RFLAGS.RF: lets an instruction run once without re-triggering its own
-/// execute breakpoint.
-const RFLAGS_RF: u64 = 1 << 16;
-
 /// Continues from a debug exit: a one-shot step ends, and an execute
-/// breakpoint is stepped over with RF.
+/// breakpoint is stepped over (disarmed for one instruction, then re-armed
+/// by the vCPU backend).
 fn continue_debug(
     event: &ExitEvent,
     vcpu: &mut impl VcpuAccess,
@@ -87,10 +84,12 @@ fn continue_debug(
         if remove {
             state.hw[usize::from(slot & 3)] = None;
             changed = true;
-        } else if matches!(state.hw[usize::from(slot & 3)], Some(bp) if bp.kind == HwBreakpointKind::Execute)
-        {
-            let rflags = vcpu.get_reg(Reg::Rflags)?;
-            vcpu.set_reg(Reg::Rflags, rflags | RFLAGS_RF)?;
+        } else if let Some(bp) = state.hw[usize::from(slot & 3)] {
+            if bp.kind == HwBreakpointKind::Execute {
+                state.hw[usize::from(slot & 3)] = None;
+                state.rearm = Some((slot & 3, bp));
+                changed = true;
+            }
         }
     }
     if changed {
@@ -222,6 +221,17 @@ pub fn apply(
             Action::Step => {
                 let mut state = vcpu.debug_state();
                 state.step_once = true;
+                // Stepping off an execute breakpoint: disarm it for the one
+                // instruction, or it fires again at the same RIP.
+                if let ExitKind::Debug(d) = event.kind {
+                    let slot = d.slot.map(|s| usize::from(s & 3));
+                    if let Some(bp) = slot.and_then(|s| state.hw[s]) {
+                        if bp.kind == HwBreakpointKind::Execute {
+                            state.hw[slot.unwrap_or(0)] = None;
+                            state.rearm = Some(((slot.unwrap_or(0)) as u8, bp));
+                        }
+                    }
+                }
                 vcpu.set_debug_state(state)?;
             }
             Action::RemoveBreakpoint => continue_debug(event, vcpu, true)?,

@@ -28,12 +28,17 @@ pub struct DebugState {
     /// Single-step one instruction (the `step` action); cleared by the next
     /// debug exit's `resume`.
     pub step_once: bool,
+    /// An execute breakpoint disarmed to step over it: the vCPU backend
+    /// single-steps one instruction, puts it back in its slot, and hides
+    /// that step from policies unless they asked to step too. (Stepping
+    /// over with RFLAGS.RF is not honoured by every KVM backend.)
+    pub rearm: Option<(u8, HwBreakpoint)>,
 }
 
 impl DebugState {
     /// True if KVM must single-step.
     pub fn single_step(&self) -> bool {
-        self.step_always || self.step_once
+        self.step_always || self.step_once || self.rearm.is_some()
     }
 
     /// True if anything needs `KVM_SET_GUEST_DEBUG` enabled.

@@ -103,14 +103,10 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    /// Reasons this build cannot honour these subscriptions, one line each.
-    /// Exit kinds whose delivery is not built yet are refused at load time
-    /// rather than silently never delivered.
+    /// Reasons this host cannot honour these subscriptions, one line each:
+    /// malformed ranges, and protection stock KVM cannot provide.
     pub fn unsupported(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.events.debug {
-            out.push("subscribes to debug exits, which this host does not deliver yet".into());
-        }
         if self
             .protect
             .iter()

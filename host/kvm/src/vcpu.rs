@@ -212,6 +212,21 @@ impl Vcpu {
                 })
             }
             RawExit::Debug(mut d) => {
+                // The step over a disarmed execute breakpoint: put it back,
+                // and run on unless a policy asked to step as well.
+                if let Some((slot, bp)) = self.debug.rearm {
+                    let mut state = self.debug;
+                    state.rearm = None;
+                    state.hw[usize::from(slot)] = Some(bp);
+                    let asked = state.step_always || state.step_once;
+                    self.set_debug_state(state)
+                        .map_err(|e| KvmError::BadBootState(e.to_string()))?;
+                    if !asked {
+                        return self.run();
+                    }
+                    d.cause = DebugCause::SingleStep;
+                    d.slot = None;
+                }
                 // Some backends leave DR6 empty: name the slot from the
                 // execute breakpoint at this RIP instead.
                 if d.slot.is_none() {

@@ -36,3 +36,13 @@ pub fn reg(r: wit::Reg) -> wasmvisor_exit::Reg {
 pub fn cpuid_round_trip(l: CpuidLeaf) -> CpuidLeaf {
     convert::cpuid_from_wit(convert::cpuid_to_wit(l))
 }
+
+/// A segment register name as the domain's.
+pub fn segment_reg(s: wit::SegmentReg) -> wasmvisor_exit::SegmentReg {
+    convert::segment_reg(s)
+}
+
+/// A segment to and from its WIT record.
+pub fn segment_round_trip(s: wasmvisor_exit::Segment) -> wasmvisor_exit::Segment {
+    convert::segment_from_wit(convert::segment_to_wit(s))
+}

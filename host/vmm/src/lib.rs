@@ -5,6 +5,7 @@ pub mod config;
 mod error;
 pub mod loader;
 mod machine;
+mod native;
 pub mod outcome;
 pub mod sandbox;
 mod serial;
@@ -13,4 +14,5 @@ pub mod stats;
 mod vcpu_loop;
 
 pub use error::VmmError;
-pub use machine::{run, RunReport, DEFAULT_LOAD_ADDR};
+pub use machine::{run, run_with_native, RunReport, DEFAULT_LOAD_ADDR};
+pub use native::NativeHandler;

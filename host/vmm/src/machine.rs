@@ -19,6 +19,7 @@ use wasmvisor_policy::{
 use crate::config::{SerialBackend, VmConfig};
 use crate::error::VmmError;
 use crate::loader::{is_elf, load_elf, load_flat};
+use crate::native::NativeHandler;
 use crate::outcome::VmOutcome;
 use crate::serial::{NativeSerial, COM1};
 use crate::signals;
@@ -153,6 +154,16 @@ fn policy_names(config: &VmConfig) -> Vec<String> {
 
 /// Builds the VM described by `config` and runs it until it ends.
 pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport, VmmError> {
+    run_with_native(config, console, None)
+}
+
+/// [`run`], with a native handler that sees every exit before the
+/// policies (benchmarks).
+pub fn run_with_native(
+    config: &VmConfig,
+    console: Arc<dyn ConsoleSink>,
+    native: Option<Arc<dyn NativeHandler>>,
+) -> Result<RunReport, VmmError> {
     config.check()?;
     let engine = PolicyEngine::new().map_err(|e| VmmError::Engine(e.to_string()))?;
     let images = config
@@ -292,6 +303,7 @@ pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport
     let handles = VmHandles {
         routes: Arc::clone(&routes),
         builtins: builtins.clone(),
+        native,
         memory: vm.memory().clone(),
         protector: Arc::clone(&protector),
         shared: Arc::clone(&shared),

@@ -14,6 +14,7 @@ use wasmvisor_exit::{
 use wasmvisor_kvm::{Kicker, RunOutcome, Vcpu};
 use wasmvisor_policy::{CallError, PolicyInstance, Shared, Verdict};
 
+use crate::native::NativeHandler;
 use crate::outcome::VmOutcome;
 use crate::sandbox::OnFault;
 use crate::serial::NativeSerial;
@@ -73,6 +74,8 @@ pub(crate) struct VcpuWorker {
     pub policies: Vec<VcpuPolicy>,
     pub routes: Arc<Routes>,
     pub builtins: Vec<NativeSerial>,
+    /// The embedder's native handler, consulted before the routes.
+    pub native: Option<Arc<dyn NativeHandler>>,
     pub memory: GuestMemoryMmap,
     /// Page protections (memslot layout) of the VM.
     pub protector: Arc<dyn MemoryProtector>,
@@ -96,6 +99,7 @@ pub(crate) enum VcpuEnd {
 pub(crate) struct VmHandles {
     pub routes: Arc<Routes>,
     pub builtins: Vec<NativeSerial>,
+    pub native: Option<Arc<dyn NativeHandler>>,
     pub memory: GuestMemoryMmap,
     pub protector: Arc<dyn MemoryProtector>,
     pub shared: Arc<Shared>,
@@ -111,6 +115,7 @@ impl VcpuWorker {
             ram_size: vm_memory::GuestMemoryBackend::last_addr(&vm.memory).0 + 1,
             routes: vm.routes,
             builtins: vm.builtins,
+            native: vm.native,
             memory: vm.memory,
             protector: vm.protector,
             shared: vm.shared,
@@ -262,6 +267,12 @@ impl VcpuWorker {
     ) -> Result<Flow, VmOutcome> {
         self.stats.count_exit(&event.kind);
         self.answered_by = None;
+        if let Some(native) = &self.native {
+            if native.handle(event, completion) {
+                self.stats.builtin += 1;
+                return Ok(Flow::Continue);
+            }
+        }
         let routes = Arc::clone(&self.routes);
         if let Route::Chain(targets) = classify(event, &routes) {
             for target in targets {

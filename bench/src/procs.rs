@@ -1,0 +1,113 @@
+//! Measurements of whole processes: the `wasmvisor` binary and QEMU.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Starts `cmd` and returns the milliseconds from just before the spawn
+/// to the first byte on its standard output, which must be `expect`.
+/// The process is then left to exit (or killed after `linger`).
+pub fn first_byte_ms(cmd: &mut Command, expect: u8, linger: Duration) -> Result<f64> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let started = Instant::now();
+    let mut child = cmd.spawn().context("cannot start the process")?;
+    let result = read_first_byte(&mut child, started);
+    finish(&mut child, linger);
+    let (ms, byte) = result?;
+    if byte != expect {
+        bail!(
+            "first console byte was {:?}, expected {:?}",
+            byte as char,
+            expect as char
+        );
+    }
+    Ok(ms)
+}
+
+fn read_first_byte(child: &mut Child, started: Instant) -> Result<(f64, u8)> {
+    let mut out = child.stdout.take().context("no stdout pipe")?;
+    let mut pfd = libc::pollfd {
+        fd: out.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd that outlives the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 20_000) };
+    if ready <= 0 {
+        bail!("no console output within 20 s");
+    }
+    let mut byte = [0u8; 1];
+    let n = out.read(&mut byte).context("cannot read the console")?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if n == 0 {
+        bail!("the process closed its console without writing to it");
+    }
+    Ok((ms, byte[0]))
+}
+
+/// Waits up to `linger` for the child to exit, then kills it.
+fn finish(child: &mut Child, linger: Duration) {
+    let deadline = Instant::now() + linger;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Resident memory of a running process, from `/proc`.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// VmRSS, KiB.
+    pub rss_kib: u64,
+    /// VmHWM (peak RSS), KiB.
+    pub hwm_kib: u64,
+    /// RssAnon: private anonymous memory (heap, Wasm instances, guest RAM), KiB.
+    pub anon_kib: u64,
+    /// RssFile: pages of the binary and libraries (clean, shared), KiB.
+    pub file_kib: u64,
+}
+
+/// Samples the memory of `pid`.
+pub fn memory_of(pid: u32) -> Result<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .context("cannot read /proc/PID/status")?;
+    let field = |name: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in /proc/PID/status"))
+    };
+    Ok(Memory {
+        rss_kib: field("VmRSS:")?,
+        hwm_kib: field("VmHWM:")?,
+        anon_kib: field("RssAnon:")?,
+        file_kib: field("RssFile:")?,
+    })
+}
+
+/// Sends SIGINT and waits for the process to end (SIGKILL after 5 s).
+pub fn interrupt(child: &mut Child) {
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    finish(child, Duration::from_secs(5));
+}
+
+/// The first line `cmd --version` prints, if it runs.
+pub fn version_line(program: &str) -> Option<String> {
+    let out = Command::new(program).arg("--version").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+}

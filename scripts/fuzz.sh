@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Builds and runs every cargo-fuzz target in fuzz/ for a fixed time each.
+#
+#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
+#
+# SECONDS_PER_TARGET defaults to 20. With no TARGET, every target runs.
+# Exits non-zero if any target finds a crash, a timeout or a leak; the
+# reproducer is left in fuzz/artifacts/TARGET/ (rerun it with
+# `cargo fuzz run TARGET fuzz/artifacts/TARGET/FILE`, see docs/fuzzing.md).
+#
+# Environment:
+#   FUZZ_SANITIZER  address (default) or none
+#   FUZZ_JOBS       parallel fuzzing processes per target (default 1)
+#   CARGO_FUZZ      the cargo-fuzz command (default: cargo fuzz)
+#   FUZZ_TARGET_DIR build folder (default fuzz/target); point it outside
+#                   the work tree to keep the instrumented build between
+#                   fresh clones
+#
+# cargo-fuzz passes nightly-only flags (-Z, -Cpasses=sancov-module) to
+# rustc; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
+set -euo pipefail
+
+secs=${1:-20}
+[ $# -gt 0 ] && shift
+case "$secs" in
+  '' | *[!0-9]*) echo "usage: $0 [SECONDS_PER_TARGET] [TARGET...]" >&2; exit 2 ;;
+esac
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root/fuzz"
+
+export RUSTC_BOOTSTRAP=1
+sanitizer=${FUZZ_SANITIZER:-address}
+jobs=${FUZZ_JOBS:-1}
+read -r -a fuzz <<<"${CARGO_FUZZ:-cargo fuzz}"
+
+if ! "${fuzz[@]}" --version >/dev/null 2>&1; then
+  echo "fuzz: installing cargo-fuzz" >&2
+  cargo install cargo-fuzz --locked --version 0.13.2
+fi
+
+if [ $# -gt 0 ]; then
+  targets=("$@")
+else
+  mapfile -t targets < <("${fuzz[@]}" list)
+fi
+
+flags=(--release --debug-assertions --sanitizer "$sanitizer")
+if [ -n "${FUZZ_TARGET_DIR:-}" ]; then
+  flags+=(--target-dir "$FUZZ_TARGET_DIR")
+fi
+start=$(date +%s)
+echo "fuzz: building ${targets[*]} (sanitizer $sanitizer)" >&2
+"${fuzz[@]}" build "${flags[@]}"
+echo "fuzz: built in $(($(date +%s) - start)) s" >&2
+
+failed=()
+for t in "${targets[@]}"; do
+  mkdir -p "corpus/$t" "artifacts/$t"
+  log="artifacts/$t/last-run.log"
+  echo "fuzz: $t for ${secs} s" >&2
+  set +e
+  # The corpus folder holds the committed seeds (seed-*); what the run
+  # adds there is ignored by git and reused by the next local run.
+  "${fuzz[@]}" run "${flags[@]}" "$t" "corpus/$t" -- \
+    -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -len_control=0 \
+    -jobs="$jobs" -workers="$jobs" -print_final_stats=1 >"$log" 2>&1
+  rc=$?
+  set -e
+  # One summary line: executions, coverage, corpus size.
+  grep -E '^#[0-9]+[[:space:]]+(DONE|INITED)' "$log" | tail -n 1 | sed "s/^/fuzz: $t: /" >&2 || true
+  grep -E '^stat::number_of_executed_units' "$log" | sed "s/^/fuzz: $t: /" >&2 || true
+  if [ $rc -ne 0 ]; then
+    echo "fuzz: $t FAILED (exit $rc); log in fuzz/$log" >&2
+    tail -n 40 "$log" >&2
+    ls -1 "artifacts/$t" | grep -v '^last-run.log$' | sed "s|^|fuzz: reproducer fuzz/artifacts/$t/|" >&2 || true
+    failed+=("$t")
+  fi
+done
+
+echo "fuzz: ${#targets[@]} targets, $((${#targets[@]} - ${#failed[@]})) passed, ${#failed[@]} failed, $(($(date +%s) - start)) s in all" >&2
+[ ${#failed[@]} -eq 0 ]
