@@ -16,11 +16,6 @@
 //! Nothing here asserts on timings. Results and the method are in
 //! docs/performance.md; `--json FILE` also writes them as JSON.
 
-mod dispatch;
-mod guest;
-mod procs;
-mod stats;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,7 +24,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::stats::{median, min};
+use wasmvisor_bench::stats::{median, min};
+use wasmvisor_bench::{dispatch, guest, procs};
 
 const USAGE: &str = "\
 usage: wasmvisor-bench [--count N] [--rounds R] [--startup-runs K] [--quick]
@@ -501,13 +497,14 @@ fn bench_startup(p: &Paths, o: &Opts) -> Result<Value> {
             ),
             None => String::new(),
         };
-        println!(
+        let line = format!(
             "   {:<46} {:>8.1} {:>8.1}  {}",
             name,
             m,
             min(s).unwrap_or(f64::NAN),
             verdict
         );
+        println!("{}", line.trim_end());
         rows.push(json!({"variant": name, "median_ms": m, "min_ms": min(s), "samples_ms": s, "qemu_over_this": ratio}));
     }
     if !qemu_ok {
@@ -585,7 +582,7 @@ fn bench_memory(p: &Paths) -> Result<Value> {
             let anon = mib(m.anon_kib);
             let per = prev.map_or(String::new(), |p| format!("{:+.2}", anon - p));
             prev = Some(anon);
-            println!(
+            let line = format!(
                 "   {:>5} {:<16} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>11}",
                 vcpus,
                 name,
@@ -595,6 +592,7 @@ fn bench_memory(p: &Paths) -> Result<Value> {
                 mib(m.file_kib),
                 per
             );
+            println!("{}", line.trim_end());
             rows.push(json!({
                 "vcpus": vcpus, "policies": n, "set": name,
                 "rss_kib": m.rss_kib, "hwm_kib": m.hwm_kib, "anon_kib": m.anon_kib,

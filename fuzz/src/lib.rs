@@ -367,6 +367,7 @@ pub fn debug_state(u: &mut Unstructured) -> Result<DebugState> {
         hw,
         step_always: u.arbitrary()?,
         step_once: u.arbitrary()?,
+        ..DebugState::default()
     })
 }
 

@@ -1,0 +1,98 @@
+//! The benchmark guest and its harness, on real KVM, with small counts.
+//! These check counts and markers only: no test asserts on a timing.
+//! Needs `make build` (target/assets); without /dev/kvm the tests fail
+//! unless WASMVISOR_SKIP_KVM=1.
+
+use std::path::{Path, PathBuf};
+
+use wasmvisor_bench::dispatch::{run_guest, RunResult};
+use wasmvisor_bench::guest;
+
+const COUNT: u32 = 300;
+
+fn assets() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ lives in the workspace root")
+        .join("target/assets");
+    assert!(
+        p.join("guests/bench.bin").is_file(),
+        "{} is missing: run `make build` first",
+        p.join("guests/bench.bin").display()
+    );
+    p
+}
+
+fn kvm_available() -> bool {
+    if Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    if std::env::var("WASMVISOR_SKIP_KVM").as_deref() == Ok("1") {
+        eprintln!("skipping: /dev/kvm is missing and WASMVISOR_SKIP_KVM=1");
+        return false;
+    }
+    panic!("/dev/kvm is missing (set WASMVISOR_SKIP_KVM=1 to skip KVM tests)");
+}
+
+/// A copy of bench.bin with COUNT patched in, private to one test.
+fn image(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wasmvisor-bench-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    guest::patched(&assets().join("guests/bench.bin"), &dir, COUNT).unwrap()
+}
+
+fn policy(name: &str, config: &str) -> String {
+    format!(
+        "{}:{config}",
+        assets().join(format!("policies/{name}.wasm")).display()
+    )
+}
+
+fn exits(r: &RunResult, from: u8, to: u8) -> u64 {
+    r.phase(from, to).unwrap().1
+}
+
+#[test]
+fn every_dispatch_phase_makes_count_exits_natively_and_through_a_policy() {
+    if !kvm_available() {
+        return;
+    }
+    let img = image("dispatch");
+    let noop = policy("noop", "ports=0x3ff,msrs=0x50000000,mmio=0xd0000000+0x1000");
+    for native in [true, false] {
+        let r = run_guest(
+            &img,
+            guest::ENTRY_DISPATCH,
+            std::slice::from_ref(&noop),
+            native,
+        )
+        .unwrap();
+        let phases: Vec<u8> = r.marks.iter().map(|m| m.phase).collect();
+        assert_eq!(phases, [1, 2, 3, 4]);
+        for (from, to) in [(1, 2), (2, 3), (3, 4)] {
+            assert_eq!(exits(&r, from, to), u64::from(COUNT), "native {native}");
+        }
+        let calls = r.stats.policies[0].handled;
+        // The native handler answers ahead of the policy, which then never runs.
+        assert_eq!(calls, if native { 0 } else { 3 * u64::from(COUNT) });
+        assert_eq!(r.stats.policies[0].faults, 0);
+    }
+    let _ = std::fs::remove_dir_all(img.parent().unwrap());
+}
+
+#[test]
+fn an_unclaimed_kvm_msr_stays_in_the_kernel_and_ports_always_exit() {
+    if !kvm_available() {
+        return;
+    }
+    let img = image("filter");
+    let r = run_guest(&img, guest::ENTRY_FILTER, &[], false).unwrap();
+    assert_eq!(exits(&r, 5, 6), 0, "WRMSR 0x174 without a subscription");
+    assert_eq!(exits(&r, 6, 7), u64::from(COUNT), "OUT 0x80");
+    let sub = policy("noop", "msrs=0x174,ports=0x80");
+    let r = run_guest(&img, guest::ENTRY_FILTER, &[sub], false).unwrap();
+    assert_eq!(exits(&r, 5, 6), u64::from(COUNT), "WRMSR 0x174, subscribed");
+    assert_eq!(exits(&r, 6, 7), u64::from(COUNT), "OUT 0x80, subscribed");
+    assert_eq!(r.stats.policies[0].handled, 2 * u64::from(COUNT));
+    let _ = std::fs::remove_dir_all(img.parent().unwrap());
+}
