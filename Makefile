@@ -5,7 +5,7 @@ WASM    := target/wasm32-wasip2/policy
 POLICIES := serial msr-guard cpuid-mask io-tracer regbank noop mem-guard syscall-tracer task-lister
 FIXTURES := other-world hostile
 
-.PHONY: all setup guests policies assets build demo test lint unit e2e bench clean
+.PHONY: all setup guests policies assets build demo test lint unit e2e bench clean fuzz-short
 
 all: build
 
@@ -47,6 +47,12 @@ lint:
 ## unless WASMVISOR_SKIP_KVM=1).
 test: setup build lint
 	$(CARGO) test --workspace
+	$(MAKE) fuzz-short
+
+## A short fuzz pass, as CI runs it: every cargo-fuzz target for 10 s
+## (longer runs and their results: docs/fuzzing.md).
+fuzz-short:
+	bash scripts/fuzz.sh 10
 
 ## The benchmark suite (docs/performance.md): builds everything, installs
 ## QEMU for the start-up comparison if it is missing, and prints every
