@@ -10,7 +10,8 @@
 #
 # Environment:
 #   FUZZ_SANITIZER  address (default) or none
-#   FUZZ_JOBS       parallel fuzzing processes per target (default 1)
+#   FUZZ_JOBS       parallel fuzzing processes per target (default 1; with
+#                   more, each one logs to fuzz/fuzz-N.log)
 #   CARGO_FUZZ      the cargo-fuzz command (default: cargo fuzz)
 #   FUZZ_TARGET_DIR build folder (default fuzz/target); point it outside
 #                   the work tree to keep the instrumented build between
@@ -54,6 +55,13 @@ echo "fuzz: building ${targets[*]} (sanitizer $sanitizer)" >&2
 "${fuzz[@]}" build "${flags[@]}"
 echo "fuzz: built in $(($(date +%s) - start)) s" >&2
 
+# With more than one job, libFuzzer runs them as child processes whose
+# output goes to fuzz/fuzz-N.log; one job runs in this process.
+parallel=()
+if [ "$jobs" -gt 1 ]; then
+  parallel=(-jobs="$jobs" -workers="$jobs")
+fi
+
 failed=()
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t"
@@ -64,7 +72,7 @@ for t in "${targets[@]}"; do
   # adds there is ignored by git and reused by the next local run.
   "${fuzz[@]}" run "${flags[@]}" "$t" "corpus/$t" -- \
     -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -len_control=0 \
-    -jobs="$jobs" -workers="$jobs" -print_final_stats=1 >"$log" 2>&1
+    "${parallel[@]}" -print_final_stats=1 >"$log" 2>&1
   rc=$?
   set -e
   # One summary line: executions, coverage, corpus size.
