@@ -142,6 +142,10 @@ impl VcpuWorker {
     }
 
     fn run_loop(&mut self) -> VmOutcome {
+        // Held for the whole run, so dispatch can borrow the routes while
+        // it mutates the worker, without touching the shared refcount on
+        // every exit.
+        let routes = Arc::clone(&self.routes);
         loop {
             if self.control.stop.load(Ordering::Acquire) {
                 return VmOutcome::Halted;
@@ -163,12 +167,12 @@ impl VcpuWorker {
                     };
                     // Subscribers hear about it; the VM stops regardless.
                     let mut completion = Completion::default();
-                    let _ = self.dispatch(&event, &mut completion);
+                    let _ = self.dispatch(&routes, &event, &mut completion);
                     return VmOutcome::GuestFault(fatal);
                 }
                 RunOutcome::Exit(mut event) => loop {
                     let mut completion = Completion::default();
-                    let flow = match self.dispatch_exit(&mut event, &mut completion) {
+                    let flow = match self.dispatch_exit(&routes, &mut event, &mut completion) {
                         Ok(flow) => flow,
                         Err(outcome) => return outcome,
                     };
@@ -202,6 +206,7 @@ impl VcpuWorker {
     /// access is simply performed against RAM.
     fn dispatch_exit(
         &mut self,
+        routes: &Routes,
         event: &mut ExitEvent,
         completion: &mut Completion,
     ) -> Result<Flow, VmOutcome> {
@@ -225,12 +230,12 @@ impl VcpuWorker {
                     size: m.size,
                     data: m.data,
                 });
-                let flow = self.dispatch(event, completion);
+                let flow = self.dispatch(routes, event, completion);
                 self.record_violation(event, completion);
                 return flow;
             }
         }
-        self.dispatch(event, completion)
+        self.dispatch(routes, event, completion)
     }
 
     /// Writes a violation and its outcome to the event stream.
@@ -262,6 +267,7 @@ impl VcpuWorker {
     /// Finds who answers `event`, gets the answer, checks and applies it.
     fn dispatch(
         &mut self,
+        routes: &Routes,
         event: &ExitEvent,
         completion: &mut Completion,
     ) -> Result<Flow, VmOutcome> {
@@ -273,8 +279,7 @@ impl VcpuWorker {
                 return Ok(Flow::Continue);
             }
         }
-        let routes = Arc::clone(&self.routes);
-        if let Route::Chain(targets) = classify(event, &routes) {
+        if let Route::Chain(targets) = classify(event, routes) {
             for target in targets {
                 match *target {
                     Target::Policy(i) => {
