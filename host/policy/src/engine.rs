@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine};
 
+use crate::cache::ComponentCache;
 use crate::error::{one_line, PolicyError};
 
 /// How often the ticker advances the epoch: one deadline tick.
@@ -67,6 +68,8 @@ pub struct PolicyEngine {
     mechanism: DeadlineMechanism,
     /// Held for its `Drop`, which stops the thread.
     _ticker: Option<Arc<Ticker>>,
+    /// Where precompiled components are kept, if anywhere.
+    cache: Option<ComponentCache>,
 }
 
 impl PolicyEngine {
@@ -97,7 +100,20 @@ impl PolicyEngine {
             engine,
             mechanism,
             _ticker: ticker,
+            cache: None,
         })
+    }
+
+    /// Loads components through `cache`: compiled once, deserialized
+    /// afterwards.
+    pub fn with_cache(mut self, cache: ComponentCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The precompiled-component cache, if one is in use.
+    pub fn cache(&self) -> Option<&ComponentCache> {
+        self.cache.as_ref()
     }
 
     /// The wasmtime engine.

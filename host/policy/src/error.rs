@@ -19,6 +19,9 @@ pub enum PolicyError {
     /// The events file could not be created.
     #[error("cannot create events file {path}: {error}")]
     EventsFile { path: String, error: std::io::Error },
+    /// The precompiled-component cache could not be opened or written.
+    #[error("policy cache {path}: {reason}")]
+    Cache { path: String, reason: String },
     /// The policy file could not be read.
     #[error("cannot read policy {path}: {error}")]
     Read { path: String, error: std::io::Error },

@@ -1,13 +1,14 @@
 //! A loaded policy: a component file read, checked against the contract,
 //! compiled, and linked once, ready to be instantiated per vCPU.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use wasmtime::component::{Component, Linker};
 use wasmvisor_exit::VcpuAccess;
 
 use crate::bindings::{Policy, PolicyPre};
+use crate::cache::CacheOutcome;
 use crate::ctx::{Ctx, InstanceContext};
 use crate::engine::PolicyEngine;
 use crate::error::{one_line, PolicyError};
@@ -36,6 +37,8 @@ pub struct PolicyImage {
     wasi: WasiGrants,
     /// Keeps the epoch ticker alive as long as an image or instance is.
     engine: PolicyEngine,
+    /// Whether the compiled code came from the engine's cache.
+    cache: CacheOutcome,
 }
 
 impl PolicyImage {
@@ -51,24 +54,8 @@ impl PolicyImage {
         path: &Path,
         wasi: WasiGrants,
     ) -> Result<PolicyImage, PolicyError> {
-        let name = match path.file_name() {
-            Some(name) => name.to_string_lossy().into_owned(),
-            None => path.display().to_string(),
-        };
-        let read_error = |error| PolicyError::Read {
-            path: path.display().to_string(),
-            error,
-        };
-        let size = std::fs::metadata(path).map_err(read_error)?.len();
-        if size > MAX_POLICY_BYTES {
-            return Err(PolicyError::TooLarge {
-                name,
-                size,
-                limit: MAX_POLICY_BYTES,
-            });
-        }
-        let bytes = std::fs::read(path).map_err(read_error)?;
-        Self::from_bytes_with(engine, &name, &bytes, wasi)
+        let bytes = read_policy(path)?;
+        Self::from_bytes_with(engine, &file_name(path), &bytes, wasi)
     }
 
     /// Compiles a component held in memory; `name` names it in errors.
@@ -88,11 +75,17 @@ impl PolicyImage {
         wasi: WasiGrants,
     ) -> Result<PolicyImage, PolicyError> {
         sniff(name, bytes)?;
-        let wasmtime = engine.wasmtime();
-        let component = Component::new(wasmtime, bytes).map_err(|e| PolicyError::Compile {
-            name: name.into(),
-            reason: one_line(&e),
-        })?;
+        let (component, cache) = match engine.cache() {
+            Some(c) => c.component(engine, name, bytes)?,
+            None => {
+                let component =
+                    Component::new(engine.wasmtime(), bytes).map_err(|e| PolicyError::Compile {
+                        name: name.into(),
+                        reason: one_line(&e),
+                    })?;
+                (component, CacheOutcome::Off)
+            }
+        };
         check_world(engine, name, &component)?;
         let pre = link(name, &component, wasi)?;
         Ok(PolicyImage {
@@ -100,7 +93,31 @@ impl PolicyImage {
             pre,
             wasi,
             engine: engine.clone(),
+            cache,
         })
+    }
+
+    /// Checks and precompiles the component at `path` into the engine's
+    /// cache, returning the entry's path; later loads of the same bytes by
+    /// an engine of the same configuration skip the compile.
+    pub fn precompile(engine: &PolicyEngine, path: &Path) -> Result<PathBuf, PolicyError> {
+        let Some(cache) = engine.cache() else {
+            return Err(PolicyError::Cache {
+                path: path.display().to_string(),
+                reason: "no cache directory is configured".into(),
+            });
+        };
+        let bytes = read_policy(path)?;
+        let name = file_name(path);
+        // Through the normal load: a component that would be refused at
+        // load time is not worth caching.
+        Self::from_bytes(engine, &name, &bytes)?;
+        cache.precompile(engine, &name, &bytes)
+    }
+
+    /// Whether the compiled code came from the cache.
+    pub fn cache_outcome(&self) -> &CacheOutcome {
+        &self.cache
     }
 
     /// The file name the image was loaded from.
@@ -140,6 +157,31 @@ impl std::fmt::Debug for PolicyImage {
             .field("name", &self.name)
             .finish_non_exhaustive()
     }
+}
+
+/// The file name a policy is known by in errors.
+fn file_name(path: &Path) -> String {
+    match path.file_name() {
+        Some(name) => name.to_string_lossy().into_owned(),
+        None => path.display().to_string(),
+    }
+}
+
+/// Reads a policy file, refusing oversized ones before reading them.
+fn read_policy(path: &Path) -> Result<Vec<u8>, PolicyError> {
+    let read_error = |error| PolicyError::Read {
+        path: path.display().to_string(),
+        error,
+    };
+    let size = std::fs::metadata(path).map_err(read_error)?.len();
+    if size > MAX_POLICY_BYTES {
+        return Err(PolicyError::TooLarge {
+            name: file_name(path),
+            size,
+            limit: MAX_POLICY_BYTES,
+        });
+    }
+    std::fs::read(path).map_err(read_error)
 }
 
 /// Tells non-Wasm files, core modules and oversized files apart before

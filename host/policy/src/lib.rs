@@ -14,6 +14,7 @@
 //! component ABI hands back.
 
 mod bindings;
+mod cache;
 mod convert;
 mod ctx;
 mod engine;
@@ -28,6 +29,7 @@ mod sinks;
 mod types;
 mod wasi;
 
+pub use cache::{CacheOutcome, ComponentCache};
 pub use ctx::InstanceContext;
 pub use engine::{DeadlineMechanism, PolicyEngine, TICK};
 pub use error::{CallError, PolicyError};
