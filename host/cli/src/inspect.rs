@@ -91,6 +91,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         memory,
         grants: Capabilities::ALL,
         shared,
+        protector: None,
     };
     let mut inst = image.instantiate::<Vcpu>(ctx, &Limits::default())?;
     let info = inst.info()?;

@@ -3,6 +3,7 @@
 //! Every error is one line on stderr and a non-zero exit code.
 
 mod assets;
+mod control;
 mod inspect;
 mod run;
 
@@ -32,6 +33,16 @@ enum Command {
 enum PolicyCommand {
     /// Show a policy's name, WIT version and subscriptions.
     Inspect(inspect::InspectArgs),
+    /// List the policies of a running VM (through its control socket).
+    List(control::ListArgs),
+    /// Replace a running VM's policy with another component.
+    Swap(control::SwapArgs),
+    /// Add a policy to a running VM, at the end of its chain.
+    Load(control::LoadArgs),
+    /// Remove a policy from a running VM.
+    Unload(control::UnloadArgs),
+    /// Compile policies into the cache, so that loading them skips the compile.
+    Precompile(control::PrecompileArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +50,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Policy(PolicyCommand::Inspect(args)) => inspect::inspect(args).map(|()| 0),
+        Command::Policy(PolicyCommand::List(args)) => control::list(args),
+        Command::Policy(PolicyCommand::Swap(args)) => control::swap(args),
+        Command::Policy(PolicyCommand::Load(args)) => control::load(args),
+        Command::Policy(PolicyCommand::Unload(args)) => control::unload(args),
+        Command::Policy(PolicyCommand::Precompile(args)) => control::precompile(args),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use wasmvisor_policy::StdoutConsole;
 use wasmvisor_vmm::config::{
-    parse_mode, parse_number, parse_size, read_config_file, GuestSpec, PolicySpec, SerialBackend,
-    VmConfig,
+    parse_mode, parse_number, parse_size, read_config_file, GuestSpec, PolicyCache, PolicySpec,
+    SerialBackend, VmConfig,
 };
 
 use crate::assets;
@@ -52,6 +52,18 @@ pub struct RunArgs {
     /// Write policy-emitted events as JSON lines to this file.
     #[arg(long, value_name = "OUT.jsonl")]
     events: Option<PathBuf>,
+    /// Serve the control socket here (mode 0600) for `wasmvisor policy list|swap|load|unload`.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Reload a policy when its file changes on disk.
+    #[arg(long)]
+    watch: bool,
+    /// Keep precompiled policies in this directory [default: $WASMVISOR_CACHE_DIR, $XDG_CACHE_HOME/wasmvisor or ~/.cache/wasmvisor].
+    #[arg(long, value_name = "DIR", conflicts_with = "no_policy_cache")]
+    policy_cache: Option<PathBuf>,
+    /// Compile every policy on load; read and write no cache.
+    #[arg(long)]
+    no_policy_cache: bool,
 }
 
 /// Builds the VM config from the file (or the demo) and the flags.
@@ -115,15 +127,16 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
         if ms == 0 || ms > 60_000 {
             bail!("--policy-deadline-ms {ms} is out of range: use 1 to 60000");
         }
-        for p in config
-            .policies
-            .iter_mut()
-            .filter(|p| !p.sandbox.deadline_set)
-        {
-            p.sandbox.limits.deadline = Duration::from_millis(ms);
-        }
+        config.policy_deadline = Some(Duration::from_millis(ms));
     }
     config.events = args.events.clone();
+    config.control = args.control.clone();
+    config.watch = args.watch;
+    config.policy_cache = match (&args.policy_cache, args.no_policy_cache) {
+        (_, true) => PolicyCache::Off,
+        (Some(dir), false) => PolicyCache::Dir(dir.clone()),
+        (None, false) => PolicyCache::Default,
+    };
     config.check()?;
     Ok(config)
 }

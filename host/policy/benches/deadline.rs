@@ -226,6 +226,7 @@ fn context(shared: &Arc<Shared>, name: &str) -> InstanceContext {
         memory: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("guest RAM"),
         grants: Capabilities::default(),
         shared: Arc::clone(shared),
+        protector: None,
     }
 }
 

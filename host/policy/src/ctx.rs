@@ -13,7 +13,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmvisor_exit::{Capabilities, Reg, VcpuAccess, VcpuAccessError};
+use wasmvisor_exit::{Capabilities, MemoryProtector, Reg, VcpuAccess, VcpuAccessError};
 
 use crate::limits::{Limits, StoreLimiter};
 use crate::sinks::Shared;
@@ -36,6 +36,9 @@ pub struct InstanceContext {
     pub grants: Capabilities,
     /// Console, log, events and counters.
     pub shared: Arc<Shared>,
+    /// Page protections, if the VM offers them: per policy, so the VM can
+    /// tell which pages a policy protected when it is swapped out.
+    pub protector: Option<Arc<dyn MemoryProtector>>,
 }
 
 impl std::fmt::Debug for InstanceContext {

@@ -306,7 +306,7 @@ impl host::Host for Ctx {
         if !self.inst.grants.protect_memory {
             return Ok(Err(HostError::NotGranted));
         }
-        let Some(protector) = self.inst.shared.protector() else {
+        let Some(protector) = self.inst.protector.as_ref() else {
             return Ok(Err(HostError::Unsupported));
         };
         let req = crate::convert::protect_request(req);
@@ -317,7 +317,7 @@ impl host::Host for Ctx {
         if !self.inst.grants.protect_memory {
             return Ok(Err(HostError::NotGranted));
         }
-        let Some(protector) = self.inst.shared.protector() else {
+        let Some(protector) = self.inst.protector.as_ref() else {
             return Ok(Err(HostError::Unsupported));
         };
         protection_result(protector.unprotect(crate::convert::gpa_range(range)))

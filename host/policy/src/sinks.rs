@@ -13,8 +13,6 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use wasmvisor_exit::MemoryProtector;
-
 use crate::error::PolicyError;
 
 /// Most counters all policies of a VM may create together.
@@ -91,8 +89,6 @@ pub struct Shared {
     /// Events emitted, indexed by policy index.
     emitted: Mutex<Vec<u64>>,
     counters: Mutex<HashMap<(usize, String), i64>>,
-    /// Page protections of the VM, if it has any to offer.
-    protector: Option<Arc<dyn MemoryProtector>>,
 }
 
 impl Shared {
@@ -121,19 +117,7 @@ impl Shared {
             event_write_errors: AtomicU64::new(0),
             emitted: Mutex::new(Vec::new()),
             counters: Mutex::new(HashMap::new()),
-            protector: None,
         })
-    }
-
-    /// Lets policies protect guest pages through `protector`.
-    pub fn with_protector(mut self, protector: Arc<dyn MemoryProtector>) -> Shared {
-        self.protector = Some(protector);
-        self
-    }
-
-    /// The VM's page protections, if any.
-    pub(crate) fn protector(&self) -> Option<&Arc<dyn MemoryProtector>> {
-        self.protector.as_ref()
     }
 
     /// Sends log lines to `log` instead of standard error.

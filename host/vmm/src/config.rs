@@ -2,6 +2,7 @@
 //! a TOML file (format in `docs/config.md`).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -94,6 +95,19 @@ pub struct GuestSpec {
     pub entry: Option<u64>,
 }
 
+/// Where precompiled policies are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PolicyCache {
+    /// `$WASMVISOR_CACHE_DIR`, `$XDG_CACHE_HOME/wasmvisor` or
+    /// `~/.cache/wasmvisor`; a run goes on uncached if it is unusable.
+    #[default]
+    Default,
+    /// This directory; an unusable one is an error.
+    Dir(PathBuf),
+    /// No cache: every load compiles.
+    Off,
+}
+
 /// Everything needed to build and run one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -103,6 +117,14 @@ pub struct VmConfig {
     pub mem_bytes: u64,
     pub serial: SerialBackend,
     pub events: Option<PathBuf>,
+    /// Call deadline of policies that set none (`@deadline`), including
+    /// those loaded while the VM runs.
+    pub policy_deadline: Option<Duration>,
+    /// The control socket (`docs/control.md`), if any.
+    pub control: Option<PathBuf>,
+    /// Reload a policy when its file changes.
+    pub watch: bool,
+    pub policy_cache: PolicyCache,
 }
 
 impl VmConfig {
@@ -115,6 +137,10 @@ impl VmConfig {
             mem_bytes: 64 << 20,
             serial: SerialBackend::Policy,
             events: None,
+            policy_deadline: None,
+            control: None,
+            watch: false,
+            policy_cache: PolicyCache::Default,
         }
     }
 

@@ -2,11 +2,17 @@
 //! go through the policy pipeline, and reports how it ended.
 
 pub mod config;
+pub mod control;
+mod cpuid;
 mod error;
+pub mod hotswap;
+mod ledger;
 pub mod loader;
 mod machine;
 mod native;
 pub mod outcome;
+mod policy_set;
+mod quiesce;
 pub mod sandbox;
 mod serial;
 mod signals;

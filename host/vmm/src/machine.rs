@@ -6,25 +6,36 @@
 
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use wasmvisor_exit::{GpaRange, MemoryProtector, Routes, Subscriptions};
-use wasmvisor_kvm::{install_kick_handler, BootMode, BootState, CpuidEntry, Kicker, Vcpu, Vm};
-use wasmvisor_policy::{
-    ConsoleSink, CpuidLeaf, InstanceContext, PolicyEngine, PolicyImage, PolicyInstance, Shared,
-};
+use wasmvisor_kvm::{install_kick_handler, BootMode, BootState, Kicker, Vcpu, Vm};
+use wasmvisor_policy::{ComponentCache, ConsoleSink, PolicyEngine, PolicyInstance, Shared};
 
-use crate::config::{SerialBackend, VmConfig};
+use crate::config::{PolicyCache, SerialBackend, VmConfig};
+use crate::control::Services;
+use crate::cpuid::{cpuid_table, per_vcpu_cpuid};
 use crate::error::VmmError;
+use crate::hotswap::{HotSwap, HotSwapParts};
 use crate::loader::{is_elf, load_elf, load_flat};
 use crate::native::NativeHandler;
 use crate::outcome::VmOutcome;
+use crate::policy_set::{unique_name, PolicyEnv, Prepared};
+use crate::quiesce::Quiesce;
 use crate::serial::{NativeSerial, COM1};
 use crate::signals;
 use crate::stats::Stats;
-use crate::vcpu_loop::{Control, PolicyHealth, VcpuEnd, VcpuPolicy, VcpuWorker, VmHandles};
+use crate::vcpu_loop::{Control, VcpuEnd, VcpuPolicy, VcpuWorker, VmHandles};
+
+/// What the vCPU threads and the policy coordinator tell the main thread.
+pub(crate) enum WorkerMsg {
+    /// A vCPU thread ended.
+    Ended(VcpuEnd, Stats),
+    /// Pull every vCPU out of the guest (a policy change is waiting).
+    KickAll,
+}
 
 /// Default load address for flat binaries: just above the host-reserved
 /// low memory.
@@ -64,97 +75,26 @@ fn read_file(path: &Path, what: &'static str, limit: u64) -> Result<Vec<u8>, Vmm
     })
 }
 
-/// The CPUID table every vCPU starts from, with the policies' edits
-/// applied in load order (a later policy sees the earlier ones' result).
-fn cpuid_table(
-    base: &[CpuidEntry],
-    instances: &mut [PolicyInstance<Vcpu>],
-    subs: &[Subscriptions],
-    names: &[String],
-) -> Result<Vec<CpuidEntry>, VmmError> {
-    let mut table = base.to_vec();
-    for ((inst, sub), name) in instances.iter_mut().zip(subs).zip(names) {
-        for &function in &sub.cpuid {
-            if !table.iter().any(|e| e.function == function) {
-                table.push(CpuidEntry {
-                    function,
-                    index: 0,
-                    indexed: false,
-                    eax: 0,
-                    ebx: 0,
-                    ecx: 0,
-                    edx: 0,
-                });
-            }
-            for entry in table.iter_mut().filter(|e| e.function == function) {
-                let out = inst
-                    .cpuid(CpuidLeaf {
-                        function: entry.function,
-                        index: entry.index,
-                        eax: entry.eax,
-                        ebx: entry.ebx,
-                        ecx: entry.ecx,
-                        edx: entry.edx,
-                    })
-                    .map_err(|e| VmmError::Policy {
-                        policy: name.clone(),
-                        reason: e.to_string(),
-                    })?;
-                if (out.function, out.index) != (entry.function, entry.index) {
-                    return Err(VmmError::Policy {
-                        policy: name.clone(),
-                        reason: format!(
-                            "cpuid answered leaf {:#x}.{} with leaf {:#x}.{}",
-                            entry.function, entry.index, out.function, out.index
-                        ),
-                    });
-                }
-                (entry.eax, entry.ebx, entry.ecx, entry.edx) = (out.eax, out.ebx, out.ecx, out.edx);
-            }
-        }
-    }
-    Ok(table)
-}
-
-/// Gives each vCPU its own APIC ID in CPUID, as real hardware does.
-fn per_vcpu_cpuid(table: &[CpuidEntry], index: u32) -> Vec<CpuidEntry> {
-    let mut t = table.to_vec();
-    for e in &mut t {
-        match e.function {
-            1 => e.ebx = (e.ebx & 0x00ff_ffff) | (index << 24),
-            0xb | 0x1f => e.edx = index,
-            _ => {}
-        }
-    }
-    t
-}
-
-/// Display names: the file stem, with `#2`, `#3`... for a file loaded
-/// more than once (with different configs).
-fn policy_names(config: &VmConfig) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for p in &config.policies {
-        let stem = p
-            .path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| p.path.display().to_string());
-        let seen = names
-            .iter()
-            .filter(|n| n.split('#').next() == Some(stem.as_str()))
-            .count();
-        names.push(if seen == 0 {
-            stem
-        } else {
-            format!("{stem}#{}", seen + 1)
-        });
-    }
-    names
-}
-
 /// Builds the VM described by `config` and runs it until it ends.
 pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport, VmmError> {
     run_with_native(config, console, None)
+}
+
+/// The engine, with the precompiled-policy cache the config asks for.
+fn engine(config: &VmConfig) -> Result<PolicyEngine, VmmError> {
+    let engine = PolicyEngine::new().map_err(|e| VmmError::Engine(e.to_string()))?;
+    Ok(match &config.policy_cache {
+        PolicyCache::Off => engine,
+        PolicyCache::Dir(dir) => engine.with_cache(ComponentCache::open(dir)?),
+        PolicyCache::Default => match ComponentCache::default_dir().map(ComponentCache::open) {
+            Some(Ok(cache)) => engine.with_cache(cache),
+            Some(Err(e)) => {
+                eprintln!("wasmvisor: {e}; policies are compiled without a cache");
+                engine
+            }
+            None => engine,
+        },
+    })
 }
 
 /// [`run`], with a native handler that sees every exit before the
@@ -165,16 +105,9 @@ pub fn run_with_native(
     native: Option<Arc<dyn NativeHandler>>,
 ) -> Result<RunReport, VmmError> {
     config.check()?;
-    let engine = PolicyEngine::new().map_err(|e| VmmError::Engine(e.to_string()))?;
-    let images = config
-        .policies
-        .iter()
-        .map(|p| PolicyImage::load_with(&engine, &p.path, p.sandbox.wasi).map_err(VmmError::from))
-        .collect::<Result<Vec<_>, _>>()?;
-    let names = policy_names(config);
-
+    let engine = engine(config)?;
     let image = read_file(&config.guest.path, "guest image", MAX_IMAGE_BYTES)?;
-    let vm = Vm::new(config.mem_bytes)?;
+    let vm = Arc::new(Vm::new(config.mem_bytes)?);
     let elf = is_elf(&image);
     let loaded = if elf {
         if config.guest.load_addr.is_some() {
@@ -206,76 +139,35 @@ pub fn run_with_native(
     boot.check()?;
     boot.write_tables(vm.memory())?;
 
-    let memslots = vm.memslots();
-    let protector: Arc<dyn MemoryProtector> = memslots.clone();
+    let protector: Arc<dyn MemoryProtector> = vm.memslots();
     let shared = Arc::new(
         Shared::new(Arc::clone(&console), config.events.as_deref())
-            .map_err(|e| VmmError::Engine(e.to_string()))?
-            .with_protector(Arc::clone(&protector)),
+            .map_err(|e| VmmError::Engine(e.to_string()))?,
     );
-    // Instantiate and initialise every policy on every vCPU.
-    let mut per_vcpu: Vec<(Vcpu, Vec<PolicyInstance<Vcpu>>)> = Vec::new();
-    let mut subs: Vec<Subscriptions> = Vec::new();
-    for index in 0..config.vcpus {
-        let vcpu = vm.create_vcpu(index)?;
-        let mut instances = Vec::new();
-        for (p, (image, spec)) in images.iter().zip(&config.policies).enumerate() {
-            let ctx = InstanceContext {
-                policy_index: p,
-                policy_name: names[p].clone(),
-                vcpu_index: index,
-                vcpu_count: config.vcpus,
-                memory: vm.memory().clone(),
-                grants: spec.sandbox.grants,
-                shared: Arc::clone(&shared),
-            };
-            let mut inst = image.instantiate::<Vcpu>(ctx, &spec.sandbox.limits)?;
-            let sub = inst.init(&spec.config)?;
-            if index == 0 {
-                if let Some(reason) = sub.unsupported().into_iter().next() {
-                    return Err(VmmError::Policy {
-                        policy: names[p].clone(),
-                        reason,
-                    });
-                }
-                if let Some(cap) = spec.sandbox.missing_grant(sub.capabilities) {
-                    return Err(VmmError::Policy {
-                        policy: names[p].clone(),
-                        reason: format!(
-                            "asks for the {cap} capability, which was not granted (grant it with @grant={cap})"
-                        ),
-                    });
-                }
-                if !sub.protect.is_empty() && !spec.sandbox.grants.protect_memory {
-                    return Err(VmmError::Policy {
-                        policy: names[p].clone(),
-                        reason: "protects memory at init without the protect-memory capability (grant it with @grant=protect-memory)".into(),
-                    });
-                }
-                for req in &sub.protect {
-                    protector
-                        .protect(req.range, req.mode)
-                        .map_err(|e| VmmError::Policy {
-                            policy: names[p].clone(),
-                            reason: format!(
-                                "cannot protect {:#x}+{:#x}: {e}",
-                                req.range.base, req.range.len
-                            ),
-                        })?;
-                }
-                subs.push(sub);
-            } else if sub != subs[p] {
-                return Err(VmmError::Policy {
-                    policy: names[p].clone(),
-                    reason: format!(
-                        "init on vcpu {index} returned different subscriptions than on vcpu 0"
-                    ),
-                });
-            }
-            instances.push(inst);
+    let env = PolicyEnv {
+        engine,
+        memory: vm.memory().clone(),
+        shared: Arc::clone(&shared),
+        protector: Arc::clone(&protector),
+        ram_size: config.mem_bytes,
+        vcpu_count: config.vcpus,
+    };
+    // Instantiate and initialise every policy on every vCPU, then apply
+    // what they protect at init.
+    let mut prepared: Vec<Prepared> = Vec::new();
+    for (index, spec) in config.policies.iter().enumerate() {
+        let mut spec = spec.clone();
+        if let (false, Some(d)) = (spec.sandbox.deadline_set, config.policy_deadline) {
+            spec.sandbox.limits.deadline = d;
         }
-        per_vcpu.push((vcpu, instances));
+        let taken = prepared.iter().map(|p| p.slot.name.as_str());
+        let name = unique_name(&spec.path, taken);
+        prepared.push(env.prepare(&spec, index, &name, 1)?);
     }
+    for p in &prepared {
+        p.activate()?;
+    }
+    let names: Vec<String> = prepared.iter().map(|p| p.slot.name.clone()).collect();
 
     let builtins = match config.serial {
         SerialBackend::Native => vec![NativeSerial::new(Arc::clone(&console))],
@@ -285,7 +177,7 @@ pub fn run_with_native(
         .iter()
         .map(|_| (vec![COM1..=COM1 + 7], Vec::new()))
         .collect();
-    let sub_refs: Vec<&Subscriptions> = subs.iter().collect();
+    let sub_refs: Vec<&Subscriptions> = prepared.iter().map(|p| &p.slot.subs).collect();
     let routes = Arc::new(
         Routes::build(&sub_refs, &builtin_claims).map_err(|e| VmmError::Routes(e.to_string()))?,
     );
@@ -293,13 +185,17 @@ pub fn run_with_native(
         vm.set_msr_filter(routes.msr_filter())?;
     }
 
-    let health: Vec<Arc<PolicyHealth>> = config
-        .policies
-        .iter()
-        .map(|p| Arc::new(PolicyHealth::new(p.sandbox.quarantine_after)))
+    // The CPUID table is the same on every vCPU but for the APIC IDs; the
+    // policies are asked once, through vCPU 0's instances.
+    let subs: Vec<Subscriptions> = prepared.iter().map(|p| p.slot.subs.clone()).collect();
+    let mut first: Vec<&mut PolicyInstance<Vcpu>> = prepared
+        .iter_mut()
+        .filter_map(|p| p.instances.first_mut())
         .collect();
-    let base_cpuid = vm.supported_cpuid()?;
+    let cpuid = cpuid_table(&vm.supported_cpuid()?, &mut first, &subs, &names)?;
+
     let control = Arc::new(Control::default());
+    let quiesce = Arc::new(Quiesce::new(config.vcpus as usize));
     let handles = VmHandles {
         routes: Arc::clone(&routes),
         builtins: builtins.clone(),
@@ -308,30 +204,54 @@ pub fn run_with_native(
         protector: Arc::clone(&protector),
         shared: Arc::clone(&shared),
         control: Arc::clone(&control),
+        quiesce: Arc::clone(&quiesce),
     };
+    let mut per_vcpu: Vec<Vec<VcpuPolicy>> = (0..config.vcpus).map(|_| Vec::new()).collect();
+    let mut slots = Vec::new();
+    for p in prepared {
+        for (v, instance) in p.instances.into_iter().enumerate() {
+            per_vcpu[v].push(p.slot.for_vcpu(instance));
+        }
+        slots.push(p.slot);
+    }
     let mut workers = Vec::new();
-    for (mut vcpu, mut instances) in per_vcpu {
-        let table = cpuid_table(&base_cpuid, &mut instances, &subs, &names)?;
-        vcpu.set_cpuid(&per_vcpu_cpuid(&table, vcpu.index()))?;
+    for (index, policies) in per_vcpu.into_iter().enumerate() {
+        let mut vcpu = vm.create_vcpu(index as u32)?;
+        vcpu.set_cpuid(&per_vcpu_cpuid(&cpuid, vcpu.index()))?;
         vcpu.boot(&boot)?;
-        let policies = instances
-            .into_iter()
-            .zip(&names)
-            .zip(&config.policies)
-            .zip(&health)
-            .map(|(((instance, name), spec), health)| VcpuPolicy {
-                name: name.clone(),
-                instance,
-                grants: spec.sandbox.grants,
-                on_fault: spec.sandbox.on_fault,
-                health: Arc::clone(health),
-            })
-            .collect();
         workers.push(VcpuWorker::new(vcpu, policies, handles.clone()));
     }
-    let outcome = run_workers(workers, &control, &names)?;
+
+    let (tx, rx) = mpsc::channel::<WorkerMsg>();
+    let services = if config.control.is_some() || config.watch {
+        let kick_tx = Mutex::new(tx.clone());
+        let swap = Arc::new(HotSwap::new(HotSwapParts {
+            env,
+            vm: Arc::clone(&vm),
+            quiesce,
+            kick: Box::new(move || {
+                let _ = kick_tx
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .send(WorkerMsg::KickAll);
+            }),
+            builtin_claims,
+            cpuid,
+            default_deadline: config.policy_deadline,
+            slots,
+        }));
+        Some(Services::start(
+            swap,
+            config.control.as_deref(),
+            config.watch,
+        )?)
+    } else {
+        None
+    };
+    let outcome = run_workers(workers, &control, &names, tx, rx);
+    drop(services);
     drop(vm);
-    Ok(outcome)
+    outcome
 }
 
 /// Starts one thread per vCPU and waits for the VM to end.
@@ -339,11 +259,12 @@ fn run_workers(
     workers: Vec<VcpuWorker>,
     control: &Arc<Control>,
     names: &[String],
+    tx: mpsc::Sender<WorkerMsg>,
+    rx: mpsc::Receiver<WorkerMsg>,
 ) -> Result<RunReport, VmmError> {
     install_kick_handler()?;
     signals::install()
         .map_err(|e| VmmError::Engine(format!("cannot install signal handlers: {e}")))?;
-    let (tx, rx) = mpsc::channel::<(VcpuEnd, Stats)>();
     let started = Instant::now();
     let mut handles = Vec::new();
     for (i, worker) in workers.into_iter().enumerate() {
@@ -351,8 +272,8 @@ fn run_workers(
         let handle = thread::Builder::new()
             .name(format!("vcpu{i}"))
             .spawn(move || {
-                let result = worker.run();
-                let _ = tx.send(result);
+                let (end, stats) = worker.run();
+                let _ = tx.send(WorkerMsg::Ended(end, stats));
             })
             .map_err(|e| VmmError::Engine(format!("cannot start a vCPU thread: {e}")))?;
         handles.push(handle);
@@ -371,7 +292,12 @@ fn run_workers(
     };
     while remaining > 0 {
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok((VcpuEnd::Done(end), vcpu_stats)) => {
+            Ok(WorkerMsg::KickAll) => {
+                for h in &handles {
+                    Kicker::kick(h);
+                }
+            }
+            Ok(WorkerMsg::Ended(VcpuEnd::Done(end), vcpu_stats)) => {
                 remaining -= 1;
                 stats.merge(&vcpu_stats);
                 // A vCPU that halted leaves the others running; any other

@@ -14,11 +14,13 @@ use wasmvisor_exit::{
 use wasmvisor_kvm::{Kicker, RunOutcome, Vcpu};
 use wasmvisor_policy::{CallError, PolicyInstance, Shared, Verdict};
 
+use crate::ledger::OwnedProtector;
 use crate::native::NativeHandler;
 use crate::outcome::VmOutcome;
+use crate::quiesce::Quiesce;
 use crate::sandbox::OnFault;
 use crate::serial::NativeSerial;
-use crate::stats::Stats;
+use crate::stats::{PolicyStats, Stats};
 
 /// State shared by all vCPU threads of one VM.
 #[derive(Default)]
@@ -44,6 +46,11 @@ impl PolicyHealth {
         }
     }
 
+    /// Faults so far, over all vCPUs.
+    pub fn faults(&self) -> u64 {
+        self.faults.load(Ordering::Relaxed)
+    }
+
     fn is_quarantined(&self) -> bool {
         self.quarantined.load(Ordering::Relaxed)
     }
@@ -66,12 +73,15 @@ pub(crate) struct VcpuPolicy {
     pub grants: Capabilities,
     pub on_fault: OnFault,
     pub health: Arc<PolicyHealth>,
+    /// Its handle on page protections, which remembers what it protected.
+    pub protector: Arc<OwnedProtector>,
 }
 
 /// Everything a vCPU thread owns.
 pub(crate) struct VcpuWorker {
     pub vcpu: Option<Vcpu>,
-    pub policies: Vec<VcpuPolicy>,
+    /// By policy slot; `None` for a policy unloaded while the VM ran.
+    pub policies: Vec<Option<VcpuPolicy>>,
     pub routes: Arc<Routes>,
     pub builtins: Vec<NativeSerial>,
     /// The embedder's native handler, consulted before the routes.
@@ -83,6 +93,8 @@ pub(crate) struct VcpuWorker {
     pub shared: Arc<Shared>,
     ram_size: u64,
     pub control: Arc<Control>,
+    /// Where this vCPU parks while the policies change.
+    quiesce: Arc<Quiesce>,
     pub stats: Stats,
     /// The policy whose stop action ends the VM, for the report.
     answered_by: Option<String>,
@@ -104,6 +116,7 @@ pub(crate) struct VmHandles {
     pub protector: Arc<dyn MemoryProtector>,
     pub shared: Arc<Shared>,
     pub control: Arc<Control>,
+    pub quiesce: Arc<Quiesce>,
 }
 
 impl VcpuWorker {
@@ -111,7 +124,7 @@ impl VcpuWorker {
         let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
         VcpuWorker {
             vcpu: Some(vcpu),
-            policies,
+            policies: policies.into_iter().map(Some).collect(),
             ram_size: vm_memory::GuestMemoryBackend::last_addr(&vm.memory).0 + 1,
             routes: vm.routes,
             builtins: vm.builtins,
@@ -120,6 +133,7 @@ impl VcpuWorker {
             protector: vm.protector,
             shared: vm.shared,
             control: vm.control,
+            quiesce: vm.quiesce,
             stats: Stats::new(&names),
             answered_by: None,
         }
@@ -137,6 +151,8 @@ impl VcpuWorker {
         let kicker = Kicker::arm(&mut vcpu);
         self.vcpu = Some(vcpu);
         let end = self.run_loop();
+        let index = self.vcpu().index() as usize;
+        self.quiesce.leave(index);
         drop(kicker);
         (VcpuEnd::Done(end), self.stats)
     }
@@ -145,10 +161,14 @@ impl VcpuWorker {
         // Held for the whole run, so dispatch can borrow the routes while
         // it mutates the worker, without touching the shared refcount on
         // every exit.
-        let routes = Arc::clone(&self.routes);
+        let mut routes = Arc::clone(&self.routes);
         loop {
             if self.control.stop.load(Ordering::Acquire) {
                 return VmOutcome::Halted;
+            }
+            if self.quiesce.requested() {
+                self.park();
+                routes = Arc::clone(&self.routes);
             }
             let outcome = match self.vcpu().run() {
                 Ok(o) => o,
@@ -193,6 +213,29 @@ impl VcpuWorker {
                         None => break,
                     }
                 },
+            }
+        }
+    }
+}
+
+impl VcpuWorker {
+    /// Holds this vCPU at its exit boundary while the policies change,
+    /// then takes up the new generation.
+    fn park(&mut self) {
+        let index = self.vcpu().index() as usize;
+        let policies = std::mem::take(&mut self.policies);
+        let handover = self.quiesce.park(index, policies);
+        self.policies = handover.policies;
+        if let Some(routes) = handover.routes {
+            self.routes = routes;
+        }
+        for (i, name) in handover.names.iter().enumerate() {
+            match self.stats.policies.get_mut(i) {
+                Some(row) => row.name.clone_from(name),
+                None => self.stats.policies.push(PolicyStats {
+                    name: name.clone(),
+                    ..Default::default()
+                }),
             }
         }
     }
@@ -315,7 +358,9 @@ impl VcpuWorker {
         event: &ExitEvent,
         completion: &mut Completion,
     ) -> Result<Option<Flow>, VmOutcome> {
-        let policy = &mut self.policies[i];
+        let Some(policy) = self.policies.get_mut(i).and_then(Option::as_mut) else {
+            return Ok(None);
+        };
         if policy.health.is_quarantined() {
             return Ok(None);
         }
@@ -336,13 +381,19 @@ impl VcpuWorker {
             Err(CallError::Vcpu(e)) => return Err(VmOutcome::HostFailure(e.to_string())),
             Err(e) => return self.fault(i, event, &e.to_string(), completion),
         };
-        let grants = self.policies[i].grants;
-        if let Err(fault) = validate(event, &actions, grants, &self.memory) {
+        let Some(policy) = self.policies[i].as_ref() else {
+            return Ok(None);
+        };
+        if let Err(fault) = validate(event, &actions, policy.grants, &self.memory) {
             return self.fault(i, event, &format!("rejected answer: {fault}"), completion);
         }
+        // The policy's own protector: its protect actions are on its ledger.
+        let Some(policy) = self.policies[i].as_ref() else {
+            return Ok(None);
+        };
         let env = GuestEnv {
             mem: &self.memory,
-            protector: &*self.protector,
+            protector: &*policy.protector,
         };
         let vcpu = self
             .vcpu
@@ -364,7 +415,7 @@ impl VcpuWorker {
         };
         self.stats.policies[i].handled += 1;
         if matches!(flow, Flow::Stop(_)) || matches!(event.kind, ExitKind::MemViolation(_)) {
-            self.answered_by = Some(self.policies[i].name.clone());
+            self.answered_by = self.policies[i].as_ref().map(|p| p.name.clone());
         }
         Ok(Some(flow))
     }
@@ -379,7 +430,9 @@ impl VcpuWorker {
         completion: &mut Completion,
     ) -> Result<Option<Flow>, VmOutcome> {
         self.stats.policies[i].faults += 1;
-        let policy = &self.policies[i];
+        let Some(policy) = self.policies[i].as_ref() else {
+            return Ok(None);
+        };
         let (count, quarantined) = policy.health.record();
         let mode = match policy.on_fault {
             OnFault::Open => "failing open",

@@ -90,6 +90,7 @@ impl Capture {
                 .expect("guest RAM"),
             grants,
             shared: Arc::clone(&self.shared),
+            protector: None,
         }
     }
 }
