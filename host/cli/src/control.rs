@@ -80,13 +80,15 @@ fn call(control: &Path, request: &Request) -> Result<Reply> {
     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    stream
-        .write_all(&line)
-        .with_context(|| format!("cannot send to {}", control.display()))?;
+    // A server that turns the peer away answers before reading: if the
+    // write fails, its reply may still be waiting.
+    let sent = stream.write_all(&line);
     let mut reply = String::new();
-    BufReader::new(stream)
-        .read_line(&mut reply)
-        .with_context(|| format!("no reply from {}", control.display()))?;
+    let read = BufReader::new(stream).read_line(&mut reply);
+    if reply.is_empty() {
+        sent.with_context(|| format!("cannot send to {}", control.display()))?;
+    }
+    read.with_context(|| format!("no reply from {}", control.display()))?;
     if reply.is_empty() {
         bail!(
             "{} closed the connection without replying",

@@ -25,8 +25,13 @@ const IDLE: Duration = Duration::from_secs(30);
 pub(crate) struct Server {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    /// Requests being served right now.
+    busy: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// How long shutdown waits for requests in flight to be answered.
+const DRAIN: Duration = Duration::from_secs(5);
 
 fn control_error(path: &Path, reason: impl std::fmt::Display) -> VmmError {
     VmmError::Usage(format!("control socket {}: {reason}", path.display()))
@@ -73,15 +78,17 @@ impl Server {
     pub fn start(path: &Path, swap: Arc<HotSwap>) -> Result<Server, VmmError> {
         let listener = bind_private(path)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let busy = Arc::new(AtomicUsize::new(0));
+        let (flag, in_flight) = (Arc::clone(&stop), Arc::clone(&busy));
         let me = rustix::process::geteuid();
         let thread = std::thread::Builder::new()
             .name("wasmvisor-control".into())
-            .spawn(move || accept_loop(listener, swap, flag, me))
+            .spawn(move || accept_loop(listener, swap, flag, in_flight, me))
             .map_err(|e| control_error(path, e))?;
         Ok(Server {
             path: path.to_path_buf(),
             stop,
+            busy,
             thread: Some(thread),
         })
     }
@@ -96,6 +103,12 @@ impl Drop for Server {
             let _ = t.join();
         }
         let _ = fs::remove_file(&self.path);
+        // A change that ended the VM (a policy that stops it at once) is
+        // still owed its reply: let it go out before the process exits.
+        let started = std::time::Instant::now();
+        while self.busy.load(Ordering::Acquire) > 0 && started.elapsed() < DRAIN {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
@@ -103,6 +116,7 @@ fn accept_loop(
     listener: UnixListener,
     swap: Arc<HotSwap>,
     stop: Arc<AtomicBool>,
+    busy: Arc<AtomicUsize>,
     me: rustix::process::Uid,
 ) {
     let active = Arc::new(AtomicUsize::new(0));
@@ -148,11 +162,11 @@ fn accept_loop(
             );
             continue;
         }
-        let (swap, active) = (Arc::clone(&swap), Arc::clone(&active));
+        let (swap, active, busy) = (Arc::clone(&swap), Arc::clone(&active), Arc::clone(&busy));
         let spawned = std::thread::Builder::new()
             .name("wasmvisor-control-conn".into())
             .spawn(move || {
-                serve(stream, &swap);
+                serve(stream, &swap, &busy);
                 active.fetch_sub(1, Ordering::AcqRel);
             });
         if spawned.is_err() {
@@ -169,7 +183,7 @@ fn send(stream: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {
 
 /// Serves requests until the peer closes, idles out, or sends something
 /// that is not a request (answered, then the connection is closed).
-fn serve(stream: UnixStream, swap: &HotSwap) {
+fn serve(stream: UnixStream, swap: &HotSwap, busy: &AtomicUsize) {
     let _ = stream.set_read_timeout(Some(IDLE));
     let Ok(mut writer) = stream.try_clone() else {
         return;
@@ -202,25 +216,33 @@ fn serve(stream: UnixStream, swap: &HotSwap) {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let reply = match protocol::parse(&line) {
-            Err((id, msg)) => {
-                let _ = send(
-                    &mut writer,
-                    &Reply::error(id, format!("{msg}; connection closed")),
-                );
-                return;
-            }
-            Ok((id, Command::List)) => {
-                let (generation, list) = swap.list();
-                Reply::listing(id, generation, &list)
-            }
-            Ok((id, Command::Change(change))) => match swap.apply(change) {
-                Ok(report) => Reply::changed(id, &report),
-                Err(e) => Reply::error(id, e),
-            },
-        };
-        if send(&mut writer, &reply).is_err() {
+        busy.fetch_add(1, Ordering::AcqRel);
+        let done = answer(&line, swap, &mut writer);
+        busy.fetch_sub(1, Ordering::AcqRel);
+        if !done {
             return;
         }
     }
+}
+
+/// Answers one request line; false if the connection must close.
+fn answer(line: &[u8], swap: &HotSwap, writer: &mut UnixStream) -> bool {
+    let reply = match protocol::parse(line) {
+        Err((id, msg)) => {
+            let _ = send(
+                writer,
+                &Reply::error(id, format!("{msg}; connection closed")),
+            );
+            return false;
+        }
+        Ok((id, Command::List)) => {
+            let (generation, list) = swap.list();
+            Reply::listing(id, generation, &list)
+        }
+        Ok((id, Command::Change(change))) => match swap.apply(change) {
+            Ok(report) => Reply::changed(id, &report),
+            Err(e) => Reply::error(id, e),
+        },
+    };
+    send(writer, &reply).is_ok()
 }
