@@ -7,3 +7,4 @@ pub mod dispatch;
 pub mod guest;
 pub mod procs;
 pub mod stats;
+pub mod swap;

@@ -125,21 +125,31 @@ impl Routes {
             )
             .collect::<Vec<_>>();
 
-        let mut port_lists: Vec<Vec<Target>> = vec![Vec::new(); 0x10000];
-        for (target, ports, _) in &targets {
+        // Sweep the ports in runs where the set of claimants is constant,
+        // rather than building a list for each of the 65 536 ports: the
+        // routes are rebuilt on every hot swap.
+        let mut cuts: Vec<u32> = vec![0, 0x10000];
+        for (_, ports, _) in &targets {
             for r in ports {
-                for p in r.clone() {
-                    let list = &mut port_lists[usize::from(p)];
-                    if !list.contains(target) {
-                        list.push(*target);
-                    }
-                }
+                cuts.extend([u32::from(*r.start()), u32::from(*r.end()) + 1]);
             }
         }
+        cuts.sort_unstable();
+        cuts.dedup();
         let mut ports = vec![0u16; 0x10000].into_boxed_slice();
-        for (p, list) in port_lists.into_iter().enumerate() {
+        for run in cuts.windows(2) {
+            let (first, end) = (run[0], run[1]);
+            let mut list: Vec<Target> = Vec::new();
+            for (target, claimed, _) in &targets {
+                let claims = claimed
+                    .iter()
+                    .any(|r| u32::from(*r.start()) <= first && first <= u32::from(*r.end()));
+                if claims && !list.contains(target) {
+                    list.push(*target);
+                }
+            }
             if !list.is_empty() {
-                ports[p] = chains.intern(list)?;
+                ports[first as usize..end as usize].fill(chains.intern(list)?);
             }
         }
 

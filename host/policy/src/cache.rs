@@ -7,10 +7,10 @@
 //! cache is trusted blindly:
 //! - the directory must belong to the current user and be closed to
 //!   others (mode 0700), and so must each entry (no group or world write);
-//! - an entry is keyed by the SHA-256 of the component's bytes and by the
+//! - an entry is keyed by the BLAKE3 of the component's bytes and by the
 //!   engine's compatibility hash (wasmtime version and every setting that
 //!   changes code generation), and both are repeated inside its header;
-//! - the header carries the SHA-256 of the artifact, checked before
+//! - the header carries the BLAKE3 of the artifact, checked before
 //!   wasmtime sees a byte of it;
 //! - wasmtime then checks its own version and configuration header.
 //!
@@ -23,7 +23,6 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use crate::engine::PolicyEngine;
@@ -117,9 +116,13 @@ impl ComponentCache {
 
     /// The entry that would hold `source` compiled by `engine`.
     pub fn entry_path(&self, engine: &PolicyEngine, source: &[u8]) -> PathBuf {
+        self.path_for(engine, &digest(source))
+    }
+
+    fn path_for(&self, engine: &PolicyEngine, source_digest: &[u8; 32]) -> PathBuf {
         let key = engine_key(engine);
         self.dir
-            .join(format!("{}-{key:016x}.cwasm", hex(&sha256(source))))
+            .join(format!("{}-{key:016x}.cwasm", hex(source_digest)))
     }
 
     /// The component for `source`, from its entry if the entry checks
@@ -130,14 +133,15 @@ impl ComponentCache {
         name: &str,
         source: &[u8],
     ) -> Result<(Component, CacheOutcome), PolicyError> {
-        let path = self.entry_path(engine, source);
-        let outcome = match self.read_entry(engine, &path, source) {
+        let source_digest = digest(source);
+        let path = self.path_for(engine, &source_digest);
+        let outcome = match self.read_entry(engine, &path, &source_digest) {
             Ok(component) => return Ok((component, CacheOutcome::Hit)),
             Err(Untrusted::Missing) => CacheOutcome::Miss,
             Err(Untrusted::Because(reason)) => CacheOutcome::Rebuilt(reason),
         };
         let (component, artifact) = compile(engine, name, source)?;
-        self.write_entry(engine, &path, source, &artifact)?;
+        self.write_entry(engine, &path, &source_digest, &artifact)?;
         Ok((component, outcome))
     }
 
@@ -149,9 +153,10 @@ impl ComponentCache {
         name: &str,
         source: &[u8],
     ) -> Result<PathBuf, PolicyError> {
-        let path = self.entry_path(engine, source);
+        let source_digest = digest(source);
+        let path = self.path_for(engine, &source_digest);
         let (_, artifact) = compile(engine, name, source)?;
-        self.write_entry(engine, &path, source, &artifact)?;
+        self.write_entry(engine, &path, &source_digest, &artifact)?;
         Ok(path)
     }
 
@@ -159,7 +164,7 @@ impl ComponentCache {
         &self,
         engine: &PolicyEngine,
         path: &Path,
-        source: &[u8],
+        source_digest: &[u8; 32],
     ) -> Result<Component, Untrusted> {
         let meta = match fs::symlink_metadata(path) {
             Ok(m) => m,
@@ -188,7 +193,7 @@ impl ComponentCache {
                 "the entry has no wasmvisor cache header".into(),
             ));
         }
-        if bytes[8..40] != sha256(source) {
+        if bytes[8..40] != source_digest[..] {
             return Err(Untrusted::Because(
                 "the entry was built from other component bytes".into(),
             ));
@@ -199,7 +204,7 @@ impl ComponentCache {
             ));
         }
         let artifact = &bytes[HEADER_LEN..];
-        if bytes[48..80] != sha256(artifact) {
+        if bytes[48..80] != digest(artifact) {
             return Err(Untrusted::Because(
                 "the entry's checksum does not match its contents".into(),
             ));
@@ -207,7 +212,7 @@ impl ComponentCache {
         // SAFETY: `artifact` is what `Engine::precompile_component` wrote
         // for these exact source bytes and this engine configuration: the
         // entry sits in a 0700 directory owned by this user, is not
-        // writable by others, and its SHA-256 matches the header written
+        // writable by others, and its BLAKE3 matches the header written
         // with it. wasmtime checks its own version/config header as well.
         let component = unsafe { Component::deserialize(engine.wasmtime(), artifact) }
             .map_err(|e| Untrusted::Because(format!("wasmtime refused it: {}", one_line(&e))))?;
@@ -218,7 +223,7 @@ impl ComponentCache {
         &self,
         engine: &PolicyEngine,
         path: &Path,
-        source: &[u8],
+        source_digest: &[u8; 32],
         artifact: &[u8],
     ) -> Result<(), PolicyError> {
         let err = |e: std::io::Error| PolicyError::Cache {
@@ -227,9 +232,9 @@ impl ComponentCache {
         };
         let mut bytes = Vec::with_capacity(HEADER_LEN + artifact.len());
         bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&sha256(source));
+        bytes.extend_from_slice(source_digest);
         bytes.extend_from_slice(&engine_key(engine).to_le_bytes());
-        bytes.extend_from_slice(&sha256(artifact));
+        bytes.extend_from_slice(&digest(artifact));
         bytes.extend_from_slice(artifact);
         // Written beside the entry and renamed over it, so a reader never
         // sees half an entry.
@@ -289,8 +294,10 @@ fn engine_key(engine: &PolicyEngine) -> u64 {
     h.finish()
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
+/// BLAKE3: a cryptographic hash several times faster than SHA-256 here,
+/// which matters because a swap hashes the component and the artifact.
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    blake3::hash(bytes).into()
 }
 
 fn hex(bytes: &[u8]) -> String {

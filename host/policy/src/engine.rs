@@ -1,12 +1,18 @@
 //! The shared wasmtime engine and the ticker thread that advances its
 //! epoch, which is what call deadlines are counted in (ADR 0002).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
+
+use crate::bindings::Policy;
+use crate::ctx::Ctx;
+use crate::wasi::WasiGrants;
 
 use crate::cache::ComponentCache;
 use crate::error::{one_line, PolicyError};
@@ -70,6 +76,10 @@ pub struct PolicyEngine {
     _ticker: Option<Arc<Ticker>>,
     /// Where precompiled components are kept, if anywhere.
     cache: Option<ComponentCache>,
+    /// One linker per WASI grant set, built on first use: linking the
+    /// host and WASI interfaces costs more than instantiating a policy,
+    /// and a hot swap should not pay it each time.
+    linkers: Arc<Mutex<HashMap<WasiGrants, Arc<Linker<Ctx>>>>>,
 }
 
 impl PolicyEngine {
@@ -101,6 +111,7 @@ impl PolicyEngine {
             mechanism,
             _ticker: ticker,
             cache: None,
+            linkers: Arc::default(),
         })
     }
 
@@ -109,6 +120,20 @@ impl PolicyEngine {
     pub fn with_cache(mut self, cache: ComponentCache) -> Self {
         self.cache = Some(cache);
         self
+    }
+
+    /// The linker for policies granted `wasi`.
+    pub(crate) fn linker(&self, wasi: WasiGrants) -> Result<Arc<Linker<Ctx>>, wasmtime::Error> {
+        let mut linkers = self.linkers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(l) = linkers.get(&wasi) {
+            return Ok(Arc::clone(l));
+        }
+        let mut linker: Linker<Ctx> = Linker::new(&self.engine);
+        Policy::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
+        crate::wasi::add_to_linker(&mut linker, wasi)?;
+        let linker = Arc::new(linker);
+        linkers.insert(wasi, Arc::clone(&linker));
+        Ok(linker)
     }
 
     /// The precompiled-component cache, if one is in use.

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Component;
 use wasmvisor_exit::VcpuAccess;
 
-use crate::bindings::{Policy, PolicyPre};
+use crate::bindings::PolicyPre;
 use crate::cache::CacheOutcome;
 use crate::ctx::{Ctx, InstanceContext};
 use crate::engine::PolicyEngine;
@@ -87,7 +87,7 @@ impl PolicyImage {
             }
         };
         check_world(engine, name, &component)?;
-        let pre = link(name, &component, wasi)?;
+        let pre = link(engine, name, &component, wasi)?;
         Ok(PolicyImage {
             name: name.into(),
             pre,
@@ -240,6 +240,7 @@ fn check_imports(
 
 /// Links the host interfaces and WASI, and pre-instantiates.
 fn link(
+    engine: &PolicyEngine,
     name: &str,
     component: &Component,
     wasi: WasiGrants,
@@ -248,10 +249,7 @@ fn link(
         name: name.into(),
         reason: one_line(&e),
     };
-    let mut linker: Linker<Ctx> = Linker::new(component.engine());
-    Policy::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)
-        .map_err(link_error)?;
-    wasi::add_to_linker(&mut linker, wasi).map_err(link_error)?;
+    let linker = engine.linker(wasi).map_err(link_error)?;
     let pre = linker.instantiate_pre(component).map_err(link_error)?;
     PolicyPre::new(pre).map_err(|e| PolicyError::WrongTypes {
         name: name.into(),

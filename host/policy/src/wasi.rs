@@ -57,7 +57,7 @@ pub(crate) fn provides(import: &str) -> bool {
 
 /// WASI authority the operator granted one policy. Nothing by default:
 /// no filesystem, sockets, environment or arguments are ever granted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct WasiGrants {
     /// The monotonic and wall clocks (and so sleeping and timers).
     pub clocks: bool,
