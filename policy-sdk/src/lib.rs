@@ -189,12 +189,20 @@ pub trait Policy: Sized + 'static {
         leaf
     }
 
-    /// State for the next generation of this policy.
+    /// State for the next generation of this policy. Called during a hot
+    /// swap on each vCPU, after this instance's last exit; the bytes go
+    /// to the new instance's [`restore_state`](Policy::restore_state) on
+    /// the same vCPU (`docs/control.md`, "State handoff"). Version the
+    /// format: the next generation may be a different build.
     fn save_state(&self) -> Vec<u8> {
         Vec::new()
     }
 
-    /// Takes the state the previous generation saved.
+    /// Takes the state the previous generation saved, before this
+    /// instance's first exit; called after `init`. An error refuses the
+    /// whole swap and the previous generation keeps serving. The previous
+    /// generation may be another policy altogether, or one that saved
+    /// nothing (an empty slice).
     fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
         let _ = state;
         Ok(())

@@ -22,6 +22,7 @@ use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::component::Component;
 
@@ -141,7 +142,9 @@ impl ComponentCache {
             Err(Untrusted::Because(reason)) => CacheOutcome::Rebuilt(reason),
         };
         let (component, artifact) = compile(engine, name, source)?;
-        self.write_entry(engine, &path, &source_digest, &artifact)?;
+        // The component is good whether or not the entry can be written
+        // (a full disk, a read-only cache): the next load compiles again.
+        let _ = self.write_entry(engine, &path, &source_digest, &artifact);
         Ok((component, outcome))
     }
 
@@ -238,7 +241,14 @@ impl ComponentCache {
         bytes.extend_from_slice(artifact);
         // Written beside the entry and renamed over it, so a reader never
         // sees half an entry.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // Unique per writer: two loads of the same policy, in this process
+        // or another, may write the same entry at once.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let tmp = path.with_extension(format!(
+            "tmp{}-{}",
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
+        ));
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -391,6 +401,25 @@ mod tests {
         let good = cache.precompile(&epoch, "e.wasm", EMPTY).unwrap();
         fs::copy(&good, cache.entry_path(&fuel, EMPTY)).unwrap();
         assert!(rebuilt_because(&dir, &fuel).contains("another engine"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_entry_all_succeed() {
+        let dir = tempdir("race");
+        let cache = ComponentCache::open(&dir).unwrap();
+        let engine = PolicyEngine::new().unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| cache.precompile(&engine, "e.wasm", EMPTY).unwrap());
+            }
+        });
+        assert_eq!(
+            cache.component(&engine, "e.wasm", EMPTY).unwrap().1,
+            CacheOutcome::Hit
+        );
+        let leftovers = fs::read_dir(&dir).unwrap().count();
+        assert_eq!(leftovers, 1, "only the entry remains");
         fs::remove_dir_all(&dir).unwrap();
     }
 
