@@ -141,6 +141,26 @@ impl Paths {
         Ok(p)
     }
 
+    /// An empty cache directory `dir` under the work directory, with
+    /// `policy` precompiled into it by `wasmvisor policy precompile`.
+    fn fresh_cache(&self, dir: &str, policy: &str) -> Result<PathBuf> {
+        let cache = self.work.join(dir);
+        let _ = std::fs::remove_dir_all(&cache);
+        let out = Command::new(&self.binary)
+            .args(["policy", "precompile", "--policy-cache"])
+            .arg(&cache)
+            .arg(self.policies.join(format!("{policy}.wasm")))
+            .output()
+            .context("cannot run wasmvisor policy precompile")?;
+        if !out.status.success() {
+            bail!(
+                "policy precompile failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(cache)
+    }
+
     fn policy(&self, name: &str, config: &str) -> String {
         let path = self.policies.join(format!("{name}.wasm"));
         if config.is_empty() {
@@ -439,20 +459,7 @@ fn bench_startup(p: &Paths, o: &Opts) -> Result<Value> {
     };
     type Make<'a> = Box<dyn Fn() -> Command + 'a>;
     // The precompiled variant reads a cache warmed once, here.
-    let cache = p.work.join("startup-cache");
-    let _ = std::fs::remove_dir_all(&cache);
-    let warm = Command::new(&p.binary)
-        .args(["policy", "precompile", "--policy-cache"])
-        .arg(&cache)
-        .arg(p.policies.join("serial.wasm"))
-        .output()
-        .context("cannot run wasmvisor policy precompile")?;
-    if !warm.status.success() {
-        bail!(
-            "policy precompile failed: {}",
-            String::from_utf8_lossy(&warm.stderr)
-        );
-    }
+    let cache = p.fresh_cache("startup-cache", "serial")?;
     let cache_arg = cache.display().to_string();
     let mut variants: Vec<(&str, bool, Make)> = vec![
         (
@@ -557,30 +564,25 @@ fn bench_startup(p: &Paths, o: &Opts) -> Result<Value> {
 
 fn bench_swap(p: &Paths, o: &Opts) -> Result<Value> {
     let ticker = p.bench_bin.with_file_name("ticker.bin");
-    let cache = p.work.join("policy-cache");
-    let _ = std::fs::remove_dir_all(&cache);
-    // Precompile first, as `wasmvisor policy precompile` would.
-    let pre = Command::new(&p.binary)
-        .args(["policy", "precompile", "--policy-cache"])
-        .arg(&cache)
-        .arg(p.policies.join("counter.wasm"))
-        .output()
-        .context("cannot run wasmvisor policy precompile")?;
-    if !pre.status.success() {
-        bail!(
-            "policy precompile failed: {}",
-            String::from_utf8_lossy(&pre.stderr)
-        );
-    }
+    let cache = p.fresh_cache("policy-cache", "counter")?;
     println!(
         "3. Hot-swap latency: the counter policy swapped for a fresh copy of itself {} times",
         o.swaps
     );
-    println!("   while the ticker guest exits on every vCPU; us, median (max)");
+    println!("   while the ticker guest exits on every vCPU; us, median (max); exits during:");
+    println!(
+        "   exits the guest made, all handled by the old generation, while the swap was prepared"
+    );
     println!();
     println!(
-        "   {:<6} {:<12} {:>16} {:>16} {:>16} {:>16}",
-        "vCPUs", "component", "request->active", "prepare", "switch", "client round trip"
+        "   {:<6} {:<12} {:>16} {:>16} {:>16} {:>18} {:>14}",
+        "vCPUs",
+        "component",
+        "request->active",
+        "prepare",
+        "switch",
+        "client round trip",
+        "exits during"
     );
     let mut rows = Vec::new();
     let mut medians = BTreeMap::new();
@@ -605,16 +607,18 @@ fn bench_swap(p: &Paths, o: &Opts) -> Result<Value> {
             let prepare = col(|s| s.prepare_us);
             let switch = col(|s| s.switch_us);
             let rtt = col(|s| s.round_trip_us);
+            let during = col(|s| s.exits_during);
             let cell = |(m, x): (f64, f64)| format!("{m:.0} ({x:.0})");
             let name = if cached { "precompiled" } else { "cold" };
             println!(
-                "   {:<6} {:<12} {:>16} {:>16} {:>16} {:>16}",
+                "   {:<6} {:<12} {:>16} {:>16} {:>16} {:>18} {:>14}",
                 vcpus,
                 name,
                 cell(total),
                 cell(prepare),
                 cell(switch),
-                cell(rtt)
+                cell(rtt),
+                cell(during)
             );
             medians.insert((vcpus, cached), total.0);
             rows.push(json!({
@@ -622,6 +626,7 @@ fn bench_swap(p: &Paths, o: &Opts) -> Result<Value> {
                 "total_us_median": total.0, "total_us_max": total.1,
                 "prepare_us_median": prepare.0, "switch_us_median": switch.0,
                 "switch_us_max": switch.1, "round_trip_us_median": rtt.0,
+                "exits_during_median": during.0,
             }));
         }
     }

@@ -22,6 +22,9 @@ pub struct SwapSample {
     pub prepare_us: f64,
     pub switch_us: f64,
     pub round_trip_us: f64,
+    /// Exits the guest made (handled by the old generation) while the
+    /// swap was prepared.
+    pub exits_during: f64,
 }
 
 /// A VM serving a control socket, killed on drop.
@@ -117,6 +120,7 @@ pub fn measure(
             prepare_us: f("prepare_us"),
             switch_us: f("switch_us"),
             round_trip_us,
+            exits_during: f("exits_during"),
         });
         cache_label = c["cache"].as_str().unwrap_or_default().to_string();
     }

@@ -56,6 +56,9 @@ pub struct ChangeReport {
     pub cache: String,
     /// vCPUs that switched (those still running).
     pub vcpus: usize,
+    /// Exits the VM handled between the request and the switch, all by
+    /// the old generation (none are handled during the switch itself).
+    pub exits_during: u64,
 }
 
 /// One loaded policy, for `policy list`.
@@ -166,6 +169,7 @@ impl HotSwap {
     /// leaves the running policies untouched.
     pub fn apply(&self, change: Change) -> Result<ChangeReport, String> {
         let started = Instant::now();
+        let exits_before = self.quiesce.total_exits();
         let mut state = self.lock();
         let generation = state.generation + 1;
         let find = |state: &State, name: &str| {
@@ -228,6 +232,7 @@ impl HotSwap {
         // From here on the guest is held.
         let switch_started = Instant::now();
         let mut paused = self.quiesce.pause(&*self.kick, PAUSE_TIMEOUT)?;
+        let exits_during = self.quiesce.total_exits().saturating_sub(exits_before);
         let mut incoming: Vec<Option<_>> = prepared
             .as_mut()
             .map(|p| p.instances.drain(..).map(Some).collect())
@@ -303,6 +308,7 @@ impl HotSwap {
             total_us: started.elapsed().as_micros() as u64,
             cache,
             vcpus,
+            exits_during,
         })
     }
 

@@ -7,7 +7,7 @@
 //! instances to the coordinator and waits for a [`Handover`]. A vCPU that
 //! has ended leaves and is not waited for.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -34,10 +34,19 @@ struct State {
     handover: Vec<Option<Handover>>,
 }
 
+/// A per-vCPU counter on its own cache line, so that vCPUs publishing
+/// their exit counts do not contend.
+#[repr(align(64))]
+#[derive(Default)]
+struct PaddedCount(AtomicU64);
+
 /// The pause point shared by the vCPU threads and the coordinator.
 pub(crate) struct Quiesce {
     /// Checked by every vCPU after each exit: one load on the hot path.
     requested: AtomicBool,
+    /// Exits each vCPU has handled, published after each exit, so a
+    /// change can report how many exits were handled while it ran.
+    exits: Vec<PaddedCount>,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -51,6 +60,7 @@ impl Quiesce {
     pub fn new(vcpus: usize) -> Quiesce {
         Quiesce {
             requested: AtomicBool::new(false),
+            exits: (0..vcpus).map(|_| PaddedCount::default()).collect(),
             state: Mutex::new(State {
                 alive: vec![true; vcpus],
                 parked: (0..vcpus).map(|_| None).collect(),
@@ -68,6 +78,19 @@ impl Quiesce {
     #[inline]
     pub fn requested(&self) -> bool {
         self.requested.load(Ordering::Acquire)
+    }
+
+    /// vCPU side: publishes how many exits this vCPU has handled.
+    #[inline]
+    pub fn note_exits(&self, vcpu: usize, exits: u64) {
+        if let Some(c) = self.exits.get(vcpu) {
+            c.0.store(exits, Ordering::Relaxed);
+        }
+    }
+
+    /// Exits handled so far, summed over the vCPUs.
+    pub fn total_exits(&self) -> u64 {
+        self.exits.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
     }
 
     /// vCPU side: parks with `policies` until the coordinator resumes it.

@@ -162,7 +162,10 @@ impl VcpuWorker {
         // it mutates the worker, without touching the shared refcount on
         // every exit.
         let mut routes = Arc::clone(&self.routes);
+        let index = self.vcpu().index() as usize;
         loop {
+            let exits = self.vcpu().exits();
+            self.quiesce.note_exits(index, exits);
             if self.control.stop.load(Ordering::Acquire) {
                 return VmOutcome::Halted;
             }
