@@ -620,3 +620,37 @@ fn precompiled_policies_load_from_the_cache_and_tampering_is_caught() {
     let (code, stderr) = vm.wait();
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn page_protections_change_with_their_policy() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("protect");
+    let guard = |range: &str| {
+        format!(
+            "{}:discover=false,protect={range},@grant=protect-memory",
+            policy("mem-guard")
+        )
+    };
+    let mut vm = Vm::start(&dir, 1, &[counter(0, ""), guard("0x100000+0x2000")], &[]);
+    let mut c = vm.connect();
+    // RAM below, the read-only pages, RAM above: three memslots.
+    let r = c.request(json!({"op": "list"}));
+    assert_eq!(r["memslots"], 3, "{r}");
+    assert_eq!(r["policies"][1]["protected_bytes"], 0x2000, "{r}");
+    // The successor guards another range: the old one is released in the
+    // same switch, so the layout still has three slots, not five.
+    assert_eq!(c.swap("mem-guard", &guard("0x200000+0x1000"))["ok"], true);
+    let r = c.request(json!({"op": "list"}));
+    assert_eq!(r["memslots"], 3, "{r}");
+    assert_eq!(r["policies"][1]["protected_bytes"], 0x1000, "{r}");
+    // Unloaded, it leaves RAM whole again.
+    let r = c.request(json!({"op": "unload", "name": "mem-guard"}));
+    assert_eq!(r["ok"], true, "{r}");
+    let r = c.request(json!({"op": "list"}));
+    assert_eq!(r["memslots"], 1, "{r}");
+    assert_eq!(c.swap("counter", &counter(1, ",stop=true"))["ok"], true);
+    let (code, stderr) = vm.wait();
+    assert_eq!(code, 0, "{stderr}");
+}

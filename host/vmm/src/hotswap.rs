@@ -132,6 +132,12 @@ impl HotSwap {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// KVM memslots the VM's RAM is split into by page protections (1 when
+    /// nothing is protected).
+    pub fn memslots(&self) -> usize {
+        self.vm.memslots().slot_count()
+    }
+
     /// The policies loaded now, in chain order.
     pub fn list(&self) -> (u64, Vec<Listing>) {
         let state = self.lock();

@@ -46,6 +46,9 @@ pub struct Reply {
     pub generation: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policies: Option<Vec<serde_json::Value>>,
+    /// KVM memslots the VM's RAM is split into by page protections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memslots: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<serde_json::Value>,
 }
@@ -60,11 +63,17 @@ impl Reply {
         }
     }
 
-    pub fn listing(id: Option<serde_json::Value>, generation: u64, list: &[Listing]) -> Reply {
+    pub fn listing(
+        id: Option<serde_json::Value>,
+        generation: u64,
+        memslots: usize,
+        list: &[Listing],
+    ) -> Reply {
         Reply {
             ok: true,
             id,
             generation: Some(generation),
+            memslots: Some(memslots),
             policies: Some(
                 list.iter()
                     .map(|l| serde_json::to_value(l).unwrap_or_default())

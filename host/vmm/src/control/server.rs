@@ -237,7 +237,7 @@ fn answer(line: &[u8], swap: &HotSwap, writer: &mut UnixStream) -> bool {
         }
         Ok((id, Command::List)) => {
             let (generation, list) = swap.list();
-            Reply::listing(id, generation, &list)
+            Reply::listing(id, generation, swap.memslots(), &list)
         }
         Ok((id, Command::Change(change))) => match swap.apply(change) {
             Ok(report) => Reply::changed(id, &report),
