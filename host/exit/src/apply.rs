@@ -183,6 +183,15 @@ pub fn apply(
 ) -> Result<Flow, ApplyError> {
     // A handled HLT resumes the guest after the instruction.
     let mut flow = Flow::Continue;
+    // An answer with no action that finishes a debug exit carries on as
+    // `resume` would. The SDK's `resume()` is an empty list: cheaper for a
+    // policy to build (nothing on its heap) and for the host to lift.
+    let finishes_debug = actions
+        .iter()
+        .any(|a| matches!(a, Action::Resume | Action::Step | Action::RemoveBreakpoint));
+    if !finishes_debug {
+        continue_debug(event, vcpu, false)?;
+    }
     for action in actions {
         match action {
             Action::Resume => continue_debug(event, vcpu, false)?,

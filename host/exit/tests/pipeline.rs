@@ -554,3 +554,106 @@ fn protect_actions_need_whole_pages_of_ram_and_the_grant() {
         Err(ActionFault::NotGranted { .. })
     ));
 }
+
+/// A vCPU that keeps its debug state.
+#[derive(Default)]
+struct DebugVcpu {
+    inner: FakeVcpu,
+    debug: DebugState,
+}
+
+impl VcpuAccess for DebugVcpu {
+    fn index(&self) -> u32 {
+        0
+    }
+    fn get_reg(&mut self, reg: Reg) -> Result<u64, VcpuAccessError> {
+        self.inner.get_reg(reg)
+    }
+    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), VcpuAccessError> {
+        self.inner.set_reg(reg, value)
+    }
+    fn inject_exception(&mut self, e: Exception) -> Result<(), VcpuAccessError> {
+        self.inner.inject_exception(e)
+    }
+    fn host_rdmsr(&mut self, index: u32) -> Result<Option<u64>, VcpuAccessError> {
+        self.inner.host_rdmsr(index)
+    }
+    fn host_wrmsr(&mut self, index: u32, value: u64) -> Result<bool, VcpuAccessError> {
+        self.inner.host_wrmsr(index, value)
+    }
+    fn debug_state(&self) -> DebugState {
+        self.debug
+    }
+    fn set_debug_state(&mut self, d: DebugState) -> Result<(), VcpuAccessError> {
+        self.debug = d;
+        Ok(())
+    }
+}
+
+#[test]
+fn an_empty_answer_continues_a_debug_exit_like_resume() {
+    let bp = HwBreakpoint {
+        kind: HwBreakpointKind::Execute,
+        gva: 0x8000,
+        len: 1,
+    };
+    let event = ev(ExitKind::Debug(DebugExit {
+        cause: DebugCause::HwBreakpoint,
+        slot: Some(2),
+        dr6: 1 << 2,
+        dr7: 0,
+    }));
+    let (m, p) = (mem(), protector());
+    let env = GuestEnv {
+        mem: &m,
+        protector: &p,
+    };
+    let after = |actions: &[Action]| {
+        let mut vcpu = DebugVcpu::default();
+        vcpu.debug.hw[2] = Some(bp);
+        let mut completion = Completion::default();
+        assert_eq!(
+            apply(&event, actions, &mut vcpu, &env, &mut completion).unwrap(),
+            Flow::Continue
+        );
+        vcpu.debug
+    };
+    let resumed = after(&[Action::Resume]);
+    // Stepped over: disarmed for one instruction, to be re-armed after.
+    assert_eq!(resumed.hw[2], None);
+    assert_eq!(resumed.rearm, Some((2, bp)));
+    assert_eq!(after(&[]), resumed);
+}
+
+#[test]
+fn an_answer_without_a_debug_finisher_still_steps_over_the_breakpoint() {
+    let bp = HwBreakpoint {
+        kind: HwBreakpointKind::Execute,
+        gva: 0x8000,
+        len: 1,
+    };
+    let event = ev(ExitKind::Debug(DebugExit {
+        cause: DebugCause::HwBreakpoint,
+        slot: Some(0),
+        dr6: 1,
+        dr7: 0,
+    }));
+    let (m, p) = (mem(), protector());
+    let env = GuestEnv {
+        mem: &m,
+        protector: &p,
+    };
+    let mut vcpu = DebugVcpu::default();
+    vcpu.debug.hw[0] = Some(bp);
+    let set = Action::SetReg {
+        reg: Reg::Rax,
+        value: 5,
+    };
+    apply(&event, &[set], &mut vcpu, &env, &mut Completion::default()).unwrap();
+    assert_eq!(
+        vcpu.debug.rearm,
+        Some((0, bp)),
+        "stepped over, not re-fired"
+    );
+    assert_eq!(vcpu.inner.regs.get(&Reg::Rax), Some(&5));
+}
