@@ -158,3 +158,17 @@ fn inspect_shows_name_version_and_subscriptions() {
         r.stdout
     );
 }
+
+#[test]
+fn a_constant_answer_outside_the_subscriptions_is_refused() {
+    let p = assets().join("fixtures/hostile.wasm");
+    let spec = format!("{}:constant=0x500", p.display());
+    let r = wasmvisor(&["run", "--guest", &hello(), "--policy", &spec]);
+    let line = r.one_error_line();
+    assert!(
+        line.contains(
+            "policy hostile: declares a constant answer for ports 0x500-0x500 outside its subscriptions"
+        ),
+        "{line}"
+    );
+}

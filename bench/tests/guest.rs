@@ -77,6 +77,16 @@ fn every_dispatch_phase_makes_count_exits_natively_and_through_a_policy() {
         assert_eq!(calls, if native { 0 } else { 3 * u64::from(COUNT) });
         assert_eq!(r.stats.policies[0].faults, 0);
     }
+    // Declared as constants, the same answers never enter Wasm.
+    let constant = format!("{noop},constant=true");
+    let r = run_guest(&img, guest::ENTRY_DISPATCH, &[constant], false).unwrap();
+    for (from, to) in [(1, 2), (2, 3), (3, 4)] {
+        assert_eq!(exits(&r, from, to), u64::from(COUNT), "constant");
+    }
+    let p = &r.stats.policies[0];
+    assert_eq!(p.handled, 3 * u64::from(COUNT));
+    assert_eq!(p.constant, p.handled, "every exit answered by a constant");
+    assert!(p.time.is_zero(), "no call was made: {:?}", p.time);
     let _ = std::fs::remove_dir_all(img.parent().unwrap());
 }
 

@@ -10,6 +10,7 @@
 
 mod action;
 mod apply;
+mod constant;
 mod debug;
 mod defaults;
 mod event;
@@ -24,6 +25,7 @@ pub use action::{Action, Exception, ProtectRequest, Protection, StopRequest};
 pub use apply::{
     apply, perform_access, ApplyError, Completion, Flow, GuestEnv, VcpuAccess, VcpuAccessError,
 };
+pub use constant::{constant_answer, constants_outside, Constant, ConstantAnswer, ConstantTarget};
 pub use debug::{DebugState, HwBreakpoint, HwBreakpointKind, Segment, SegmentReg};
 pub use defaults::default_actions;
 pub use event::{

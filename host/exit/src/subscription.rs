@@ -100,6 +100,9 @@ pub struct Subscriptions {
     pub events: EventSet,
     pub protect: Vec<ProtectRequest>,
     pub capabilities: Capabilities,
+    /// Answers the host gives natively on the policy's behalf, declared
+    /// through the host's `constant-*` imports during init.
+    pub constants: Vec<crate::Constant>,
 }
 
 impl Subscriptions {

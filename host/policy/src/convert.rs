@@ -179,6 +179,8 @@ pub(crate) fn subscriptions(s: wit::Subscriptions) -> exit::Subscriptions {
         events: event_set(s.events),
         protect: s.protect.into_iter().map(protect_request).collect(),
         capabilities: capabilities(s.capabilities),
+        // Declared through host imports during init, not returned.
+        constants: Vec::new(),
     }
 }
 

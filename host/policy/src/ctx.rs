@@ -13,7 +13,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmvisor_exit::{Capabilities, MemoryProtector, Reg, VcpuAccess, VcpuAccessError};
+use wasmvisor_exit::{Capabilities, Constant, MemoryProtector, Reg, VcpuAccess, VcpuAccessError};
 
 use crate::limits::{Limits, StoreLimiter};
 use crate::sinks::Shared;
@@ -83,6 +83,9 @@ pub(crate) struct Ctx {
     /// The vCPU thread's CPU time when the current call's epoch deadline
     /// first fired; `None` until then (reset before each call).
     pub(crate) cpu_mark: Option<std::time::Duration>,
+    /// Constant answers declared so far; `Some` only while `init` runs,
+    /// the one time they may be declared.
+    pub(crate) constants: Option<Vec<Constant>>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -100,6 +103,7 @@ impl Ctx {
             vcpu: Box::new(None::<V>),
             fault: None,
             cpu_mark: None,
+            constants: None,
             wasi: crate::wasi::ctx(wasi),
             table: ResourceTable::new(),
         }

@@ -11,8 +11,8 @@ use crate::bindings::wasmvisor::policy::types::{
     self, GpaRange, HostError, LogLevel, ProtectRequest, Reg,
 };
 use wasmvisor_exit::{
-    translate, DebugState, HwBreakpoint, HwBreakpointKind, PagingState, Reg as ExitReg, VcpuAccess,
-    VcpuAccessError, WalkFault,
+    translate, Constant, ConstantTarget, DebugState, HwBreakpoint, HwBreakpointKind, PagingState,
+    Reg as ExitReg, VcpuAccess, VcpuAccessError, WalkFault,
 };
 
 use crate::convert;
@@ -26,6 +26,8 @@ pub const MAX_LOG_BYTES: usize = 4 * 1024;
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Longest event kind or counter key.
 pub const MAX_KEY_BYTES: usize = 256;
+/// Most constant answers one policy may declare.
+pub const MAX_CONSTANTS: usize = 64;
 
 /// Result of an import that can fail in a guest-visible way.
 type HostResult<T> = wasmtime::Result<Result<T, HostError>>;
@@ -33,6 +35,19 @@ type HostResult<T> = wasmtime::Result<Result<T, HostError>>;
 impl types::Host for Ctx {}
 
 impl Ctx {
+    /// Records a constant answer; only `init` may declare one, and how
+    /// many is bounded like everything else a policy hands the host.
+    fn declare_constant(&mut self, target: ConstantTarget, value: u64) -> Result<(), HostError> {
+        let Some(list) = self.constants.as_mut() else {
+            return Err(HostError::Unsupported);
+        };
+        if list.len() >= MAX_CONSTANTS {
+            return Err(HostError::TooLarge);
+        }
+        list.push(Constant { target, value });
+        Ok(())
+    }
+
     /// Runs `f` on the lent vCPU. Outside an exit, or if the vCPU backend
     /// fails, the call traps (the latter is recorded as a host fault).
     fn with_vcpu<T>(
@@ -354,6 +369,18 @@ impl host::Host for Ctx {
             .shared
             .counter_add(self.inst.policy_index, key, delta)
             .ok_or_else(|| wasmtime::Error::msg("counter-add would create too many counters"))
+    }
+
+    fn constant_ports(&mut self, ports: types::PortRange, value: u64) -> HostResult<()> {
+        Ok(self.declare_constant(ConstantTarget::Ports(ports.first..=ports.last), value))
+    }
+
+    fn constant_msrs(&mut self, msrs: types::MsrRange, value: u64) -> HostResult<()> {
+        Ok(self.declare_constant(ConstantTarget::Msrs(msrs.first..=msrs.last), value))
+    }
+
+    fn constant_mmio(&mut self, range: GpaRange, value: u64) -> HostResult<()> {
+        Ok(self.declare_constant(ConstantTarget::Mmio(convert::gpa_range(range)), value))
     }
 }
 

@@ -64,13 +64,15 @@ impl<V: VcpuAccess + Send + 'static> PolicyInstance<V> {
     /// to see. The configuration is kept to re-initialise the instance
     /// after a trap.
     pub fn init(&mut self, config: &[(String, String)]) -> Result<Subscriptions, PolicyError> {
-        match self
-            .call(|h, s| h.call_init(s, config))
-            .map_err(|e| self.call_error("init", e))?
-        {
+        self.store.data_mut().constants = Some(Vec::new());
+        let result = self.call(|h, s| h.call_init(s, config));
+        let constants = self.store.data_mut().constants.take().unwrap_or_default();
+        match result.map_err(|e| self.call_error("init", e))? {
             Ok(subs) => {
                 self.config = Some(config.to_vec());
-                Ok(convert::subscriptions(subs))
+                let mut subs = convert::subscriptions(subs);
+                subs.constants = constants;
+                Ok(subs)
             }
             Err(reason) => Err(PolicyError::InitRejected {
                 policy: self.policy_name(),
@@ -180,8 +182,13 @@ impl<V: VcpuAccess + Send + 'static> PolicyInstance<V> {
             return Ok(());
         };
         arm(&mut self.store, self.image.engine(), self.ticks);
+        // The replayed init declares its constants again; the host keeps
+        // the ones from the first init, which the routes were built from.
+        self.store.data_mut().constants = Some(Vec::new());
         let handler = self.bindings.wasmvisor_policy_handler();
-        match handler.call_init(&mut self.store, config) {
+        let result = handler.call_init(&mut self.store, config);
+        self.store.data_mut().constants = None;
+        match result {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(reason)) => Err(format!("init rejected the configuration: {reason}")),
             Err(error) => Err(format!(

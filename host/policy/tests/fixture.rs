@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::{io, Capture, FakeVcpu, RAM_BYTES};
 use wasmvisor_exit::{
-    Action, Capabilities, Direction, EventSet, Exception, ExitEvent, ExitKind, GpaRange,
-    ProtectRequest, Protection, Reg, StopRequest,
+    Action, Capabilities, Constant, ConstantTarget, Direction, EventSet, Exception, ExitEvent,
+    ExitKind, GpaRange, ProtectRequest, Protection, Reg, StopRequest,
 };
 use wasmvisor_policy::{
     CallError, CpuidLeaf, Limits, PolicyError, PolicyImage, PolicyInstance, Verdict, WasiGrants,
@@ -34,9 +34,11 @@ mod port {
     pub const UNSUPPORTED: u16 = 0x1b;
     pub const GET_CR3: u16 = 0x1c;
     pub const STDIO: u16 = 0x1d;
+    pub const LATE_CONSTANT: u16 = 0x1f;
 }
 
 /// Host-error codes the fixture answers with.
+const UNSUPPORTED: u64 = 0xe4;
 const OUT_OF_RANGE: u64 = 0xe1;
 const TOO_LARGE: u64 = 0xe2;
 const NOT_GRANTED: u64 = 0xe3;
@@ -582,4 +584,32 @@ fn instances_move_to_vcpu_threads() {
     for t in threads {
         assert_eq!(t.join().unwrap(), Some(100));
     }
+}
+
+#[test]
+fn constants_are_declared_in_init_only() {
+    let capture = Capture::new(None);
+    let mut p = start(&capture);
+    assert_eq!(ask(&mut p, port::LATE_CONSTANT, 0), Ok(UNSUPPORTED));
+
+    // Declared in init, the constant comes back with the subscriptions;
+    // whether it lies inside them is the VMM's check at load.
+    let ctx = capture.context("hostile.wasm", 0, Capabilities::default());
+    let mut inst = image()
+        .instantiate::<FakeVcpu>(ctx, &Limits::default())
+        .unwrap();
+    let subs = inst
+        .init(&[("constant".to_string(), "0x500".to_string())])
+        .unwrap();
+    assert_eq!(
+        subs.constants,
+        vec![Constant {
+            target: ConstantTarget::Ports(0x500..=0x500),
+            value: 0
+        }]
+    );
+    assert_eq!(
+        wasmvisor_exit::constants_outside(&subs).as_deref(),
+        Some("declares a constant answer for ports 0x500-0x500 outside its subscriptions")
+    );
 }

@@ -140,6 +140,9 @@ impl PolicyEnv {
         if let Some(reason) = sub.unsupported().into_iter().next() {
             return Err(reason);
         }
+        if let Some(reason) = wasmvisor_exit::constants_outside(sub) {
+            return Err(reason);
+        }
         if let Some(cap) = spec.sandbox.missing_grant(sub.capabilities) {
             return Err(format!(
                 "asks for the {cap} capability, which was not granted (grant it with @grant={cap})"
@@ -192,6 +195,7 @@ impl Slot {
             on_fault: self.spec.sandbox.on_fault,
             health: Arc::clone(&self.health),
             protector: Arc::clone(&self.protector),
+            constants: self.subs.constants.clone(),
         }
     }
 }

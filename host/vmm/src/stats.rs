@@ -34,6 +34,9 @@ pub struct PolicyStats {
     pub name: String,
     /// Exits this policy answered.
     pub handled: u64,
+    /// Of those, exits the host answered from the policy's declared
+    /// constants, without a call.
+    pub constant: u64,
     /// Exits it was asked about and declined.
     pub declined: u64,
     /// Traps, timeouts and rejected actions.
@@ -79,8 +82,17 @@ impl Stats {
         for (a, b) in self.exits.iter_mut().zip(other.exits) {
             *a += b;
         }
+        // A policy loaded while the VM ran has a row only on the vCPUs
+        // that saw the load.
+        for extra in other.policies.iter().skip(self.policies.len()) {
+            self.policies.push(PolicyStats {
+                name: extra.name.clone(),
+                ..Default::default()
+            });
+        }
         for (a, b) in self.policies.iter_mut().zip(&other.policies) {
             a.handled += b.handled;
+            a.constant += b.constant;
             a.declined += b.declined;
             a.faults += b.faults;
             a.time += b.time;
@@ -122,14 +134,19 @@ impl Stats {
             }
         ));
         for p in &self.policies {
-            let calls = p.handled + p.declined + p.faults;
+            let calls = p.handled + p.declined + p.faults - p.constant;
             let avg = if calls > 0 {
                 p.time.as_nanos() as f64 / calls as f64
             } else {
                 0.0
             };
+            let constant = if p.constant > 0 {
+                format!(" ({} by its constants)", p.constant)
+            } else {
+                String::new()
+            };
             out.push_str(&format!(
-                "policy {}: handled {}, declined {}, faults {}, time {:.3} ms ({avg:.0} ns/call)\n",
+                "policy {}: handled {}{constant}, declined {}, faults {}, time {:.3} ms ({avg:.0} ns/call)\n",
                 p.name,
                 p.handled,
                 p.declined,

@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use vm_memory::GuestMemoryMmap;
 use wasmvisor_exit::{
-    apply, classify, default_actions, perform_access, validate, Action, ApplyError, Capabilities,
-    Completion, Direction, Exception, ExitEvent, ExitKind, Flow, GuestEnv, MemAccess, MemViolation,
-    MemoryProtector, Route, Routes, Target,
+    apply, classify, constant_answer, default_actions, perform_access, validate, Action,
+    ApplyError, Capabilities, Completion, Constant, ConstantAnswer, Direction, Exception,
+    ExitEvent, ExitKind, Flow, GuestEnv, MemAccess, MemViolation, MemoryProtector, Route, Routes,
+    Target,
 };
 use wasmvisor_kvm::{Kicker, RunOutcome, Vcpu};
 use wasmvisor_policy::{CallError, PolicyInstance, Shared, Verdict};
@@ -75,6 +76,8 @@ pub(crate) struct VcpuPolicy {
     pub health: Arc<PolicyHealth>,
     /// Its handle on page protections, which remembers what it protected.
     pub protector: Arc<OwnedProtector>,
+    /// Answers it declared at init, given by the host without a call.
+    pub constants: Vec<Constant>,
 }
 
 /// Everything a vCPU thread owns.
@@ -366,6 +369,18 @@ impl VcpuWorker {
         };
         if policy.health.is_quarantined() {
             return Ok(None);
+        }
+        // Declared constants are answered here, at native cost.
+        if !policy.constants.is_empty() {
+            if let Some(answer) = constant_answer(&policy.constants, &event.kind) {
+                if let ConstantAnswer::Read(value) = answer {
+                    completion.read = Some(value);
+                }
+                let stats = &mut self.stats.policies[i];
+                stats.handled += 1;
+                stats.constant += 1;
+                return Ok(Some(Flow::Continue));
+            }
         }
         let started = Instant::now();
         let verdict = policy.instance.handle_exit(event, &mut self.vcpu);

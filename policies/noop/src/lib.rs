@@ -1,9 +1,10 @@
 //! Claims ports, MSRs and MMIO ranges and answers every access at once:
 //! reads return 0, writes are dropped. Measures the cost of a round trip
-//! through a policy.
+//! through a policy; with `constant=true` it declares those answers as
+//! constants instead, and the host gives them without calling it.
 
 use wasmvisor_policy_sdk::{
-    export_policy, Config, Direction, Exit, IoExit, MmioExit, MsrExit, Policy, Subscriptions,
+    export_policy, host, Config, Direction, Exit, IoExit, MmioExit, MsrExit, Policy, Subscriptions,
     Verdict,
 };
 
@@ -22,13 +23,16 @@ impl Policy for Noop {
     const DESCRIPTION: &'static str = "answers claimed accesses with zeros; for benchmarks";
 
     fn init(config: &Config) -> Result<(Self, Subscriptions), String> {
-        config.check_keys(&["ports", "msrs", "mmio"])?;
+        config.check_keys(&["ports", "msrs", "mmio", "constant"])?;
         let subscriptions = config.regions("mmio")?.into_iter().fold(
             Subscriptions::new()
                 .port_ranges(config.port_ranges("ports")?)
                 .msr_ranges(config.msr_ranges("msrs")?),
             |s, (base, len)| s.mmio(base, len),
         );
+        if config.bool("constant")?.unwrap_or(false) {
+            declare_constants(&subscriptions)?;
+        }
         Ok((Noop, subscriptions))
     }
 
@@ -43,6 +47,21 @@ impl Policy for Noop {
     fn on_msr(&mut self, _ev: &Exit, msr: MsrExit) -> Verdict {
         answer(msr.direction)
     }
+}
+
+/// Hands every claimed range to the host as "reads 0, writes dropped".
+fn declare_constants(s: &Subscriptions) -> Result<(), String> {
+    let refused = |e| format!("the host refused a constant answer: {e:?}");
+    for r in &s.ports {
+        host::constant_ports(*r, 0).map_err(refused)?;
+    }
+    for r in &s.msrs {
+        host::constant_msrs(*r, 0).map_err(refused)?;
+    }
+    for r in &s.mmio {
+        host::constant_mmio(*r, 0).map_err(refused)?;
+    }
+    Ok(())
 }
 
 export_policy!(Noop);
