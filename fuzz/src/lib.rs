@@ -285,6 +285,9 @@ pub fn subscriptions(
             Vec::new()
         },
         capabilities: capabilities(u)?,
+        // Routing ignores declared constants; `constant_answer` has its
+        // own unit tests in host/exit.
+        constants: Vec::new(),
     })
 }
 
