@@ -7,8 +7,10 @@
 
 use std::cell::Cell;
 use std::os::raw::{c_int, c_void};
+use std::os::unix::thread::JoinHandleExt;
 use std::ptr::null_mut;
 use std::sync::atomic::{fence, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use kvm_bindings::kvm_run;
@@ -66,5 +68,83 @@ impl Kicker {
 impl Drop for Kicker {
     fn drop(&mut self) {
         KVM_RUN.with(|cell| cell.set(null_mut()));
+    }
+}
+
+/// A vCPU thread as the kick list holds it.
+struct Thread(libc::pthread_t);
+
+// SAFETY: a `Thread` only exists inside a `KickList` entry, which holds
+// it from `register` (a live, joinable thread) until `leave` (called by the
+// thread itself before it exits) or `clear` (called before joining), and
+// is only signalled under the list's lock: the handle is valid whenever
+// `kill` uses it.
+unsafe impl Killable for Thread {
+    fn pthread_handle(&self) -> libc::pthread_t {
+        self.0
+    }
+}
+
+#[derive(Default)]
+struct Entry {
+    thread: Option<Thread>,
+    /// The thread left its run loop: never signal it again.
+    left: bool,
+}
+
+/// The vCPU threads of one VM, kickable from any thread (the policy
+/// coordinator pulls every vCPU to an exit boundary without a hop through
+/// the thread that owns the join handles).
+///
+/// A thread is signalled only while it is registered and has not left,
+/// under the list's lock; a thread leaves (under the same lock) before it
+/// exits, and the owner clears the list before joining. So a signal never
+/// targets a thread whose handle is gone.
+pub struct KickList {
+    entries: Mutex<Vec<Entry>>,
+}
+
+impl KickList {
+    pub fn new(vcpus: usize) -> KickList {
+        KickList {
+            entries: Mutex::new((0..vcpus).map(|_| Entry::default()).collect()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers vCPU `index`'s thread (by the thread that spawned it).
+    pub fn register<T>(&self, index: usize, thread: &JoinHandle<T>) {
+        if let Some(e) = self.lock().get_mut(index) {
+            if !e.left {
+                e.thread = Some(Thread(thread.as_pthread_t()));
+            }
+        }
+    }
+
+    /// vCPU `index` leaves its run loop (called on its own thread).
+    pub fn leave(&self, index: usize) {
+        if let Some(e) = self.lock().get_mut(index) {
+            e.left = true;
+            e.thread = None;
+        }
+    }
+
+    /// Kicks every registered vCPU thread that has not left.
+    pub fn kick_all(&self) {
+        for e in self.lock().iter() {
+            if let Some(t) = &e.thread {
+                let _ = t.kill(SIGRTMIN());
+            }
+        }
+    }
+
+    /// Forgets every thread; call before joining them.
+    pub fn clear(&self) {
+        for e in self.lock().iter_mut() {
+            e.thread = None;
+        }
     }
 }

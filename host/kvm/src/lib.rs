@@ -18,7 +18,7 @@ mod vm;
 pub use boot::{BootMode, BootState, HOST_RESERVED_END, MAX_BOOT_VCPUS};
 pub use cpuid::CpuidEntry;
 pub use error::KvmError;
-pub use kick::{install_kick_handler, Kicker};
+pub use kick::{install_kick_handler, KickList, Kicker};
 pub use memslots::MemSlots;
 pub use vcpu::{FatalExit, RunOutcome, Vcpu};
 pub use vm::{Vm, MMIO_HOLE_START};

@@ -294,7 +294,9 @@ impl HotSwap {
             })
             .collect();
         self.quiesce.resume(handovers);
+        // Active on every vCPU from here on.
         let switch_us = switch_started.elapsed().as_micros() as u64;
+        let total_us = started.elapsed().as_micros() as u64;
 
         let slot = prepared.map(|p| p.slot);
         if index == state.slots.len() {
@@ -304,14 +306,16 @@ impl HotSwap {
         }
         state.generation = generation;
         drop(state);
-        // The outgoing instances are dropped here, off the vCPU threads.
+        // The outgoing instances are dropped here, off the vCPU threads and
+        // after the new generation is active (unmapping their memories
+        // takes a while).
         drop(outgoing);
         Ok(ChangeReport {
             generation,
             name,
             prepare_us,
             switch_us,
-            total_us: started.elapsed().as_micros() as u64,
+            total_us,
             cache,
             vcpus,
             exits_during,

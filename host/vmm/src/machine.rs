@@ -6,12 +6,12 @@
 
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use wasmvisor_exit::{GpaRange, MemoryProtector, Routes, Subscriptions};
-use wasmvisor_kvm::{install_kick_handler, BootMode, BootState, Kicker, Vcpu, Vm};
+use wasmvisor_kvm::{install_kick_handler, BootMode, BootState, KickList, Kicker, Vcpu, Vm};
 use wasmvisor_policy::{ComponentCache, ConsoleSink, PolicyEngine, PolicyInstance, Shared};
 
 use crate::config::{PolicyCache, SerialBackend, VmConfig};
@@ -28,14 +28,6 @@ use crate::serial::{NativeSerial, COM1};
 use crate::signals;
 use crate::stats::Stats;
 use crate::vcpu_loop::{Control, VcpuEnd, VcpuPolicy, VcpuWorker, VmHandles};
-
-/// What the vCPU threads and the policy coordinator tell the main thread.
-pub(crate) enum WorkerMsg {
-    /// A vCPU thread ended.
-    Ended(VcpuEnd, Stats),
-    /// Pull every vCPU out of the guest (a policy change is waiting).
-    KickAll,
-}
 
 /// Default load address for flat binaries: just above the host-reserved
 /// low memory.
@@ -196,6 +188,7 @@ pub fn run_with_native(
 
     let control = Arc::new(Control::default());
     let quiesce = Arc::new(Quiesce::new(config.vcpus as usize));
+    let kicks = Arc::new(KickList::new(config.vcpus as usize));
     let handles = VmHandles {
         routes: Arc::clone(&routes),
         builtins: builtins.clone(),
@@ -205,6 +198,7 @@ pub fn run_with_native(
         shared: Arc::clone(&shared),
         control: Arc::clone(&control),
         quiesce: Arc::clone(&quiesce),
+        kicks: Arc::clone(&kicks),
     };
     let mut per_vcpu: Vec<Vec<VcpuPolicy>> = (0..config.vcpus).map(|_| Vec::new()).collect();
     let mut slots = Vec::new();
@@ -222,19 +216,13 @@ pub fn run_with_native(
         workers.push(VcpuWorker::new(vcpu, policies, handles.clone()));
     }
 
-    let (tx, rx) = mpsc::channel::<WorkerMsg>();
     let services = if config.control.is_some() || config.watch {
-        let kick_tx = Mutex::new(tx.clone());
+        let kicks = Arc::clone(&kicks);
         let swap = Arc::new(HotSwap::new(HotSwapParts {
             env,
             vm: Arc::clone(&vm),
             quiesce,
-            kick: Box::new(move || {
-                let _ = kick_tx
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .send(WorkerMsg::KickAll);
-            }),
+            kick: Box::new(move || kicks.kick_all()),
             builtin_claims,
             cpuid,
             default_deadline: config.policy_deadline,
@@ -248,7 +236,7 @@ pub fn run_with_native(
     } else {
         None
     };
-    let outcome = run_workers(workers, &control, &names, tx, rx);
+    let outcome = run_workers(workers, &control, &kicks, &names);
     drop(services);
     drop(vm);
     outcome
@@ -258,13 +246,13 @@ pub fn run_with_native(
 fn run_workers(
     workers: Vec<VcpuWorker>,
     control: &Arc<Control>,
+    kicks: &KickList,
     names: &[String],
-    tx: mpsc::Sender<WorkerMsg>,
-    rx: mpsc::Receiver<WorkerMsg>,
 ) -> Result<RunReport, VmmError> {
     install_kick_handler()?;
     signals::install()
         .map_err(|e| VmmError::Engine(format!("cannot install signal handlers: {e}")))?;
+    let (tx, rx) = mpsc::channel::<(VcpuEnd, Stats)>();
     let started = Instant::now();
     let mut handles = Vec::new();
     for (i, worker) in workers.into_iter().enumerate() {
@@ -272,10 +260,11 @@ fn run_workers(
         let handle = thread::Builder::new()
             .name(format!("vcpu{i}"))
             .spawn(move || {
-                let (end, stats) = worker.run();
-                let _ = tx.send(WorkerMsg::Ended(end, stats));
+                let result = worker.run();
+                let _ = tx.send(result);
             })
             .map_err(|e| VmmError::Engine(format!("cannot start a vCPU thread: {e}")))?;
+        kicks.register(i, &handle);
         handles.push(handle);
     }
     drop(tx);
@@ -292,12 +281,7 @@ fn run_workers(
     };
     while remaining > 0 {
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(WorkerMsg::KickAll) => {
-                for h in &handles {
-                    Kicker::kick(h);
-                }
-            }
-            Ok(WorkerMsg::Ended(VcpuEnd::Done(end), vcpu_stats)) => {
+            Ok((VcpuEnd::Done(end), vcpu_stats)) => {
                 remaining -= 1;
                 stats.merge(&vcpu_stats);
                 // A vCPU that halted leaves the others running; any other
@@ -327,6 +311,8 @@ fn run_workers(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    // No kick may target a thread once it is joined.
+    kicks.clear();
     for h in handles {
         let _ = h.join();
     }

@@ -12,7 +12,7 @@ use wasmvisor_exit::{
     ExitEvent, ExitKind, Flow, GuestEnv, MemAccess, MemViolation, MemoryProtector, Route, Routes,
     Target,
 };
-use wasmvisor_kvm::{Kicker, RunOutcome, Vcpu};
+use wasmvisor_kvm::{KickList, Kicker, RunOutcome, Vcpu};
 use wasmvisor_policy::{CallError, PolicyInstance, Shared, Verdict};
 
 use crate::ledger::OwnedProtector;
@@ -98,6 +98,8 @@ pub(crate) struct VcpuWorker {
     pub control: Arc<Control>,
     /// Where this vCPU parks while the policies change.
     quiesce: Arc<Quiesce>,
+    /// Where this vCPU's thread is registered for kicks.
+    kicks: Arc<KickList>,
     pub stats: Stats,
     /// The policy whose stop action ends the VM, for the report.
     answered_by: Option<String>,
@@ -120,6 +122,7 @@ pub(crate) struct VmHandles {
     pub shared: Arc<Shared>,
     pub control: Arc<Control>,
     pub quiesce: Arc<Quiesce>,
+    pub kicks: Arc<KickList>,
 }
 
 impl VcpuWorker {
@@ -137,6 +140,7 @@ impl VcpuWorker {
             shared: vm.shared,
             control: vm.control,
             quiesce: vm.quiesce,
+            kicks: vm.kicks,
             stats: Stats::new(&names),
             answered_by: None,
         }
@@ -155,6 +159,7 @@ impl VcpuWorker {
         self.vcpu = Some(vcpu);
         let end = self.run_loop();
         let index = self.vcpu().index() as usize;
+        self.kicks.leave(index);
         self.quiesce.leave(index);
         drop(kicker);
         (VcpuEnd::Done(end), self.stats)
