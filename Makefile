@@ -5,7 +5,7 @@ WASM    := target/wasm32-wasip2/policy
 POLICIES := serial msr-guard cpuid-mask io-tracer regbank noop mem-guard syscall-tracer task-lister counter
 FIXTURES := other-world hostile
 
-.PHONY: all setup guests policies assets build demo test lint unit e2e bench clean fuzz-short
+.PHONY: all setup guests policies assets build demo test lint unit e2e bench clean fuzz-short kernel
 
 all: build
 
@@ -37,6 +37,11 @@ build: assets
 demo: setup build
 	target/release/wasmvisor run
 
+## A stock Debian cloud kernel for the Linux boot tests (apt-get download,
+## cached in ~/.cache/wasmvisor/kernels): target/assets/linux/vmlinuz.
+kernel:
+	bash scripts/fetch-kernel.sh $(ASSETS)/linux
+
 ## Formatting and lints, as CI enforces them.
 lint:
 	$(CARGO) fmt --all --check
@@ -45,7 +50,7 @@ lint:
 
 ## Unit, contract and end-to-end tests (KVM tests fail without /dev/kvm
 ## unless WASMVISOR_SKIP_KVM=1).
-test: setup build lint
+test: setup build lint kernel
 	$(CARGO) test --workspace
 	$(MAKE) fuzz-short
 

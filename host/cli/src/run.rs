@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use wasmvisor_policy::StdoutConsole;
 use wasmvisor_vmm::config::{
-    parse_mode, parse_number, parse_size, read_config_file, GuestSpec, PolicyCache, PolicySpec,
-    SerialBackend, VmConfig,
+    parse_mode, parse_number, parse_size, read_config_file, GuestSpec, LinuxSpec, PolicyCache,
+    PolicySpec, SerialBackend, VmConfig, DEFAULT_CMDLINE,
 };
 
 use crate::assets;
@@ -19,6 +19,15 @@ pub struct RunArgs {
     /// Guest image: a flat binary or an ELF64 executable.
     #[arg(long, value_name = "FILE")]
     guest: Option<PathBuf>,
+    /// Boot this Linux bzImage instead of a guest image (docs/linux.md).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["guest", "mode", "load_addr", "entry"])]
+    kernel: Option<PathBuf>,
+    /// An initrd for --kernel.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// The kernel command line for --kernel [default: console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=1].
+    #[arg(long, value_name = "TEXT", requires = "kernel")]
+    cmdline: Option<String>,
     /// CPU mode at entry: real, protected or long [default: long for ELF, real for flat].
     #[arg(long, value_name = "MODE")]
     mode: Option<String>,
@@ -68,14 +77,14 @@ pub struct RunArgs {
 
 /// Builds the VM config from the file (or the demo) and the flags.
 fn build_config(args: &RunArgs) -> Result<VmConfig> {
-    let demo = args.guest.is_none() && args.config.is_none();
+    let demo = args.guest.is_none() && args.config.is_none() && args.kernel.is_none();
     let file = match (&args.config, demo) {
         (Some(path), _) => Some(read_config_file(path)?),
         (None, true) => Some(read_config_file(&assets::dir()?.join("demo.toml"))?),
         (None, false) => None,
     };
     let file_guest = file.as_ref().and_then(|f| f.guest.clone());
-    let mut guest = match (&args.guest, file_guest) {
+    let mut guest = match (args.guest.as_ref().or(args.kernel.as_ref()), file_guest) {
         (Some(path), _) => GuestSpec {
             path: path.clone(),
             mode: None,
@@ -130,6 +139,14 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
         config.policy_deadline = Some(Duration::from_millis(ms));
     }
     config.events = args.events.clone();
+    config.linux = args.kernel.as_ref().map(|kernel| LinuxSpec {
+        kernel: kernel.clone(),
+        initrd: args.initrd.clone(),
+        cmdline: args
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+    });
     config.control = args.control.clone();
     config.watch = args.watch;
     config.policy_cache = match (&args.policy_cache, args.no_policy_cache) {

@@ -62,6 +62,11 @@ pub struct BootState {
     pub mode: BootMode,
     pub entry: u64,
     pub vcpu_count: u32,
+    /// A Linux kernel's zero page (`boot_params`): when set, RSI holds its
+    /// address at entry instead of the vCPU count (the 64-bit boot
+    /// protocol), and only the boot vCPU starts at the entry; the others
+    /// wait for the kernel's INIT/SIPI in the in-kernel LAPIC.
+    pub zero_page: Option<u64>,
 }
 
 impl BootState {
@@ -177,11 +182,15 @@ impl BootState {
             BootMode::Real if self.entry >= 0x1_0000 => self.entry & 0xf,
             _ => self.entry,
         };
+        let (rdi, rsi) = match self.zero_page {
+            Some(zero_page) => (0, zero_page),
+            None => (u64::from(index), u64::from(self.vcpu_count)),
+        };
         kvm_regs {
             rip: ip,
             rsp: STACK_TOP - u64::from(index) * STACK_STRIDE,
-            rdi: u64::from(index),
-            rsi: u64::from(self.vcpu_count),
+            rdi,
+            rsi,
             rflags: 0x2,
             ..Default::default()
         }
@@ -205,6 +214,7 @@ mod tests {
             mode,
             entry,
             vcpu_count: 2,
+            zero_page: None,
         }
     }
 
@@ -227,6 +237,16 @@ mod tests {
     fn regs_carry_index_count_and_own_stack() {
         let r = state(BootMode::Protected, 0x8000).regs(1);
         assert_eq!((r.rip, r.rsp, r.rdi, r.rsi), (0x8000, 0x7f00, 1, 2));
+    }
+
+    #[test]
+    fn a_linux_entry_passes_the_zero_page_in_rsi() {
+        let st = BootState {
+            zero_page: Some(0x7000),
+            ..state(BootMode::Long, 0x100200)
+        };
+        let r = st.regs(0);
+        assert_eq!((r.rip, r.rsi, r.rdi), (0x100200, 0x7000, 0));
     }
 
     #[test]

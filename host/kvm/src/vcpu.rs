@@ -151,6 +151,30 @@ impl Vcpu {
             .map_err(KvmError::ioctl("KVM_SET_REGS"))
     }
 
+    /// Wires the legacy PIC to LINT0 (ExtINT) and NMI to LINT1 of this
+    /// vCPU's local APIC, as a PC does, so PIT interrupts reach the boot
+    /// CPU before the kernel programs its IOAPIC.
+    pub fn set_lapic_lints(&mut self) -> Result<(), KvmError> {
+        const LVT_LINT0: usize = 0x350;
+        const LVT_LINT1: usize = 0x360;
+        const EXTINT: u32 = 0b111;
+        const NMI: u32 = 0b100;
+        let mut lapic = self
+            .fd
+            .get_lapic()
+            .map_err(KvmError::ioctl("KVM_GET_LAPIC"))?;
+        for (offset, mode) in [(LVT_LINT0, EXTINT), (LVT_LINT1, NMI)] {
+            let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[offset + i] as u8);
+            let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+            for (i, b) in value.to_le_bytes().into_iter().enumerate() {
+                lapic.regs[offset + i] = b as _;
+            }
+        }
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(KvmError::ioctl("KVM_SET_LAPIC"))
+    }
+
     /// Raw pointer to this vCPU's `kvm_run`, for the kick signal handler.
     pub(crate) fn kvm_run_ptr(&mut self) -> *mut kvm_bindings::kvm_run {
         self.fd.get_kvm_run()

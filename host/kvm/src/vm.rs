@@ -107,6 +107,34 @@ impl Vm {
         })
     }
 
+    /// The PC platform a Linux kernel expects: the in-kernel PIC, IOAPIC
+    /// and local APICs, and the PIT. Call before creating any vCPU. With
+    /// it, HLT and the interrupt controllers' ports never reach user space.
+    pub fn create_pc_platform(&self) -> Result<(), KvmError> {
+        // Below the TSS pages set in `new`, as Intel VT-x needs.
+        self.fd
+            .set_identity_map_address(0xfffb_c000)
+            .map_err(KvmError::ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        self.fd
+            .create_irq_chip()
+            .map_err(KvmError::ioctl("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_bindings::kvm_pit_config {
+            flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd
+            .create_pit2(pit)
+            .map_err(KvmError::ioctl("KVM_CREATE_PIT2"))
+    }
+
+    /// Raises (`true`) or lowers an interrupt line of the in-kernel
+    /// irqchip (`create_pc_platform`).
+    pub fn set_irq_line(&self, irq: u32, level: bool) -> Result<(), KvmError> {
+        self.fd
+            .set_irq_line(irq, level)
+            .map_err(KvmError::ioctl("KVM_IRQ_LINE"))
+    }
+
     /// Guest RAM.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory

@@ -95,6 +95,19 @@ pub struct GuestSpec {
     pub entry: Option<u64>,
 }
 
+/// A Linux kernel to boot instead of a guest image (`docs/linux.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinuxSpec {
+    /// A bzImage.
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+/// The command line a kernel gets when none is given: the serial console,
+/// early output on it, and a reboot through the keyboard controller.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=1";
+
 /// Where precompiled policies are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum PolicyCache {
@@ -125,6 +138,8 @@ pub struct VmConfig {
     /// Reload a policy when its file changes.
     pub watch: bool,
     pub policy_cache: PolicyCache,
+    /// Boot this kernel (the guest image is ignored).
+    pub linux: Option<LinuxSpec>,
 }
 
 impl VmConfig {
@@ -141,6 +156,7 @@ impl VmConfig {
             control: None,
             watch: false,
             policy_cache: PolicyCache::Default,
+            linux: None,
         }
     }
 

@@ -31,4 +31,6 @@ pub enum VmmError {
     Routes(String),
     #[error("{0}")]
     Engine(String),
+    #[error(transparent)]
+    Linux(#[from] crate::linux::LinuxError),
 }

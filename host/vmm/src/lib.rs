@@ -7,6 +7,7 @@ mod cpuid;
 mod error;
 pub mod hotswap;
 mod ledger;
+pub mod linux;
 pub mod loader;
 mod machine;
 mod native;

@@ -19,6 +19,7 @@ use crate::control::Services;
 use crate::cpuid::{cpuid_table, per_vcpu_cpuid};
 use crate::error::VmmError;
 use crate::hotswap::{HotSwap, HotSwapParts};
+use crate::linux::{load_linux, ZERO_PAGE};
 use crate::loader::{is_elf, load_elf, load_flat};
 use crate::native::NativeHandler;
 use crate::outcome::VmOutcome;
@@ -89,17 +90,9 @@ fn engine(config: &VmConfig) -> Result<PolicyEngine, VmmError> {
     })
 }
 
-/// [`run`], with a native handler that sees every exit before the
-/// policies (benchmarks).
-pub fn run_with_native(
-    config: &VmConfig,
-    console: Arc<dyn ConsoleSink>,
-    native: Option<Arc<dyn NativeHandler>>,
-) -> Result<RunReport, VmmError> {
-    config.check()?;
-    let engine = engine(config)?;
+/// Loads the flat or ELF guest image into `vm` and says how it starts.
+fn load_guest(config: &VmConfig, vm: &Vm) -> Result<BootState, VmmError> {
     let image = read_file(&config.guest.path, "guest image", MAX_IMAGE_BYTES)?;
-    let vm = Arc::new(Vm::new(config.mem_bytes)?);
     let elf = is_elf(&image);
     let loaded = if elf {
         if config.guest.load_addr.is_some() {
@@ -120,13 +113,46 @@ pub fn run_with_native(
         path: config.guest.path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let boot = BootState {
+    Ok(BootState {
         mode: config
             .guest
             .mode
             .unwrap_or(if elf { BootMode::Long } else { BootMode::Real }),
         entry: config.guest.entry.unwrap_or(loaded.entry),
         vcpu_count: config.vcpus,
+        zero_page: None,
+    })
+}
+
+/// [`run`], with a native handler that sees every exit before the
+/// policies (benchmarks).
+pub fn run_with_native(
+    config: &VmConfig,
+    console: Arc<dyn ConsoleSink>,
+    native: Option<Arc<dyn NativeHandler>>,
+) -> Result<RunReport, VmmError> {
+    config.check()?;
+    let engine = engine(config)?;
+    let vm = Arc::new(Vm::new(config.mem_bytes)?);
+    let boot = match &config.linux {
+        Some(linux) => {
+            // The PC platform must exist before the first vCPU.
+            vm.create_pc_platform()?;
+            let loaded = load_linux(
+                vm.memory(),
+                config.mem_bytes,
+                &linux.kernel,
+                linux.initrd.as_deref(),
+                &linux.cmdline,
+            )?;
+            BootState {
+                mode: BootMode::Long,
+                entry: loaded.entry,
+                vcpu_count: config.vcpus,
+                zero_page: Some(ZERO_PAGE),
+            }
+        }
+        None => load_guest(config, &vm)?,
     };
     boot.check()?;
     boot.write_tables(vm.memory())?;
@@ -212,7 +238,16 @@ pub fn run_with_native(
     for (index, policies) in per_vcpu.into_iter().enumerate() {
         let mut vcpu = vm.create_vcpu(index as u32)?;
         vcpu.set_cpuid(&per_vcpu_cpuid(&cpuid, vcpu.index()))?;
-        vcpu.boot(&boot)?;
+        if boot.zero_page.is_some() {
+            // Linux: the boot CPU starts at the entry; the others wait in
+            // their LAPIC for the kernel's INIT/SIPI.
+            vcpu.set_lapic_lints()?;
+            if index == 0 {
+                vcpu.boot(&boot)?;
+            }
+        } else {
+            vcpu.boot(&boot)?;
+        }
         workers.push(VcpuWorker::new(vcpu, policies, handles.clone()));
     }
 

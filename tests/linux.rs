@@ -1,0 +1,149 @@
+//! Booting a stock Debian cloud kernel (`make kernel` fetches it with
+//! `apt-get download`) under `wasmvisor run --kernel`, on real KVM.
+//!
+//! This machine's software KVM gets a kernel through its first lines of
+//! boot log before the instruction emulator gives up (`docs/linux.md`), so
+//! these tests stop the VM once the lines they check are out: the banner,
+//! the e820 map exactly as the VMM built it, and the command line passed.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use wasmvisor_tests::{assets, bin, kvm_available, policy, scratch};
+
+fn kernel() -> PathBuf {
+    let k = assets().join("linux/vmlinuz");
+    assert!(
+        k.is_file(),
+        "{} is missing: run `make kernel` (scripts/fetch-kernel.sh) first",
+        k.display()
+    );
+    k
+}
+
+/// The e820 map the VMM builds for 256 MiB, as the kernel prints it.
+const E820: [&str; 4] = [
+    "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
+    "BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved",
+    "BIOS-e820: [mem 0x00000000000f0000-0x00000000000fffff] reserved",
+    "BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable",
+];
+
+/// Kills the VM when the test ends, however it ends.
+struct Vm(Child);
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Boots the kernel with `extra` flags and collects console lines until
+/// every one of `wanted` has appeared (or 180 s pass); returns them.
+fn boot_until(extra: &[&str], cmdline: &str, wanted: &[String], stderr: &PathBuf) -> Vec<String> {
+    let child = Command::new(bin())
+        .arg("run")
+        .arg("--kernel")
+        .arg(kernel())
+        .args(["--mem", "256M", "--cmdline", cmdline])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .spawn()
+        .expect("wasmvisor starts");
+    let mut vm = Vm(child);
+    let out = vm.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut lines = Vec::new();
+    while !wanted
+        .iter()
+        .all(|w| lines.iter().any(|l: &String| l.contains(w.as_str())))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!(
+                "the kernel did not print all of {wanted:?} within 180 s; console:\n{}\nstderr:\n{}",
+                lines.join("\n"),
+                std::fs::read_to_string(stderr).unwrap_or_default()
+            ),
+        }
+    }
+    lines
+}
+
+#[test]
+fn a_debian_kernel_prints_its_banner_our_e820_map_and_our_cmdline() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("linux-native");
+    let cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200 wasmvisor.test=native";
+    let mut wanted: Vec<String> = vec![
+        "Linux version".into(),
+        format!("Command line: {cmdline}"),
+        "Hypervisor detected: KVM".into(),
+        "kvm-clock: Using msrs".into(),
+    ];
+    wanted.extend(E820.iter().map(|s| s.to_string()));
+    let lines = boot_until(
+        &["--serial", "native"],
+        cmdline,
+        &wanted,
+        &dir.join("stderr.txt"),
+    );
+    let banner = lines.iter().find(|l| l.contains("Linux version")).unwrap();
+    let version = std::fs::read_to_string(assets().join("linux/version")).unwrap();
+    assert!(
+        banner.contains(version.trim()),
+        "banner of the fetched kernel: {banner}"
+    );
+}
+
+#[test]
+fn the_wasm_serial_policy_is_the_console_and_msr_writes_are_traced() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("linux-policy");
+    let stderr = dir.join("stderr.txt");
+    let cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200 wasmvisor.test=policy";
+    // msr-guard watches the kvm-clock MSRs, lets the writes through to KVM
+    // and logs each one.
+    let guard = format!(
+        "{}:watch=0x4b564d00-0x4b564d01,allow=0x4b564d00-0x4b564d01,log=all",
+        policy("msr-guard")
+    );
+    let wanted = vec![
+        "Linux version".to_string(),
+        format!("Command line: {cmdline}"),
+        E820[3].to_string(),
+        // After kvm-clock is registered, its MSRs have been written.
+        "clocksource: kvm-clock".to_string(),
+    ];
+    boot_until(
+        &["--policy", &policy("serial"), "--policy", &guard],
+        cmdline,
+        &wanted,
+        &stderr,
+    );
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        log.contains("wrmsr 0x4b564d01"),
+        "the kernel's kvm-clock MSR write was traced: {log}"
+    );
+}
