@@ -48,6 +48,14 @@ const MIN_PROTOCOL: u16 = 0x020a;
 /// `xloadflags`: the kernel has the 64-bit entry at 0x200.
 const XLF_KERNEL_64: u16 = 1;
 
+// The low-memory areas must not overlap; checked when compiling.
+const _: () = {
+    assert!(ZERO_PAGE >= wasmvisor_kvm::HOST_RESERVED_END - 0x1000);
+    assert!(ZERO_PAGE + 4096 <= CMDLINE_ADDR);
+    assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= EBDA_START);
+    assert!(EBDA_START < KERNEL_LOAD);
+};
+
 /// A kernel that cannot be booted as given.
 #[derive(Debug, Error)]
 pub enum LinuxError {
@@ -285,15 +293,6 @@ mod tests {
         assert_eq!(offset_of!(boot_params, hdr), 0x1f1);
         assert_eq!(offset_of!(boot_params, e820_table), 0x2d0);
         assert_eq!(std::mem::size_of::<boot_e820_entry>(), 20);
-    }
-
-    #[test]
-    fn low_memory_areas_do_not_overlap() {
-        let host_tables_end = wasmvisor_kvm::HOST_RESERVED_END - 0x1000;
-        assert!(ZERO_PAGE >= host_tables_end);
-        assert!(ZERO_PAGE + 4096 <= CMDLINE_ADDR);
-        assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= EBDA_START);
-        assert!(EBDA_START < KERNEL_LOAD);
     }
 
     #[test]
