@@ -123,3 +123,24 @@ fn policy_stop_action_sets_exit_code() {
     assert!(r.stdout.contains("msr 0x174: "), "{}", r.stdout);
     assert!(!r.stdout.contains("msr 0x175: "), "{}", r.stdout);
 }
+
+#[test]
+fn an_i8042_reset_ends_the_run_cleanly() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("reset.bin").display().to_string();
+    let r = wasmvisor(&["run", "--guest", &g]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("wasmvisor: the guest reset the machine (i8042 reset line); not rebooting"),
+        "{r:?}"
+    );
+    // A policy on the controller's ports answers before the built-in one.
+    let noop = format!("{}:ports=0x64", policy("noop"));
+    let r = wasmvisor(&[
+        "run", "--guest", &g, "--policy", &noop, "--serial", "native",
+    ]);
+    assert!(r.stderr.contains("all vCPUs halted"), "{r:?}");
+}

@@ -6,6 +6,7 @@ pub mod control;
 mod cpuid;
 mod error;
 pub mod hotswap;
+mod i8042;
 mod ledger;
 pub mod linux;
 pub mod loader;

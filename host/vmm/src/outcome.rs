@@ -35,13 +35,16 @@ pub enum VmOutcome {
     Signal(i32),
     /// The host failed while the guest ran (an ioctl error).
     HostFailure(String),
+    /// The guest reset the machine (the i8042 reset line); wasmvisor does
+    /// not reboot it.
+    Reset,
 }
 
 impl VmOutcome {
     /// The process exit code for this outcome.
     pub fn exit_code(&self) -> i32 {
         match self {
-            VmOutcome::Halted => EXIT_OK,
+            VmOutcome::Halted | VmOutcome::Reset => EXIT_OK,
             VmOutcome::Stopped { clean: true, .. } => EXIT_OK,
             VmOutcome::Stopped { clean: false, .. } => EXIT_POLICY_STOP,
             VmOutcome::GuestFault(_) => EXIT_GUEST_FAULT,
@@ -69,6 +72,9 @@ impl VmOutcome {
             }
             VmOutcome::Signal(n) => format!("stopped by signal {n}"),
             VmOutcome::HostFailure(e) => format!("host failure: {e}"),
+            VmOutcome::Reset => {
+                "the guest reset the machine (i8042 reset line); not rebooting".to_string()
+            }
         }
     }
 
@@ -77,7 +83,7 @@ impl VmOutcome {
     pub(crate) fn severity(&self) -> u8 {
         match self {
             VmOutcome::Halted => 0,
-            VmOutcome::Stopped { clean: true, .. } => 1,
+            VmOutcome::Stopped { clean: true, .. } | VmOutcome::Reset => 1,
             VmOutcome::Signal(_) => 2,
             VmOutcome::Stopped { clean: false, .. } => 3,
             VmOutcome::PolicyFault { .. } => 4,
