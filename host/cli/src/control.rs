@@ -103,10 +103,7 @@ fn call(control: &Path, request: &Request) -> Result<Reply> {
 /// in its own working directory, not this one.
 fn absolute_spec(arg: &str) -> Result<String> {
     PolicySpec::parse(arg)?;
-    let (path, rest) = match arg.find(".wasm:") {
-        Some(i) => (&arg[..i + 5], &arg[i + 5..]),
-        None => (arg, ""),
-    };
+    let (path, rest) = PolicySpec::split(arg);
     let abs = std::path::absolute(path).with_context(|| format!("bad policy path {path}"))?;
     Ok(format!("{}{rest}", abs.display()))
 }

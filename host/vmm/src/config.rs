@@ -43,17 +43,24 @@ pub struct PolicySpec {
 }
 
 impl PolicySpec {
+    /// Splits `PATH[:pairs]` into the path and the rest (`""` or
+    /// `":pairs"`): the path ends at the first `.wasm:`.
+    pub fn split(arg: &str) -> (&str, &str) {
+        match arg.find(".wasm:") {
+            Some(i) => arg.split_at(i + 5),
+            None => (arg, ""),
+        }
+    }
+
     /// Parses `PATH[:key=value,key=value...]`. The path ends at the first
     /// `.wasm:` (or is the whole argument). Keys starting with `@` are
     /// sandbox settings for the host; the rest go to the policy.
     pub fn parse(arg: &str) -> Result<PolicySpec, ConfigError> {
-        let (path, rest) = match arg.find(".wasm:") {
-            Some(i) => (&arg[..i + 5], Some(&arg[i + 6..])),
-            None => (arg, None),
-        };
+        let (path, rest) = Self::split(arg);
         let mut config = Vec::new();
         let mut sandbox = Sandbox::default();
-        for pair in rest.unwrap_or("").split(',').filter(|p| !p.is_empty()) {
+        let pairs = rest.strip_prefix(':').unwrap_or(rest);
+        for pair in pairs.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = pair
                 .split_once('=')
                 .ok_or_else(|| ConfigError::PolicyConfig(pair.to_string()))?;

@@ -399,6 +399,7 @@ impl VcpuWorker {
                 return Ok(Some(Flow::Continue));
             }
         }
+        let grants = policy.grants;
         let started = Instant::now();
         let verdict = policy.instance.handle_exit(event, &mut self.vcpu);
         let took = started.elapsed();
@@ -416,10 +417,7 @@ impl VcpuWorker {
             Err(CallError::Vcpu(e)) => return Err(VmOutcome::HostFailure(e.to_string())),
             Err(e) => return self.fault(i, event, &e.to_string(), completion),
         };
-        let Some(policy) = self.policies[i].as_ref() else {
-            return Ok(None);
-        };
-        if let Err(fault) = validate(event, &actions, policy.grants, &self.memory) {
+        if let Err(fault) = validate(event, &actions, grants, &self.memory) {
             return self.fault(i, event, &format!("rejected answer: {fault}"), completion);
         }
         // The policy's own protector: its protect actions are on its ledger.
