@@ -16,6 +16,7 @@
 
     .intel_syntax noprefix
     .code32
+    .include "fault32.inc"
 
     .equ COM1_THR, 0x3f8            # transmit holding register
     .equ COM1_LSR, 0x3fd            # line status register
@@ -177,126 +178,16 @@ halt:
 # error code. Only RDMSR/WRMSR are expected to fault, and both are 2 bytes
 # (0f 32 / 0f 30) with no prefix here, so resume at EIP+2.
 #
-# Returns with RET instead of IRET: KVM's instruction emulator implements
-# IRET in real mode only (protected-mode IRET is "unhandleable" and would
-# end the run with an emulation failure). For a same-privilege return to
-# the same CS with IF already 0, RET to EIP+2 with the frame dropped is
-# equivalent; only the arithmetic flags are not restored, and no code
-# after an MSR access depends on them.
+# Returns past the 2-byte RDMSR/WRMSR without IRET (fault32.inc); no code
+# after an MSR access depends on the arithmetic flags.
 gp_handler:
     push esi
     mov esi, offset s_gp
     call puts
     pop esi
-    add esp, 4                      # pop the error code
-    add dword ptr [esp], 2          # saved EIP: skip the 2-byte RDMSR/WRMSR
-    # Frame is now [esp]=EIP, [esp+4]=CS, [esp+8]=EFLAGS. Move EIP into
-    # the EFLAGS slot and drop the two lower slots so RET leaves ESP where
-    # it was before the fault.
-    push eax
-    mov eax, dword ptr [esp + 4]
-    mov dword ptr [esp + 12], eax
-    pop eax
-    add esp, 8
-    ret
+    return_past_fault 2
 
-# putc: write AL to COM1 once the UART can take it. Preserves all registers.
-putc:
-    push edx
-    push eax
-    mov dx, COM1_LSR
-1:  in al, dx
-    test al, LSR_THRE
-    jz 1b
-    pop eax
-    mov dx, COM1_THR
-    out dx, al
-    pop edx
-    ret
-
-# puts: write the NUL-terminated string at ESI. Preserves all registers.
-puts:
-    push esi
-    push eax
-1:  mov al, byte ptr [esi]
-    test al, al
-    jz 2f
-    call putc
-    add esi, 1
-    jmp 1b
-2:  pop eax
-    pop esi
-    ret
-
-# newline: write "\n". Preserves all registers.
-newline:
-    push eax
-    mov al, 0x0a
-    call putc
-    pop eax
-    ret
-
-# print_hex32: write EAX as 8 lowercase hex digits. Preserves all registers.
-print_hex32:
-    push eax
-    push ecx
-    push edx
-    mov edx, eax
-    mov ecx, 28                     # shift for the top nibble
-1:  mov eax, edx
-    shr eax, cl
-    and eax, 0xf
-    cmp al, 10
-    jb 2f
-    add al, 0x61 - 0x30 - 10        # 10..15 -> 'a'..'f' after the add below
-2:  add al, 0x30                    # '0'
-    call putc
-    sub ecx, 4
-    jns 1b                          # until the shift goes below 0
-    pop edx
-    pop ecx
-    pop eax
-    ret
-
-# print_chars4: write the 4 bytes of EAX, lowest first, as ASCII; bytes
-# outside 0x20..0x7e print as '.'. Preserves all registers.
-print_chars4:
-    push eax
-    push ecx
-    push edx
-    mov edx, eax
-    mov ecx, 4
-1:  mov eax, edx
-    and eax, 0xff
-    cmp al, 0x20
-    jb 2f
-    cmp al, 0x7e
-    jbe 3f
-2:  mov al, 0x2e                    # '.'
-3:  call putc
-    shr edx, 8
-    sub ecx, 1
-    jnz 1b
-    pop edx
-    pop ecx
-    pop eax
-    ret
-
-# print_line32: write the label at ESI, EAX as 8 hex digits, "\n".
-print_line32:
-    call puts
-    call print_hex32
-    jmp newline                     # tail call
-
-# print_line64: write the label at ESI, EDX:EAX as 16 hex digits, "\n".
-print_line64:
-    call puts
-    push eax
-    mov eax, edx
-    call print_hex32
-    pop eax
-    call print_hex32
-    jmp newline                     # tail call
+    .include "console32.inc"
 
     .section .rodata
 s_start:    .asciz "devices: start\n"
