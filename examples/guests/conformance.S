@@ -42,13 +42,7 @@
     .section .text.entry, "ax"
     .globl _start
 _start:
-    mov eax, offset gp_handler
-    mov word ptr [idt + VEC_GP*8], ax
-    mov word ptr [idt + VEC_GP*8 + 2], SEL_CODE32
-    mov word ptr [idt + VEC_GP*8 + 4], GATE_INT32
-    shr eax, 16
-    mov word ptr [idt + VEC_GP*8 + 6], ax
-    lidt [idtr]
+    install_gp_gate
 
     # 1: the first exit the policy sees reads count 1.
     mov dx, PORT_COUNT

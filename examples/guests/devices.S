@@ -31,15 +31,7 @@
     .section .text.entry, "ax"      # flat.ld places this first: entry = byte 0
     .globl _start
 _start:
-    # Fill in the #GP gate at run time (offset split around selector and
-    # attributes) rather than with link-time arithmetic on a relocation.
-    mov eax, offset gp_handler
-    mov word ptr [idt + VEC_GP*8], ax
-    mov word ptr [idt + VEC_GP*8 + 2], SEL_CODE32
-    mov word ptr [idt + VEC_GP*8 + 4], GATE_INT32
-    shr eax, 16
-    mov word ptr [idt + VEC_GP*8 + 6], ax
-    lidt [idtr]
+    install_gp_gate
 
     mov esi, offset s_start
     call puts
