@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build and test wasmvisor:
-# the wasm32-wasip2 Rust target and binutils (the guests' assembler).
+# the wasm32-wasip2 Rust target, binutils (the guests' assembler) and lz4
+# (to unpack the test kernel's vmlinux from its bzImage).
 set -euo pipefail
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
@@ -13,10 +14,12 @@ missing=()
 for tool in as ld objcopy; do
   command -v "$tool" >/dev/null 2>&1 || missing+=(binutils)
 done
+command -v lz4 >/dev/null 2>&1 || missing+=(lz4)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq binutils
+  # shellcheck disable=SC2046 # one word per package
+  $SUDO apt-get install -y -qq $(printf '%s\n' "${missing[@]}" | sort -u)
 fi
 if [ ! -e /dev/kvm ]; then
   echo "setup: warning: /dev/kvm is missing; KVM tests will fail (set WASMVISOR_SKIP_KVM=1 to skip them)" >&2

@@ -19,7 +19,7 @@ pub struct RunArgs {
     /// Guest image: a flat binary or an ELF64 executable.
     #[arg(long, value_name = "FILE")]
     guest: Option<PathBuf>,
-    /// Boot this Linux bzImage instead of a guest image (docs/linux.md).
+    /// Boot this Linux kernel instead of a guest image: a bzImage, or an ELF vmlinux with a PVH note (docs/linux.md).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["guest", "mode", "load_addr", "entry"])]
     kernel: Option<PathBuf>,
     /// An initrd for --kernel.

@@ -56,17 +56,27 @@ pub enum BootMode {
     Long,
 }
 
+/// How a Linux kernel is handed its boot information.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinuxEntry {
+    /// The 64-bit boot protocol: RSI holds the zero page (`boot_params`).
+    ZeroPage(u64),
+    /// The PVH boot protocol: EBX holds the `hvm_start_info`, in 32-bit
+    /// protected mode with paging off.
+    StartInfo(u64),
+}
+
 /// Where and how every vCPU starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BootState {
     pub mode: BootMode,
     pub entry: u64,
     pub vcpu_count: u32,
-    /// A Linux kernel's zero page (`boot_params`): when set, RSI holds its
-    /// address at entry instead of the vCPU count (the 64-bit boot
-    /// protocol), and only the boot vCPU starts at the entry; the others
-    /// wait for the kernel's INIT/SIPI in the in-kernel LAPIC.
-    pub zero_page: Option<u64>,
+    /// A Linux kernel: its boot information goes in a register instead of
+    /// the vCPU index and count, and only the boot vCPU starts at the
+    /// entry; the others wait for the kernel's INIT/SIPI in the in-kernel
+    /// LAPIC.
+    pub linux: Option<LinuxEntry>,
 }
 
 impl BootState {
@@ -182,15 +192,17 @@ impl BootState {
             BootMode::Real if self.entry >= 0x1_0000 => self.entry & 0xf,
             _ => self.entry,
         };
-        let (rdi, rsi) = match self.zero_page {
-            Some(zero_page) => (0, zero_page),
-            None => (u64::from(index), u64::from(self.vcpu_count)),
+        let (rdi, rsi, rbx) = match self.linux {
+            Some(LinuxEntry::ZeroPage(zero_page)) => (0, zero_page, 0),
+            Some(LinuxEntry::StartInfo(start_info)) => (0, 0, start_info),
+            None => (u64::from(index), u64::from(self.vcpu_count), 0),
         };
         kvm_regs {
             rip: ip,
             rsp: STACK_TOP - u64::from(index) * STACK_STRIDE,
             rdi,
             rsi,
+            rbx,
             rflags: 0x2,
             ..Default::default()
         }
@@ -214,7 +226,7 @@ mod tests {
             mode,
             entry,
             vcpu_count: 2,
-            zero_page: None,
+            linux: None,
         }
     }
 
@@ -242,11 +254,24 @@ mod tests {
     #[test]
     fn a_linux_entry_passes_the_zero_page_in_rsi() {
         let st = BootState {
-            zero_page: Some(0x7000),
+            linux: Some(LinuxEntry::ZeroPage(0x7000)),
             ..state(BootMode::Long, 0x100200)
         };
         let r = st.regs(0);
-        assert_eq!((r.rip, r.rsi, r.rdi), (0x100200, 0x7000, 0));
+        assert_eq!((r.rip, r.rsi, r.rdi, r.rbx), (0x100200, 0x7000, 0, 0));
+    }
+
+    #[test]
+    fn a_pvh_entry_passes_the_start_info_in_rbx_in_protected_mode() {
+        let st = BootState {
+            linux: Some(LinuxEntry::StartInfo(0x7000)),
+            ..state(BootMode::Protected, 0x1000000)
+        };
+        let r = st.regs(0);
+        assert_eq!((r.rip, r.rbx, r.rsi), (0x1000000, 0x7000, 0));
+        let s = st.sregs(kvm_sregs::default());
+        assert_eq!(s.cr0 & CR0_PG, 0, "paging off");
+        assert_eq!((s.cs.db, s.cs.l, s.cs.base), (1, 0, 0), "flat 32-bit code");
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod memslots;
 mod vcpu;
 mod vm;
 
-pub use boot::{BootMode, BootState, HOST_RESERVED_END, MAX_BOOT_VCPUS};
+pub use boot::{BootMode, BootState, LinuxEntry, HOST_RESERVED_END, MAX_BOOT_VCPUS};
 pub use cpuid::CpuidEntry;
 pub use error::KvmError;
 pub use kick::{install_kick_handler, KickList, Kicker};

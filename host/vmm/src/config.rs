@@ -105,7 +105,7 @@ pub struct GuestSpec {
 /// A Linux kernel to boot instead of a guest image (`docs/linux.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinuxSpec {
-    /// A bzImage.
+    /// A bzImage, or an ELF vmlinux with a PVH entry note.
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub cmdline: String,

@@ -1,6 +1,7 @@
 //! wasmvisor's VMM: turns a configuration into a running VM whose exits
 //! go through the policy pipeline, and reports how it ended.
 
+pub mod acpi;
 pub mod config;
 pub mod control;
 mod cpuid;

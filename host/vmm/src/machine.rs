@@ -19,7 +19,7 @@ use crate::control::Services;
 use crate::cpuid::{cpuid_table, per_vcpu_cpuid};
 use crate::error::VmmError;
 use crate::hotswap::{HotSwap, HotSwapParts};
-use crate::linux::{load_linux, ZERO_PAGE};
+use crate::linux::{load_linux, LinuxArgs};
 use crate::loader::{is_elf, load_elf, load_flat};
 use crate::native::NativeHandler;
 use crate::outcome::VmOutcome;
@@ -120,7 +120,7 @@ fn load_guest(config: &VmConfig, vm: &Vm) -> Result<BootState, VmmError> {
             .unwrap_or(if elf { BootMode::Long } else { BootMode::Real }),
         entry: config.guest.entry.unwrap_or(loaded.entry),
         vcpu_count: config.vcpus,
-        zero_page: None,
+        linux: None,
     })
 }
 
@@ -138,18 +138,18 @@ pub fn run_with_native(
         Some(linux) => {
             // The PC platform must exist before the first vCPU.
             vm.create_pc_platform()?;
-            let loaded = load_linux(
-                vm.memory(),
-                config.mem_bytes,
-                &linux.kernel,
-                linux.initrd.as_deref(),
-                &linux.cmdline,
-            )?;
+            let args = LinuxArgs {
+                ram_size: config.mem_bytes,
+                vcpus: config.vcpus,
+                initrd: linux.initrd.as_deref(),
+                cmdline: &linux.cmdline,
+            };
+            let loaded = load_linux(vm.memory(), &linux.kernel, &args)?;
             BootState {
-                mode: BootMode::Long,
+                mode: loaded.mode,
                 entry: loaded.entry,
                 vcpu_count: config.vcpus,
-                zero_page: Some(ZERO_PAGE),
+                linux: Some(loaded.info),
             }
         }
         None => load_guest(config, &vm)?,
@@ -238,7 +238,7 @@ pub fn run_with_native(
     for (index, policies) in per_vcpu.into_iter().enumerate() {
         let mut vcpu = vm.create_vcpu(index as u32)?;
         vcpu.set_cpuid(&per_vcpu_cpuid(&cpuid, vcpu.index()))?;
-        if boot.zero_page.is_some() {
+        if boot.linux.is_some() {
             // Linux: the boot CPU starts at the entry; the others wait in
             // their LAPIC for the kernel's INIT/SIPI.
             vcpu.set_lapic_lints()?;
