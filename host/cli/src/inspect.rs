@@ -92,6 +92,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         grants: Capabilities::ALL,
         shared,
         protector: None,
+        irq: Default::default(),
     };
     let mut inst = image.instantiate::<Vcpu>(ctx, &Limits::default())?;
     let info = inst.info()?;

@@ -52,6 +52,9 @@ pub struct RunArgs {
     /// Console device on 0x3F8 when no policy claims it: policy (none) or native.
     #[arg(long, value_name = "BACKEND")]
     serial: Option<String>,
+    /// Give the guest KVM's in-kernel PIC, IOAPIC and PIT (always on with --kernel); HLT then waits for an interrupt.
+    #[arg(long)]
+    irqchip: bool,
     /// Per-call deadline in milliseconds for policies without their own @deadline [default: 10].
     #[arg(long, value_name = "MS")]
     policy_deadline_ms: Option<u64>,
@@ -111,6 +114,7 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
         config.vcpus = f.vcpus.unwrap_or(config.vcpus);
         config.mem_bytes = f.mem_bytes.unwrap_or(config.mem_bytes);
         config.serial = f.serial.unwrap_or(config.serial);
+        config.irqchip = f.irqchip.unwrap_or(config.irqchip);
     }
     if !args.policies.is_empty() {
         config.policies = args
@@ -147,6 +151,7 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
             .clone()
             .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
     });
+    config.irqchip |= args.irqchip;
     config.control = args.control.clone();
     config.watch = args.watch;
     config.policy_cache = match (&args.policy_cache, args.no_policy_cache) {

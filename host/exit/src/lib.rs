@@ -14,6 +14,7 @@ mod constant;
 mod debug;
 mod defaults;
 mod event;
+mod interrupt;
 mod pagewalk;
 mod protection;
 mod regs;
@@ -32,6 +33,7 @@ pub use event::{
     DebugCause, DebugExit, Direction, ExitEvent, ExitKind, IoExit, MemAccess, MemViolation,
     MmioExit, MsrExit, MsrReason, ShutdownReason,
 };
+pub use interrupt::{InterruptLines, IrqAccess, IrqSet, RecordedLines, MAX_IRQ_LINE};
 pub use pagewalk::{
     translate, translate_with_maxphyaddr, PagingMode, PagingState, PhysRead, Translation,
     WalkFault, DEFAULT_MAXPHYADDR, MIN_MAXPHYADDR,

@@ -189,3 +189,10 @@ impl Vm {
         Ok(Vcpu::new(fd, index, self.sync_regs))
     }
 }
+
+/// The in-kernel PIC and IOAPIC's input lines (after `create_pc_platform`).
+impl wasmvisor_exit::InterruptLines for Vm {
+    fn set_level(&self, line: u32, level: bool) -> Result<(), String> {
+        self.set_irq_line(line, level).map_err(|e| e.to_string())
+    }
+}

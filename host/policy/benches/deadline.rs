@@ -227,6 +227,7 @@ fn context(shared: &Arc<Shared>, name: &str) -> InstanceContext {
         grants: Capabilities::default(),
         shared: Arc::clone(shared),
         protector: None,
+        irq: Default::default(),
     }
 }
 

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmvisor_exit::{Capabilities, Constant, MemoryProtector, Reg, VcpuAccess, VcpuAccessError};
+use wasmvisor_exit::{
+    Capabilities, Constant, IrqAccess, MemoryProtector, Reg, VcpuAccess, VcpuAccessError,
+};
 
 use crate::limits::{Limits, StoreLimiter};
 use crate::sinks::Shared;
@@ -39,6 +41,8 @@ pub struct InstanceContext {
     /// Page protections, if the VM offers them: per policy, so the VM can
     /// tell which pages a policy protected when it is swapped out.
     pub protector: Option<Arc<dyn MemoryProtector>>,
+    /// Interrupt lines, and which this policy may drive.
+    pub irq: IrqAccess,
 }
 
 impl std::fmt::Debug for InstanceContext {
@@ -49,6 +53,7 @@ impl std::fmt::Debug for InstanceContext {
             .field("vcpu_index", &self.vcpu_index)
             .field("vcpu_count", &self.vcpu_count)
             .field("grants", &self.grants)
+            .field("irq", &self.irq)
             .finish_non_exhaustive()
     }
 }

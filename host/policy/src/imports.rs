@@ -382,6 +382,19 @@ impl host::Host for Ctx {
     fn constant_mmio(&mut self, range: GpaRange, value: u64) -> HostResult<()> {
         Ok(self.declare_constant(ConstantTarget::Mmio(convert::gpa_range(range)), value))
     }
+
+    fn set_irq_line(&mut self, line: u32, level: bool) -> HostResult<()> {
+        let irq = &self.inst.irq;
+        if !irq.granted.contains(line) {
+            return Ok(Err(HostError::NotGranted));
+        }
+        let Some(lines) = irq.lines.as_ref() else {
+            return Ok(Err(HostError::Unsupported));
+        };
+        // A failed KVM_IRQ_LINE is the host's fault, not the policy's.
+        lines.set_level(line, level).map_err(wasmtime::Error::msg)?;
+        Ok(Ok(()))
+    }
 }
 
 /// Traps if a string argument is longer than the host accepts.

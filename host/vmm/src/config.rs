@@ -147,6 +147,9 @@ pub struct VmConfig {
     pub policy_cache: PolicyCache,
     /// Boot this kernel (the guest image is ignored).
     pub linux: Option<LinuxSpec>,
+    /// Give a plain guest KVM's in-kernel PIC, IOAPIC and PIT, as Linux
+    /// boots always get. HLT then waits in the kernel for an interrupt.
+    pub irqchip: bool,
 }
 
 impl VmConfig {
@@ -164,6 +167,7 @@ impl VmConfig {
             watch: false,
             policy_cache: PolicyCache::Default,
             linux: None,
+            irqchip: false,
         }
     }
 
@@ -276,6 +280,7 @@ struct FileConfig {
     vcpus: Option<u32>,
     mem: Option<Scalar>,
     serial: Option<String>,
+    irqchip: Option<bool>,
     #[serde(default)]
     policy: Vec<FilePolicy>,
 }
@@ -287,6 +292,7 @@ pub struct FileSettings {
     pub vcpus: Option<u32>,
     pub mem_bytes: Option<u64>,
     pub serial: Option<SerialBackend>,
+    pub irqchip: Option<bool>,
     pub policies: Vec<PolicySpec>,
 }
 
@@ -369,6 +375,7 @@ pub fn read_config_file(path: &Path) -> Result<FileSettings, ConfigError> {
             .map(|m| parse_size(&m.text()))
             .transpose()?,
         serial,
+        irqchip: file.irqchip,
         policies,
     })
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use wasmvisor_exit::{GpaRange, MemoryProtector, Routes, Subscriptions};
+use wasmvisor_exit::{GpaRange, InterruptLines, MemoryProtector, Routes, Subscriptions};
 use wasmvisor_kvm::{install_kick_handler, BootMode, BootState, KickList, Kicker, Vcpu, Vm};
 use wasmvisor_policy::{ComponentCache, ConsoleSink, PolicyEngine, PolicyInstance, Shared};
 
@@ -134,10 +134,16 @@ pub fn run_with_native(
     config.check()?;
     let engine = engine(config)?;
     let vm = Arc::new(Vm::new(config.mem_bytes)?);
+    // The PC platform must exist before the first vCPU.
+    let irqchip = config.irqchip || config.linux.is_some();
+    let irq: Option<Arc<dyn InterruptLines>> = if irqchip {
+        vm.create_pc_platform()?;
+        Some(Arc::clone(&vm) as Arc<dyn InterruptLines>)
+    } else {
+        None
+    };
     let boot = match &config.linux {
         Some(linux) => {
-            // The PC platform must exist before the first vCPU.
-            vm.create_pc_platform()?;
             let args = LinuxArgs {
                 ram_size: config.mem_bytes,
                 vcpus: config.vcpus,
@@ -169,6 +175,7 @@ pub fn run_with_native(
         protector: Arc::clone(&protector),
         ram_size: config.mem_bytes,
         vcpu_count: config.vcpus,
+        irq: irq.clone(),
     };
     // Instantiate and initialise every policy on every vCPU, then apply
     // what they protect at init.
@@ -188,7 +195,7 @@ pub fn run_with_native(
     let names: Vec<String> = prepared.iter().map(|p| p.slot.name.clone()).collect();
 
     let builtins = match config.serial {
-        SerialBackend::Native => vec![NativeSerial::new(Arc::clone(&console))],
+        SerialBackend::Native => vec![NativeSerial::new(Arc::clone(&console), irq)],
         SerialBackend::Policy => Vec::new(),
     };
     let builtin_claims: Vec<(Vec<std::ops::RangeInclusive<u16>>, Vec<GpaRange>)> = builtins
@@ -238,14 +245,13 @@ pub fn run_with_native(
     for (index, policies) in per_vcpu.into_iter().enumerate() {
         let mut vcpu = vm.create_vcpu(index as u32)?;
         vcpu.set_cpuid(&per_vcpu_cpuid(&cpuid, vcpu.index()))?;
-        if boot.linux.is_some() {
-            // Linux: the boot CPU starts at the entry; the others wait in
-            // their LAPIC for the kernel's INIT/SIPI.
+        if irqchip {
+            // LINT0 takes the PIC's interrupts, LINT1 NMIs, as on a PC.
             vcpu.set_lapic_lints()?;
-            if index == 0 {
-                vcpu.boot(&boot)?;
-            }
-        } else {
+        }
+        // Linux: the boot CPU starts at the entry; the others wait in
+        // their LAPIC for the kernel's INIT/SIPI.
+        if boot.linux.is_none() || index == 0 {
             vcpu.boot(&boot)?;
         }
         workers.push(VcpuWorker::new(vcpu, policies, handles.clone()));

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
-use wasmvisor_exit::{MemoryProtector, ProtectionMap, Subscriptions};
+use wasmvisor_exit::{InterruptLines, IrqAccess, MemoryProtector, ProtectionMap, Subscriptions};
 use wasmvisor_kvm::Vcpu;
 use wasmvisor_policy::{
     CacheOutcome, InstanceContext, PolicyEngine, PolicyImage, PolicyInstance, Shared,
@@ -25,6 +25,8 @@ pub(crate) struct PolicyEnv {
     pub memory: GuestMemoryMmap,
     pub shared: Arc<Shared>,
     pub protector: Arc<dyn MemoryProtector>,
+    /// The VM's interrupt lines, if it has an interrupt controller.
+    pub irq: Option<Arc<dyn InterruptLines>>,
     pub ram_size: u64,
     pub vcpu_count: u32,
 }
@@ -104,6 +106,10 @@ impl PolicyEnv {
                 grants: spec.sandbox.grants,
                 shared: Arc::clone(&self.shared),
                 protector: Some(protector.clone() as Arc<dyn MemoryProtector>),
+                irq: IrqAccess {
+                    lines: self.irq.clone(),
+                    granted: spec.sandbox.irq,
+                },
             };
             let mut inst = image.instantiate::<Vcpu>(ctx, &spec.sandbox.limits)?;
             let sub = inst.init(&spec.config)?;

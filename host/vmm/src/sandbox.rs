@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use wasmvisor_exit::Capabilities;
+use wasmvisor_exit::{Capabilities, IrqSet, MAX_IRQ_LINE};
 use wasmvisor_policy::{Limits, WasiGrants};
 
 use crate::config::{parse_number, parse_size, ConfigError};
@@ -38,6 +38,8 @@ pub struct Sandbox {
     /// refused at load time.
     pub grants: Capabilities,
     pub wasi: WasiGrants,
+    /// Interrupt lines the policy may drive (`set-irq-line`).
+    pub irq: IrqSet,
 }
 
 impl Default for Sandbox {
@@ -49,6 +51,7 @@ impl Default for Sandbox {
             quarantine_after: 10,
             grants: Capabilities::default(),
             wasi: WasiGrants::default(),
+            irq: IrqSet::EMPTY,
         }
     }
 }
@@ -134,9 +137,23 @@ impl Sandbox {
                 "stdio" => self.wasi.stdio = true,
                 _ => return Err(bad(key, value, "use clocks or stdio")),
             },
+            "irq" => {
+                let (first, last) = value.split_once('-').unwrap_or((value, value));
+                let line = |t: &str| t.trim().parse::<u32>().ok();
+                self.irq = line(first)
+                    .zip(line(last))
+                    .and_then(|(f, l)| self.irq.with_range(f, l))
+                    .ok_or_else(|| {
+                        bad(
+                            key,
+                            value,
+                            &format!("use a line or range of lines in 0-{MAX_IRQ_LINE}, e.g. 4 or 3-4"),
+                        )
+                    })?;
+            }
             _ => {
                 return Err(ConfigError::Sandbox(format!(
-                    "unknown sandbox setting @{key}: use @deadline, @memory, @tables, @on-fault, @quarantine, @grant or @wasi"
+                    "unknown sandbox setting @{key}: use @deadline, @memory, @tables, @on-fault, @quarantine, @grant, @wasi or @irq"
                 )))
             }
         }
@@ -171,6 +188,9 @@ mod tests {
         assert!(s.grants.stop_vm);
         s.set("wasi", "clocks").unwrap();
         assert!(s.wasi.clocks && !s.wasi.stdio);
+        s.set("irq", "4").unwrap();
+        s.set("irq", "10-11").unwrap();
+        assert!(s.irq.contains(4) && s.irq.contains(11) && !s.irq.contains(5));
         for (k, v) in [
             ("deadline", "0ms"),
             ("deadline", "2h"),
@@ -180,6 +200,9 @@ mod tests {
             ("on-fault", "maybe"),
             ("grant", "root"),
             ("wasi", "network"),
+            ("irq", "24"),
+            ("irq", "5-4"),
+            ("irq", "com1"),
             ("colour", "blue"),
         ] {
             assert!(s.set(k, v).is_err(), "@{k}={v} accepted");

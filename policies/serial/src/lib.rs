@@ -1,16 +1,32 @@
 //! A 16550 UART on eight ports; what the guest transmits goes to the VM
 //! console. There is no input: the receiver is always empty.
+//!
+//! Its interrupt (`irq`, default 4) is the "THR empty" interrupt, as a PC's
+//! COM1 raises it: enabled in IER, pending after a THR write or when
+//! enabled (THR is always empty), acknowledged by reading IIR, gated by
+//! MCR OUT2. The policy drives the line with the `set-irq-line` import,
+//! which the operator grants with `@irq=4`; without the grant, or in a VM
+//! without an interrupt controller, the UART runs polled and says so once.
+//!
+//! Each vCPU's instance has its own copy of the registers: a guest that
+//! programs the UART on one vCPU and writes to it from another sees the
+//! registers of the vCPU it is on.
 
 use wasmvisor_policy_sdk::{
-    export_policy, host, Config, Direction, Exit, IoExit, Policy, Subscriptions, Verdict,
+    export_policy, host, Config, Direction, Exit, HostError, IoExit, Policy, Subscriptions, Verdict,
 };
 
 /// LCR bit 7: the divisor latch is mapped at offsets 0 and 1.
 const LCR_DLAB: u8 = 0x80;
 /// MCR bit 4: loopback, the modem outputs drive the modem inputs.
 const MCR_LOOP: u8 = 0x10;
-/// IIR: no interrupt pending.
+/// IIR: no interrupt pending; THR empty pending.
 const IIR_NONE: u8 = 0x01;
+const IIR_THRI: u8 = 0x02;
+/// IER bit 1: interrupt when THR is empty.
+const IER_THRI: u8 = 0x02;
+/// MCR bit 3: OUT2, which connects the interrupt to the PIC on a PC.
+const MCR_OUT2: u8 = 0x08;
 /// LSR: transmit holding register empty, transmitter empty.
 const LSR_IDLE: u8 = 0x60;
 /// MSR: carrier detect, data set ready, clear to send.
@@ -25,6 +41,8 @@ struct Uart {
     scr: u8,
     dll: u8,
     dlm: u8,
+    /// The THR-empty interrupt is pending (not yet acknowledged).
+    thre_pending: bool,
 }
 
 impl Uart {
@@ -32,13 +50,23 @@ impl Uart {
         self.lcr & LCR_DLAB != 0
     }
 
+    /// The level of the interrupt output.
+    fn irq_level(&self) -> bool {
+        self.ier & IER_THRI != 0 && self.thre_pending && self.mcr & MCR_OUT2 != 0
+    }
+
     /// The value a read of register `offset` returns.
-    fn read(&self, offset: u16) -> u8 {
+    fn read(&mut self, offset: u16) -> u8 {
         match offset {
             0 if self.dlab() => self.dll,
             0 => 0, // RBR: nothing received
             1 if self.dlab() => self.dlm,
             1 => self.ier,
+            2 if self.ier & IER_THRI != 0 && self.thre_pending => {
+                // Reading IIR acknowledges the THR-empty interrupt.
+                self.thre_pending = false;
+                IIR_THRI
+            }
             2 => IIR_NONE,
             3 => self.lcr,
             4 => self.mcr,
@@ -54,9 +82,18 @@ impl Uart {
     fn write(&mut self, offset: u16, value: u8) -> Option<u8> {
         match offset {
             0 if self.dlab() => self.dll = value,
-            0 => return Some(value),
+            0 => {
+                self.thre_pending = true;
+                return Some(value);
+            }
             1 if self.dlab() => self.dlm = value,
-            1 => self.ier = value & 0x0f,
+            1 => {
+                // Enabling the interrupt while THR is empty raises it.
+                if value & IER_THRI != 0 && self.ier & IER_THRI == 0 {
+                    self.thre_pending = true;
+                }
+                self.ier = value & 0x0f;
+            }
             2 => {} // FCR: the FIFOs are not modelled
             3 => self.lcr = value,
             4 => self.mcr = value & 0x1f,
@@ -76,6 +113,35 @@ impl Uart {
 struct Serial {
     base: u16,
     uart: Uart,
+    /// The interrupt line, while the host lets the policy drive it.
+    irq: Option<u32>,
+    /// The level the line was last set to.
+    line: bool,
+}
+
+impl Serial {
+    /// Moves the interrupt line to the UART's level if it changed. A
+    /// refusal turns interrupts off for this instance, with one warning.
+    fn update_irq(&mut self) {
+        let level = self.uart.irq_level();
+        let Some(line) = self.irq.filter(|_| level != self.line) else {
+            return;
+        };
+        match host::set_irq_line(line, level) {
+            Ok(()) => self.line = level,
+            Err(e) => {
+                self.irq = None;
+                let why = match e {
+                    HostError::NotGranted => "not granted (add @irq=LINE to the policy)",
+                    HostError::Unsupported => "unsupported: the VM has no interrupt controller",
+                    _ => "refused",
+                };
+                host::warn(&format!(
+                    "serial: interrupt line {line} {why}; running polled"
+                ));
+            }
+        }
+    }
 }
 
 impl Policy for Serial {
@@ -84,14 +150,21 @@ impl Policy for Serial {
     const DESCRIPTION: &'static str = "16550 UART whose output goes to the VM console";
 
     fn init(config: &Config) -> Result<(Self, Subscriptions), String> {
-        config.check_keys(&["port"])?;
+        config.check_keys(&["port", "irq"])?;
         let base = config.u16("port")?.unwrap_or(0x3f8);
+        let irq = match config.get("irq") {
+            None => Some(4),
+            Some("none") => None,
+            Some(_) => Some(config.u32("irq")?.unwrap_or(4)),
+        };
         let last = base
             .checked_add(7)
             .ok_or_else(|| format!("config key `port`: {base:#x}+7 is above 0xffff"))?;
         let serial = Serial {
             base,
             uart: Uart::default(),
+            irq,
+            line: false,
         };
         Ok((serial, Subscriptions::new().ports(base, last)))
     }
@@ -101,7 +174,7 @@ impl Policy for Serial {
         if offset > 7 {
             return Verdict::Decline;
         }
-        match io.direction {
+        let verdict = match io.direction {
             Direction::Read => Verdict::complete(self.uart.read(offset).into()),
             Direction::Write => {
                 if let Some(byte) = self.uart.write(offset, io.data as u8) {
@@ -109,7 +182,9 @@ impl Policy for Serial {
                 }
                 Verdict::resume()
             }
-        }
+        };
+        self.update_irq();
+        verdict
     }
 }
 
@@ -121,7 +196,7 @@ mod tests {
 
     #[test]
     fn idle_status_registers() {
-        let u = Uart::default();
+        let mut u = Uart::default();
         assert_eq!(u.read(0), 0);
         assert_eq!(u.read(2), 0x01);
         assert_eq!(u.read(5), 0x60);
@@ -163,6 +238,33 @@ mod tests {
         assert_eq!(u.read(6), 0x90);
         u.write(4, 0x1f);
         assert_eq!(u.read(6), 0xf0);
+    }
+
+    #[test]
+    fn the_thr_empty_interrupt_follows_ier_iir_thr_and_out2() {
+        let mut u = Uart::default();
+        u.write(1, IER_THRI);
+        assert!(!u.irq_level(), "OUT2 off");
+        u.write(4, MCR_OUT2);
+        assert!(u.irq_level());
+        assert_eq!(u.read(2), IIR_THRI);
+        assert!(!u.irq_level(), "acknowledged");
+        assert_eq!(u.read(2), IIR_NONE);
+        u.write(0, b'x');
+        assert!(u.irq_level(), "THR empty again");
+        u.write(1, 0);
+        assert!(!u.irq_level(), "disabled");
+    }
+
+    #[test]
+    fn the_interrupt_line_is_configurable() {
+        let (s, _) = Serial::init(&Config::default()).unwrap();
+        assert_eq!(s.irq, Some(4));
+        let (s, _) = Serial::init(&Config::from_pairs([("irq", "3")])).unwrap();
+        assert_eq!(s.irq, Some(3));
+        let (s, _) = Serial::init(&Config::from_pairs([("irq", "none")])).unwrap();
+        assert_eq!(s.irq, None);
+        assert!(Serial::init(&Config::from_pairs([("irq", "com")])).is_err());
     }
 
     #[test]

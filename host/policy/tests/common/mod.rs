@@ -91,6 +91,7 @@ impl Capture {
             grants,
             shared: Arc::clone(&self.shared),
             protector: None,
+            irq: Default::default(),
         }
     }
 }
