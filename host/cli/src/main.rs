@@ -5,6 +5,7 @@
 mod assets;
 mod control;
 mod inspect;
+mod replay;
 mod run;
 
 use std::process::ExitCode;
@@ -27,6 +28,8 @@ enum Command {
     /// Work with policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Replay a recording (`run --record`) against a policy, without a VM, and show where its answers differ.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
+        Command::Replay(args) => replay::run(args),
         Command::Policy(PolicyCommand::Inspect(args)) => inspect::inspect(args).map(|()| 0),
         Command::Policy(PolicyCommand::List(args)) => control::list(args),
         Command::Policy(PolicyCommand::Swap(args)) => control::swap(args),

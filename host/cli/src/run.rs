@@ -61,6 +61,9 @@ pub struct RunArgs {
     /// Print detailed statistics (JSON) after the run.
     #[arg(long)]
     stats: bool,
+    /// Record every exit delivered to policies, with what they read and answered, for `wasmvisor replay` (docs/record-replay.md).
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
     /// Write policy-emitted events as JSON lines to this file.
     #[arg(long, value_name = "OUT.jsonl")]
     events: Option<PathBuf>,
@@ -143,6 +146,7 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
         config.policy_deadline = Some(Duration::from_millis(ms));
     }
     config.events = args.events.clone();
+    config.record = args.record.clone();
     config.linux = args.kernel.as_ref().map(|kernel| LinuxSpec {
         kernel: kernel.clone(),
         initrd: args.initrd.clone(),
@@ -171,6 +175,13 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let _ = std::io::stdout().flush();
     eprintln!("wasmvisor: {}", report.outcome.describe());
     eprint!("{}", report.stats.summary());
+    match (&report.recording, &config.record) {
+        (Some(Ok(n)), Some(path)) => {
+            eprintln!("wasmvisor: recorded {n} policy calls to {}", path.display())
+        }
+        (Some(Err(why)), _) => eprintln!("wasmvisor: warning: the recording is incomplete: {why}"),
+        _ => {}
+    }
     if args.stats {
         eprintln!("stats: {}", serde_json::to_string(&report.stats)?);
     }

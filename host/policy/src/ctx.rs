@@ -91,6 +91,9 @@ pub(crate) struct Ctx {
     /// Constant answers declared so far; `Some` only while `init` runs,
     /// the one time they may be declared.
     pub(crate) constants: Option<Vec<Constant>>,
+    /// Import calls of the current export call, when recording or
+    /// replaying.
+    pub(crate) tape: Option<crate::tape::Tape>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -109,6 +112,7 @@ impl Ctx {
             fault: None,
             cpu_mark: None,
             constants: None,
+            tape: None,
             wasi: crate::wasi::ctx(wasi),
             table: ResourceTable::new(),
         }

@@ -17,6 +17,7 @@ use wasmvisor_exit::{
 
 use crate::convert;
 use crate::ctx::Ctx;
+use crate::tape;
 
 /// Largest guest-memory transfer one import call may make.
 pub const MAX_TRANSFER: usize = 64 * 1024;
@@ -137,16 +138,18 @@ fn walk_error(e: &WalkFault) -> HostError {
     }
 }
 
-impl host::Host for Ctx {
-    fn vcpu_id(&mut self) -> wasmtime::Result<u32> {
+/// The imports as they act on the VM; [`host::Host`] runs them through
+/// the tape (`tape.rs`) when recording or replaying.
+impl Ctx {
+    fn live_vcpu_id(&mut self) -> wasmtime::Result<u32> {
         Ok(self.inst.vcpu_index)
     }
 
-    fn vcpu_count(&mut self) -> wasmtime::Result<u32> {
+    fn live_vcpu_count(&mut self) -> wasmtime::Result<u32> {
         Ok(self.inst.vcpu_count)
     }
 
-    fn get_reg(&mut self, r: Reg) -> wasmtime::Result<u64> {
+    fn live_get_reg(&mut self, r: Reg) -> wasmtime::Result<u64> {
         match self.vcpu.get_reg(convert::reg(r)) {
             Some(Ok(value)) => Ok(value),
             Some(Err(fault)) => {
@@ -158,7 +161,7 @@ impl host::Host for Ctx {
         }
     }
 
-    fn read_phys(&mut self, gpa: u64, len: u32) -> HostResult<Vec<u8>> {
+    fn live_read_phys(&mut self, gpa: u64, len: u32) -> HostResult<Vec<u8>> {
         let len = len as usize;
         if len > MAX_TRANSFER {
             return Ok(Err(HostError::TooLarge));
@@ -178,7 +181,7 @@ impl host::Host for Ctx {
         )
     }
 
-    fn write_phys(&mut self, gpa: u64, data: Vec<u8>) -> HostResult<()> {
+    fn live_write_phys(&mut self, gpa: u64, data: Vec<u8>) -> HostResult<()> {
         if !self.inst.grants.write_memory {
             return Ok(Err(HostError::NotGranted));
         }
@@ -198,14 +201,14 @@ impl host::Host for Ctx {
             .map_err(|_| HostError::OutOfRange))
     }
 
-    fn translate(&mut self, gva: u64) -> HostResult<u64> {
+    fn live_translate(&mut self, gva: u64) -> HostResult<u64> {
         let paging = self.paging("translate")?;
         Ok(translate(&self.inst.memory, &paging, gva)
             .map(|t| t.gpa)
             .map_err(|e| walk_error(&e)))
     }
 
-    fn read_virt(&mut self, gva: u64, len: u32) -> HostResult<Vec<u8>> {
+    fn live_read_virt(&mut self, gva: u64, len: u32) -> HostResult<Vec<u8>> {
         let len = len as usize;
         if len > MAX_TRANSFER {
             return Ok(Err(HostError::TooLarge));
@@ -230,7 +233,7 @@ impl host::Host for Ctx {
         Ok(Ok(out))
     }
 
-    fn write_virt(&mut self, gva: u64, data: Vec<u8>) -> HostResult<()> {
+    fn live_write_virt(&mut self, gva: u64, data: Vec<u8>) -> HostResult<()> {
         if !self.inst.grants.write_memory {
             return Ok(Err(HostError::NotGranted));
         }
@@ -257,13 +260,13 @@ impl host::Host for Ctx {
         Ok(Ok(()))
     }
 
-    fn get_segment(&mut self, s: types::SegmentReg) -> wasmtime::Result<types::Segment> {
+    fn live_get_segment(&mut self, s: types::SegmentReg) -> wasmtime::Result<types::Segment> {
         let s = convert::segment_reg(s);
         self.with_vcpu("get-segment", |v| v.get_segment(s))
             .map(convert::segment_to_wit)
     }
 
-    fn set_segment(&mut self, s: types::SegmentReg, value: types::Segment) -> HostResult<()> {
+    fn live_set_segment(&mut self, s: types::SegmentReg, value: types::Segment) -> HostResult<()> {
         if !self.inst.grants.set_registers {
             return Ok(Err(HostError::NotGranted));
         }
@@ -273,7 +276,7 @@ impl host::Host for Ctx {
             .map(Ok)
     }
 
-    fn set_breakpoint(&mut self, bp: types::Breakpoint) -> HostResult<u8> {
+    fn live_set_breakpoint(&mut self, bp: types::Breakpoint) -> HostResult<u8> {
         let kind = match bp.kind {
             types::BreakpointKind::Execute => HwBreakpointKind::Execute,
             types::BreakpointKind::Write => HwBreakpointKind::Write,
@@ -298,7 +301,7 @@ impl host::Host for Ctx {
         self.update_debug("set-breakpoint", |d| d.add(hw).ok_or(HostError::TooLarge))
     }
 
-    fn clear_breakpoint(&mut self, slot: u8) -> HostResult<()> {
+    fn live_clear_breakpoint(&mut self, slot: u8) -> HostResult<()> {
         if slot > 3 {
             return Ok(Err(HostError::OutOfRange));
         }
@@ -309,7 +312,7 @@ impl host::Host for Ctx {
         .map(|r| r.map(|_| ()))
     }
 
-    fn single_step(&mut self, on: bool) -> HostResult<()> {
+    fn live_single_step(&mut self, on: bool) -> HostResult<()> {
         self.update_debug("single-step", |d| {
             d.step_always = on;
             Ok(0)
@@ -317,7 +320,7 @@ impl host::Host for Ctx {
         .map(|r| r.map(|_| ()))
     }
 
-    fn protect(&mut self, req: ProtectRequest) -> HostResult<()> {
+    fn live_protect(&mut self, req: ProtectRequest) -> HostResult<()> {
         if !self.inst.grants.protect_memory {
             return Ok(Err(HostError::NotGranted));
         }
@@ -328,7 +331,7 @@ impl host::Host for Ctx {
         protection_result(protector.protect(req.range, req.mode))
     }
 
-    fn unprotect(&mut self, range: GpaRange) -> HostResult<()> {
+    fn live_unprotect(&mut self, range: GpaRange) -> HostResult<()> {
         if !self.inst.grants.protect_memory {
             return Ok(Err(HostError::NotGranted));
         }
@@ -338,18 +341,18 @@ impl host::Host for Ctx {
         protection_result(protector.unprotect(crate::convert::gpa_range(range)))
     }
 
-    fn console_write(&mut self, bytes: Vec<u8>) -> wasmtime::Result<()> {
+    fn live_console_write(&mut self, bytes: Vec<u8>) -> wasmtime::Result<()> {
         self.inst.shared.console_write(&bytes);
         Ok(())
     }
 
-    fn log(&mut self, level: LogLevel, msg: String) -> wasmtime::Result<()> {
+    fn live_log(&mut self, level: LogLevel, msg: String) -> wasmtime::Result<()> {
         let line = log_line(&self.inst.policy_name, self.inst.vcpu_index, level, &msg);
         self.inst.shared.log_line(&line);
         Ok(())
     }
 
-    fn emit(&mut self, kind: String, json: String) -> wasmtime::Result<()> {
+    fn live_emit(&mut self, kind: String, json: String) -> wasmtime::Result<()> {
         check_len("emit kind", kind.len(), MAX_KEY_BYTES)?;
         check_len("emit payload", json.len(), MAX_EVENT_BYTES)?;
         let inst = &self.inst;
@@ -363,7 +366,7 @@ impl host::Host for Ctx {
         Ok(())
     }
 
-    fn counter_add(&mut self, key: String, delta: i64) -> wasmtime::Result<i64> {
+    fn live_counter_add(&mut self, key: String, delta: i64) -> wasmtime::Result<i64> {
         check_len("counter key", key.len(), MAX_KEY_BYTES)?;
         self.inst
             .shared
@@ -371,19 +374,19 @@ impl host::Host for Ctx {
             .ok_or_else(|| wasmtime::Error::msg("counter-add would create too many counters"))
     }
 
-    fn constant_ports(&mut self, ports: types::PortRange, value: u64) -> HostResult<()> {
+    fn live_constant_ports(&mut self, ports: types::PortRange, value: u64) -> HostResult<()> {
         Ok(self.declare_constant(ConstantTarget::Ports(ports.first..=ports.last), value))
     }
 
-    fn constant_msrs(&mut self, msrs: types::MsrRange, value: u64) -> HostResult<()> {
+    fn live_constant_msrs(&mut self, msrs: types::MsrRange, value: u64) -> HostResult<()> {
         Ok(self.declare_constant(ConstantTarget::Msrs(msrs.first..=msrs.last), value))
     }
 
-    fn constant_mmio(&mut self, range: GpaRange, value: u64) -> HostResult<()> {
+    fn live_constant_mmio(&mut self, range: GpaRange, value: u64) -> HostResult<()> {
         Ok(self.declare_constant(ConstantTarget::Mmio(convert::gpa_range(range)), value))
     }
 
-    fn set_irq_line(&mut self, line: u32, level: bool) -> HostResult<()> {
+    fn live_set_irq_line(&mut self, line: u32, level: bool) -> HostResult<()> {
         let irq = &self.inst.irq;
         if !irq.granted.contains(line) {
             return Ok(Err(HostError::NotGranted));
@@ -394,6 +397,112 @@ impl host::Host for Ctx {
         // A failed KVM_IRQ_LINE is the host's fault, not the policy's.
         lines.set_level(line, level).map_err(wasmtime::Error::msg)?;
         Ok(Ok(()))
+    }
+}
+
+/// Runs one import through the tape when one is running, else straight
+/// to its `live_` implementation (no serialisation cost).
+macro_rules! taped {
+    ($ctx:ident, $wit:literal, $live:ident($($arg:ident),*)) => {{
+        if !$ctx.taping() {
+            return $ctx.$live($($arg),*);
+        }
+        let args = tape::args(&($(&$arg,)*));
+        $ctx.taped($wit, args, move |c| c.$live($($arg),*))
+    }};
+}
+
+impl host::Host for Ctx {
+    fn vcpu_id(&mut self) -> wasmtime::Result<u32> {
+        taped!(self, "vcpu-id", live_vcpu_id())
+    }
+
+    fn vcpu_count(&mut self) -> wasmtime::Result<u32> {
+        taped!(self, "vcpu-count", live_vcpu_count())
+    }
+
+    fn get_reg(&mut self, r: Reg) -> wasmtime::Result<u64> {
+        taped!(self, "get-reg", live_get_reg(r))
+    }
+
+    fn read_phys(&mut self, gpa: u64, len: u32) -> HostResult<Vec<u8>> {
+        taped!(self, "read-phys", live_read_phys(gpa, len))
+    }
+
+    fn write_phys(&mut self, gpa: u64, data: Vec<u8>) -> HostResult<()> {
+        taped!(self, "write-phys", live_write_phys(gpa, data))
+    }
+
+    fn translate(&mut self, gva: u64) -> HostResult<u64> {
+        taped!(self, "translate", live_translate(gva))
+    }
+
+    fn read_virt(&mut self, gva: u64, len: u32) -> HostResult<Vec<u8>> {
+        taped!(self, "read-virt", live_read_virt(gva, len))
+    }
+
+    fn write_virt(&mut self, gva: u64, data: Vec<u8>) -> HostResult<()> {
+        taped!(self, "write-virt", live_write_virt(gva, data))
+    }
+
+    fn get_segment(&mut self, s: types::SegmentReg) -> wasmtime::Result<types::Segment> {
+        taped!(self, "get-segment", live_get_segment(s))
+    }
+
+    fn set_segment(&mut self, s: types::SegmentReg, value: types::Segment) -> HostResult<()> {
+        taped!(self, "set-segment", live_set_segment(s, value))
+    }
+
+    fn set_breakpoint(&mut self, bp: types::Breakpoint) -> HostResult<u8> {
+        taped!(self, "set-breakpoint", live_set_breakpoint(bp))
+    }
+
+    fn clear_breakpoint(&mut self, slot: u8) -> HostResult<()> {
+        taped!(self, "clear-breakpoint", live_clear_breakpoint(slot))
+    }
+
+    fn single_step(&mut self, on: bool) -> HostResult<()> {
+        taped!(self, "single-step", live_single_step(on))
+    }
+
+    fn protect(&mut self, req: ProtectRequest) -> HostResult<()> {
+        taped!(self, "protect", live_protect(req))
+    }
+
+    fn unprotect(&mut self, range: GpaRange) -> HostResult<()> {
+        taped!(self, "unprotect", live_unprotect(range))
+    }
+
+    fn console_write(&mut self, bytes: Vec<u8>) -> wasmtime::Result<()> {
+        taped!(self, "console-write", live_console_write(bytes))
+    }
+
+    fn log(&mut self, level: LogLevel, msg: String) -> wasmtime::Result<()> {
+        taped!(self, "log", live_log(level, msg))
+    }
+
+    fn emit(&mut self, kind: String, json: String) -> wasmtime::Result<()> {
+        taped!(self, "emit", live_emit(kind, json))
+    }
+
+    fn counter_add(&mut self, key: String, delta: i64) -> wasmtime::Result<i64> {
+        taped!(self, "counter-add", live_counter_add(key, delta))
+    }
+
+    fn constant_ports(&mut self, ports: types::PortRange, value: u64) -> HostResult<()> {
+        taped!(self, "constant-ports", live_constant_ports(ports, value))
+    }
+
+    fn constant_msrs(&mut self, msrs: types::MsrRange, value: u64) -> HostResult<()> {
+        taped!(self, "constant-msrs", live_constant_msrs(msrs, value))
+    }
+
+    fn constant_mmio(&mut self, range: GpaRange, value: u64) -> HostResult<()> {
+        taped!(self, "constant-mmio", live_constant_mmio(range, value))
+    }
+
+    fn set_irq_line(&mut self, line: u32, level: bool) -> HostResult<()> {
+        taped!(self, "set-irq-line", live_set_irq_line(line, level))
     }
 }
 

@@ -9,6 +9,7 @@ use wasmtime::Store;
 use wasmvisor_exit::{ExitEvent, Subscriptions, VcpuAccess};
 
 use crate::bindings::exports::wasmvisor::policy::handler::Guest;
+use crate::bindings::wasmvisor::policy::types as wit;
 use crate::bindings::Policy;
 use crate::convert;
 use crate::ctx::{Ctx, InstanceContext};
@@ -16,6 +17,8 @@ use crate::engine::PolicyEngine;
 use crate::error::{one_line, CallError, PolicyError};
 use crate::image::PolicyImage;
 use crate::limits::Limits;
+use crate::record::{Entry, Outcome};
+use crate::tape::{ImportCall, Tape};
 use crate::types::{CpuidLeaf, PolicyInfo, Verdict};
 
 /// A running policy instance for one vCPU. `Send`, not `Sync`: it lives on
@@ -64,9 +67,23 @@ impl<V: VcpuAccess + Send + 'static> PolicyInstance<V> {
     /// to see. The configuration is kept to re-initialise the instance
     /// after a trap.
     pub fn init(&mut self, config: &[(String, String)]) -> Result<Subscriptions, PolicyError> {
+        let recording = self.start_recording();
         self.store.data_mut().constants = Some(Vec::new());
         let result = self.call(|h, s| h.call_init(s, config));
         let constants = self.store.data_mut().constants.take().unwrap_or_default();
+        if recording {
+            let outcome = match &result {
+                Ok(r) => Outcome::Returned(r.clone()),
+                Err(e) => Outcome::Failed(e.to_string()),
+            };
+            self.finish_recording(|policy, vcpu, imports| Entry::Init {
+                policy,
+                vcpu,
+                config: config.to_vec(),
+                imports,
+                outcome,
+            });
+        }
         match result.map_err(|e| self.call_error("init", e))? {
             Ok(subs) => {
                 self.config = Some(config.to_vec());
@@ -102,10 +119,34 @@ impl<V: VcpuAccess + Send + 'static> PolicyInstance<V> {
         event: &ExitEvent,
         vcpu: &mut Option<V>,
     ) -> Result<Verdict, CallError> {
+        let event = convert::exit_event(event);
+        if !self.start_recording() {
+            return self.exit_call(event, vcpu).map(convert::verdict);
+        }
+        let result = self.exit_call(event, vcpu);
+        let outcome = match &result {
+            Ok(v) => Outcome::Returned(v.clone()),
+            Err(e) => Outcome::Failed(e.to_string()),
+        };
+        self.finish_recording(|policy, vcpu, imports| Entry::HandleExit {
+            policy,
+            vcpu,
+            event,
+            imports,
+            outcome,
+        });
+        result.map(convert::verdict)
+    }
+
+    /// Calls `handle-exit` with the vCPU lent.
+    pub(crate) fn exit_call(
+        &mut self,
+        event: wit::ExitEvent,
+        vcpu: &mut Option<V>,
+    ) -> Result<wit::Verdict, CallError> {
         if self.broken.is_some() {
             self.repair()?;
         }
-        let event = convert::exit_event(event);
         self.store.data_mut().swap_vcpu(vcpu);
         arm(&mut self.store, self.image.engine(), self.ticks);
         let result = self
@@ -113,10 +154,64 @@ impl<V: VcpuAccess + Send + 'static> PolicyInstance<V> {
             .wasmvisor_policy_handler()
             .call_handle_exit(&mut self.store, event);
         self.store.data_mut().swap_vcpu(vcpu);
-        match result {
-            Ok(verdict) => Ok(convert::verdict(verdict)),
-            Err(error) => Err(self.recover(&error)),
+        result.map_err(|error| self.recover(&error))
+    }
+
+    /// Starts a tape if the VM is being recorded; true if it did.
+    fn start_recording(&mut self) -> bool {
+        let ctx = self.store.data_mut();
+        let on = ctx.inst.shared.recorder().is_some();
+        if on {
+            ctx.tape = Some(Tape::Record(Vec::new()));
         }
+        on
+    }
+
+    /// Takes the tape and writes the entry `make` builds from it. The
+    /// store may have been rebuilt by a failure, which drops the tape:
+    /// the entry then has the import calls made before it.
+    fn finish_recording(&mut self, make: impl FnOnce(String, u32, Vec<ImportCall>) -> Entry) {
+        let ctx = self.store.data_mut();
+        let imports = match ctx.tape.take() {
+            Some(Tape::Record(calls)) => calls,
+            _ => Vec::new(),
+        };
+        let shared = std::sync::Arc::clone(&ctx.inst.shared);
+        let entry = make(ctx.inst.policy_name.clone(), ctx.inst.vcpu_index, imports);
+        if let Some(recorder) = shared.recorder() {
+            recorder.write(&entry);
+        }
+    }
+
+    /// Runs `f` with import calls answered from `imports` instead of the
+    /// VM (`replay.rs`); returns what it returned and the recorded calls
+    /// the policy did not make.
+    pub(crate) fn with_tape<R>(
+        &mut self,
+        imports: Vec<ImportCall>,
+        f: impl FnOnce(&mut Self) -> R,
+    ) -> (R, Vec<ImportCall>) {
+        self.store.data_mut().tape = Some(Tape::Replay(imports.into()));
+        let out = f(self);
+        let left = match self.store.data_mut().tape.take() {
+            Some(Tape::Replay(calls)) => calls.into(),
+            _ => Vec::new(),
+        };
+        (out, left)
+    }
+
+    /// Calls `init` without converting its answer (replay).
+    pub(crate) fn init_raw(
+        &mut self,
+        config: &[(String, String)],
+    ) -> Result<Result<wit::Subscriptions, String>, CallError> {
+        self.store.data_mut().constants = Some(Vec::new());
+        let result = self.call(|h, s| h.call_init(s, config));
+        self.store.data_mut().constants = None;
+        if matches!(result, Ok(Ok(_))) {
+            self.config = Some(config.to_vec());
+        }
+        result
     }
 
     /// The policy's state, for the next generation (hot swap).

@@ -89,6 +89,7 @@ pub struct Shared {
     /// Events emitted, indexed by policy index.
     emitted: Mutex<Vec<u64>>,
     counters: Mutex<HashMap<(usize, String), i64>>,
+    recorder: Option<crate::record::Recorder>,
 }
 
 impl Shared {
@@ -117,7 +118,19 @@ impl Shared {
             event_write_errors: AtomicU64::new(0),
             emitted: Mutex::new(Vec::new()),
             counters: Mutex::new(HashMap::new()),
+            recorder: None,
         })
+    }
+
+    /// Records every policy call into `recorder` (`--record`).
+    pub fn with_recorder(mut self, recorder: crate::record::Recorder) -> Shared {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// The recorder, when the VM is being recorded.
+    pub fn recorder(&self) -> Option<&crate::record::Recorder> {
+        self.recorder.as_ref()
     }
 
     /// Sends log lines to `log` instead of standard error.

@@ -150,6 +150,8 @@ pub struct VmConfig {
     /// Give a plain guest KVM's in-kernel PIC, IOAPIC and PIT, as Linux
     /// boots always get. HLT then waits in the kernel for an interrupt.
     pub irqchip: bool,
+    /// Record every policy call to this file (`docs/record-replay.md`).
+    pub record: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -168,6 +170,7 @@ impl VmConfig {
             policy_cache: PolicyCache::Default,
             linux: None,
             irqchip: false,
+            record: None,
         }
     }
 

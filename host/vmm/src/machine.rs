@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use wasmvisor_exit::{GpaRange, InterruptLines, MemoryProtector, Routes, Subscriptions};
 use wasmvisor_kvm::{install_kick_handler, BootMode, BootState, KickList, Kicker, Vcpu, Vm};
-use wasmvisor_policy::{ComponentCache, ConsoleSink, PolicyEngine, PolicyInstance, Shared};
+use wasmvisor_policy::{
+    ComponentCache, ConsoleSink, PolicyEngine, PolicyInstance, Recorder, Shared,
+};
 
 use crate::config::{PolicyCache, SerialBackend, VmConfig};
 use crate::control::Services;
@@ -39,6 +41,9 @@ pub const DEFAULT_LOAD_ADDR: u64 = wasmvisor_kvm::HOST_RESERVED_END;
 pub struct RunReport {
     pub outcome: VmOutcome,
     pub stats: Stats,
+    /// With `--record`: the policy calls recorded, or why the recording
+    /// is incomplete.
+    pub recording: Option<Result<u64, String>>,
 }
 
 /// Largest guest image file wasmvisor reads.
@@ -164,10 +169,14 @@ pub fn run_with_native(
     boot.write_tables(vm.memory())?;
 
     let protector: Arc<dyn MemoryProtector> = vm.memslots();
-    let shared = Arc::new(
-        Shared::new(Arc::clone(&console), config.events.as_deref())
-            .map_err(|e| VmmError::Engine(e.to_string()))?,
-    );
+    let mut shared = Shared::new(Arc::clone(&console), config.events.as_deref())
+        .map_err(|e| VmmError::Engine(e.to_string()))?;
+    if let Some(path) = &config.record {
+        let recorder =
+            Recorder::create(path, config.vcpus).map_err(|e| VmmError::Engine(e.to_string()))?;
+        shared = shared.with_recorder(recorder);
+    }
+    let shared = Arc::new(shared);
     let env = PolicyEnv {
         engine,
         memory: vm.memory().clone(),
@@ -280,7 +289,11 @@ pub fn run_with_native(
     let outcome = run_workers(workers, &control, &kicks, &names);
     drop(services);
     drop(vm);
-    outcome
+    let mut report = outcome?;
+    report.recording = shared
+        .recorder()
+        .map(|r| r.finish().map_err(|e| e.to_string()));
+    Ok(report)
 }
 
 /// Starts one thread per vCPU and waits for the VM to end.
@@ -363,5 +376,9 @@ fn run_workers(
         (_, Some(o)) => o,
         (_, None) => VmOutcome::Halted,
     };
-    Ok(RunReport { outcome, stats })
+    Ok(RunReport {
+        outcome,
+        stats,
+        recording: None,
+    })
 }
