@@ -19,7 +19,7 @@ pub struct InspectArgs {
     policy: String,
 }
 
-fn describe(s: &Subscriptions) -> Vec<String> {
+pub(crate) fn describe(s: &Subscriptions) -> Vec<String> {
     let mut out = Vec::new();
     let ports: Vec<String> = s
         .ports

@@ -3,6 +3,8 @@
 //! Every error is one line on stderr and a non-zero exit code.
 
 mod assets;
+mod check;
+mod conformance;
 mod control;
 mod inspect;
 mod replay;
@@ -36,6 +38,10 @@ enum Command {
 enum PolicyCommand {
     /// Show a policy's name, WIT version and subscriptions.
     Inspect(inspect::InspectArgs),
+    /// Validate a policy without a VM: world, version, imports, init and subscriptions, with readable diagnostics.
+    Check(check::CheckArgs),
+    /// Run the conformance harness (docs/conformance.md) against a policy, on KVM.
+    Conformance(conformance::ConformanceArgs),
     /// List the policies of a running VM (through its control socket).
     List(control::ListArgs),
     /// Replace a running VM's policy with another component.
@@ -54,6 +60,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(*args),
         Command::Replay(args) => replay::run(args),
         Command::Policy(PolicyCommand::Inspect(args)) => inspect::inspect(args).map(|()| 0),
+        Command::Policy(PolicyCommand::Check(args)) => check::check(args),
+        Command::Policy(PolicyCommand::Conformance(args)) => conformance::run(args),
         Command::Policy(PolicyCommand::List(args)) => control::list(args),
         Command::Policy(PolicyCommand::Swap(args)) => control::swap(args),
         Command::Policy(PolicyCommand::Load(args)) => control::load(args),

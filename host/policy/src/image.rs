@@ -205,6 +205,60 @@ fn sniff(name: &str, bytes: &[u8]) -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// Where an import of a component would come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportSource {
+    /// The host interface (`wasmvisor:policy/...@0.1.0`).
+    Host,
+    /// WASI preview 2 (0.2.x), over the locked-down context.
+    Wasi,
+    /// Nothing: the policy cannot be linked.
+    Missing,
+}
+
+/// A component's exports and imports, for `wasmvisor policy check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Survey {
+    /// Size of the file in bytes.
+    pub bytes: usize,
+    pub exports: Vec<String>,
+    pub imports: Vec<(String, ImportSource)>,
+}
+
+/// Compiles the component at `path` and lists what it exports and
+/// imports, without checking it against the world.
+pub fn survey(engine: &PolicyEngine, path: &Path) -> Result<Survey, PolicyError> {
+    let bytes = read_policy(path)?;
+    let name = file_name(path);
+    sniff(&name, &bytes)?;
+    let component =
+        Component::new(engine.wasmtime(), &bytes).map_err(|e| PolicyError::Compile {
+            name: name.clone(),
+            reason: one_line(&e),
+        })?;
+    let ty = component.component_type();
+    let wasmtime = engine.wasmtime();
+    let exports = ty.exports(wasmtime).map(|(n, _)| n.to_string()).collect();
+    let imports = ty
+        .imports(wasmtime)
+        .map(|(n, _)| {
+            let source = if PROVIDED.contains(&n) {
+                ImportSource::Host
+            } else if wasi::provides(n) {
+                ImportSource::Wasi
+            } else {
+                ImportSource::Missing
+            };
+            (n.to_string(), source)
+        })
+        .collect();
+    Ok(Survey {
+        bytes: bytes.len(),
+        exports,
+        imports,
+    })
+}
+
 /// Checks the component's exports, then its imports, against world
 /// `policy`: a component of another world is named as such first.
 fn check_world(

@@ -170,8 +170,7 @@ pub fn replay<V: VcpuAccess + Send + 'static>(
                 ..
             } => {
                 report.exits += 1;
-                let (r, left) =
-                    inst.with_tape(imports.clone(), |i| i.exit_call(*event, &mut None));
+                let (r, left) = inst.with_tape(imports.clone(), |i| i.exit_call(*event, &mut None));
                 let now = replayed(&r);
                 let differs = !same(outcome, &now);
                 (

@@ -1,0 +1,102 @@
+//! The policy author's tools: `wasmvisor policy check` (no VM) and the
+//! conformance harness `wasmvisor policy conformance` (on KVM).
+
+use wasmvisor_tests::*;
+
+#[test]
+fn check_passes_a_good_policy_and_says_which_grants_it_needs() {
+    let r = wasmvisor(&["policy", "check", &policy("conformance")]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for line in [
+        "ok     exports wasmvisor:policy/handler@0.1.0",
+        "ok     imports wasmvisor:policy/host@0.1.0",
+        "ok     info: conformance 1.0.0: conformance policy (Rust)",
+        "ok     init accepts the config []",
+        "  ports:        0x520-0x523",
+        "note   asks for protect-memory: run it as --policy",
+        "result: ok; the policy loads",
+    ] {
+        assert!(
+            r.stdout.contains(line),
+            "missing `{line}` in:\n{}",
+            r.stdout
+        );
+    }
+}
+
+#[test]
+fn check_names_what_is_wrong() {
+    let dir = scratch("check");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!("{}", assets().join("fixtures/other-world.wasm").display()),
+            "error  does not export wasmvisor:policy/handler@0.1.0: not a policy (its exports: run)",
+        ),
+        (
+            format!("{}:key=zz", policy("conformance")),
+            "error  init with [key=zz]: policy conformance.wasm rejected its configuration: config key `key`: `zz` is not a number",
+        ),
+        (
+            {
+                let p = dir.join("core.wasm");
+                // An empty core module: magic, version 1, layer 0.
+                std::fs::write(&p, b"\0asm\x01\0\0\0").unwrap();
+                p.display().to_string()
+            },
+            "is a core Wasm module",
+        ),
+        (
+            {
+                let p = dir.join("text.wasm");
+                std::fs::write(&p, b"not wasm at all").unwrap();
+                p.display().to_string()
+            },
+            "error  ",
+        ),
+    ];
+    for (arg, want) in cases {
+        let r = wasmvisor(&["policy", "check", &arg]);
+        assert_eq!(r.code, 1, "{arg}: {r:?}");
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        assert!(
+            r.stdout.contains(want),
+            "{arg}: want `{want}` in:\n{}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.contains("the policy would not load"),
+            "{}",
+            r.stdout
+        );
+    }
+}
+
+#[test]
+fn the_conformance_harness_passes_the_reference_and_fails_a_stray_config() {
+    if !kvm_available() {
+        return;
+    }
+    let r = wasmvisor(&["policy", "conformance", &policy("conformance")]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("ok     the guest's checks: 16/16 passed"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.ends_with("result: conforms\n"), "{}", r.stdout);
+
+    // The same policy with another key strays from the spec.
+    let stray = format!("{}:key=1", policy("conformance"));
+    let r = wasmvisor(&["policy", "conformance", &stray]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains("guest  FAIL 2 port-xor-key"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("FAIL   the guest's checks: 14/16 passed"),
+        "{}",
+        r.stdout
+    );
+}
