@@ -4,20 +4,12 @@
 //! config, and the subscriptions it returns. Exit code 0 when the policy
 //! would load, 1 when it would not.
 
-use std::sync::Arc;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
-use wasmvisor_exit::Capabilities;
-use wasmvisor_kvm::Vcpu;
-use wasmvisor_policy::{
-    survey, CaptureConsole, ImportSource, InstanceContext, PolicyEngine, PolicyImage, Shared,
-    HANDLER,
-};
+use wasmvisor_policy::{survey, CaptureConsole, ImportSource, PolicyEngine, PolicyImage, HANDLER};
 use wasmvisor_vmm::config::PolicySpec;
 
-use crate::inspect::describe;
+use crate::inspect::{describe, scratch_instance};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -127,22 +119,7 @@ pub fn check(args: CheckArgs) -> Result<i32> {
         }
     };
     r.ok("links against the host");
-    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)])
-        .context("cannot allocate scratch memory")?;
-    let console = Arc::new(CaptureConsole::default());
-    let shared = Arc::new(Shared::new(console.clone(), None)?.with_log(console.clone()));
-    let ctx = InstanceContext {
-        policy_index: 0,
-        policy_name: image.name().to_string(),
-        vcpu_index: 0,
-        vcpu_count: 1,
-        memory,
-        grants: Capabilities::ALL,
-        shared,
-        protector: None,
-        irq: Default::default(),
-    };
-    let mut inst = image.instantiate::<Vcpu>(ctx, &spec.sandbox.limits)?;
+    let (mut inst, console) = scratch_instance(&image, &spec.sandbox.limits)?;
     match inst.info() {
         Ok(info) => r.ok(format!(
             "info: {} {}: {}",

@@ -9,7 +9,8 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use wasmvisor_exit::{Capabilities, Subscriptions};
 use wasmvisor_kvm::Vcpu;
 use wasmvisor_policy::{
-    CaptureConsole, InstanceContext, Limits, PolicyEngine, PolicyImage, Shared, HANDLER,
+    CaptureConsole, InstanceContext, Limits, PolicyEngine, PolicyImage, PolicyInstance, Shared,
+    HANDLER,
 };
 use wasmvisor_vmm::config::PolicySpec;
 
@@ -76,13 +77,16 @@ pub(crate) fn describe(s: &Subscriptions) -> Vec<String> {
     out
 }
 
-pub fn inspect(args: InspectArgs) -> Result<()> {
-    let spec = PolicySpec::parse(&args.policy)?;
-    let engine = PolicyEngine::new()?;
-    let image = PolicyImage::load(&engine, &spec.path)?;
+/// An instance of `image` on no VM: one vCPU, a page of scratch memory,
+/// every capability; its console and log go to the returned capture.
+pub(crate) fn scratch_instance(
+    image: &PolicyImage,
+    limits: &Limits,
+) -> Result<(PolicyInstance<Vcpu>, Arc<CaptureConsole>)> {
     let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)])
         .context("cannot allocate scratch memory")?;
-    let shared = Arc::new(Shared::new(Arc::new(CaptureConsole::default()), None)?);
+    let console = Arc::new(CaptureConsole::default());
+    let shared = Arc::new(Shared::new(console.clone(), None)?.with_log(console.clone()));
     let ctx = InstanceContext {
         policy_index: 0,
         policy_name: image.name().to_string(),
@@ -94,7 +98,14 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         protector: None,
         irq: Default::default(),
     };
-    let mut inst = image.instantiate::<Vcpu>(ctx, &Limits::default())?;
+    Ok((image.instantiate::<Vcpu>(ctx, limits)?, console))
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let spec = PolicySpec::parse(&args.policy)?;
+    let engine = PolicyEngine::new()?;
+    let image = PolicyImage::load(&engine, &spec.path)?;
+    let (mut inst, _) = scratch_instance(&image, &Limits::default())?;
     let info = inst.info()?;
     let subs = inst.init(&spec.config)?;
     println!("file:         {}", spec.path.display());
