@@ -1,10 +1,16 @@
 //! What the host offers a policy while it runs: the `host` imports of the
 //! contract, plus one-word logging helpers.
 //!
-//! These calls only work inside the host; on any other target (unit tests
-//! on the build machine) they panic.
+//! In a `wasm32` build these are the component's imports, generated from
+//! `wit/policy.wit`. On any other target (`cargo test` on the build
+//! machine) the same functions act on the `testing::FakeHost` the test
+//! installed, and panic if there is none; see the `testing` module.
 
+#[cfg(target_arch = "wasm32")]
 pub use crate::bindings::wasmvisor::policy::host::*;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use crate::testing::imports::*;
 
 /// Logs `msg` at trace level.
 pub fn trace(msg: &str) {

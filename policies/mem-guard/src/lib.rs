@@ -9,13 +9,15 @@
 //! that is reported and denied, allowed, or let through for good. Explicit
 //! GPA ranges can be guarded too, write-protected or no-access.
 
+#[cfg(test)]
+mod minios;
 mod walk;
 
 use walk::{coalesce, Paging, PAGE};
 use wasmvisor_policy_sdk::json::{self, Object};
 use wasmvisor_policy_sdk::{
     export_policy, host, mask, Action, Capabilities, Config, Direction, EventSet, Exit, GpaRange,
-    HostError, LogLevel, MemAccess, MemViolation, MsrExit, Policy, ProtectRequest, Protection, Reg,
+    LogLevel, MemAccess, MemViolation, MsrExit, Policy, ProtectRequest, Protection, Reg,
     Subscriptions, Verdict,
 };
 
@@ -113,41 +115,6 @@ impl Region {
     }
 }
 
-/// The host calls the guard makes, behind a trait so that the logic runs
-/// in unit tests off the host.
-trait Guest {
-    fn reg(&mut self, reg: Reg) -> u64;
-    fn translate(&mut self, gva: u64) -> Result<u64, HostError>;
-    fn read_phys(&mut self, gpa: u64, len: u32) -> Result<Vec<u8>, HostError>;
-    fn protect(&mut self, req: ProtectRequest) -> Result<(), HostError>;
-    fn emit(&mut self, kind: &str, json: &str);
-    fn log(&mut self, level: LogLevel, msg: &str);
-}
-
-/// The real host.
-struct Live;
-
-impl Guest for Live {
-    fn reg(&mut self, reg: Reg) -> u64 {
-        host::get_reg(reg)
-    }
-    fn translate(&mut self, gva: u64) -> Result<u64, HostError> {
-        host::translate(gva)
-    }
-    fn read_phys(&mut self, gpa: u64, len: u32) -> Result<Vec<u8>, HostError> {
-        host::read_phys(gpa, len)
-    }
-    fn protect(&mut self, req: ProtectRequest) -> Result<(), HostError> {
-        host::protect(req)
-    }
-    fn emit(&mut self, kind: &str, json: &str) {
-        host::emit(kind, json);
-    }
-    fn log(&mut self, level: LogLevel, msg: &str) {
-        host::log(level, msg);
-    }
-}
-
 #[derive(Debug)]
 struct MemGuard {
     on_tamper: OnTamper,
@@ -217,13 +184,7 @@ impl MemGuard {
 
     /// Protects `pages` (write-protect) as `kind`, skipping pages already
     /// guarded. Returns the new regions and the failures.
-    fn protect_pages(
-        &mut self,
-        g: &mut dyn Guest,
-        pages: &[u64],
-        kind: Kind,
-        errors: &mut Vec<String>,
-    ) {
+    fn protect_pages(&mut self, pages: &[u64], kind: Kind, errors: &mut Vec<String>) {
         let fresh: Vec<u64> = pages
             .iter()
             .copied()
@@ -234,7 +195,7 @@ impl MemGuard {
                 range: GpaRange { base, len },
                 mode: Protection::WriteProtect,
             };
-            match g.protect(req) {
+            match host::protect(req) {
                 Ok(()) => self.regions.push(Region {
                     base,
                     len,
@@ -252,23 +213,25 @@ impl MemGuard {
 
     /// Finds and protects the kernel text (from the LSTAR value `entry`)
     /// and the page tables (from CR3).
-    fn discover(&mut self, g: &mut dyn Guest, entry: u64) {
+    fn discover(&mut self, entry: u64) {
         self.entry = Some(entry);
-        let cr3 = g.reg(Reg::Cr3);
-        let paging = Paging::detect(g.reg(Reg::Cr0), g.reg(Reg::Cr4), g.reg(Reg::Efer));
+        let cr3 = host::get_reg(Reg::Cr3);
+        let paging = Paging::detect(
+            host::get_reg(Reg::Cr0),
+            host::get_reg(Reg::Cr4),
+            host::get_reg(Reg::Efer),
+        );
         let mut errors = Vec::new();
 
         let mut text = Vec::new();
         for i in 0..self.text_pages {
             let gva = (entry & !(PAGE - 1)).wrapping_add(i * PAGE);
-            match g.translate(gva) {
+            match host::translate(gva) {
                 Ok(gpa) => text.push(gpa & !(PAGE - 1)),
                 Err(e) => errors.push(format!("translate {gva:#x}: {}", e.name())),
             }
         }
-        let tables = walk::table_pages(paging, cr3, self.max_tables, &mut |gpa, len| {
-            g.read_phys(gpa, len)
-        });
+        let tables = walk::table_pages(paging, cr3, self.max_tables);
         for (gpa, e) in &tables.unreadable {
             errors.push(format!("read table {gpa:#x}: {}", e.name()));
         }
@@ -280,8 +243,8 @@ impl MemGuard {
             .collect();
 
         let before = self.regions.len();
-        self.protect_pages(g, &text, Kind::Text, &mut errors);
-        self.protect_pages(g, &table_pages, Kind::PageTable, &mut errors);
+        self.protect_pages(&text, Kind::Text, &mut errors);
+        self.protect_pages(&table_pages, Kind::PageTable, &mut errors);
 
         let mut regions = self.regions.clone();
         regions.sort_by_key(|r| r.base);
@@ -298,47 +261,41 @@ impl MemGuard {
                 &json::array(errors.iter().map(|e| json::string(e))),
             )
             .finish();
-        g.emit("protected", &json);
+        host::emit("protected", &json);
 
         let added: Vec<String> = self.regions[before..]
             .iter()
             .map(|r| format!("{} {:#x}+{:#x}", r.kind.name(), r.base, r.len))
             .collect();
-        g.log(
-            LogLevel::Info,
-            &format!(
+        host::info(&format!(
                 "mem-guard: syscall entry {entry:#x}, cr3 {cr3:#x} ({} paging, {} table pages{}): write-protected {}",
                 paging.name(),
                 tables.pages.len(),
                 if tables.truncated { ", truncated" } else { "" },
                 if added.is_empty() { "nothing".to_string() } else { added.join(", ") }
-            ),
-        );
+            ));
         for e in &errors {
-            g.log(LogLevel::Warn, &format!("mem-guard: {e}"));
+            host::warn(&format!("mem-guard: {e}"));
         }
     }
 
-    fn msr(&mut self, g: &mut dyn Guest, ev: &Exit, msr: &MsrExit) -> Verdict {
+    fn msr(&mut self, ev: &Exit, msr: &MsrExit) -> Verdict {
         if msr.index != MSR_LSTAR || msr.direction != Direction::Write || !self.discover {
             return Verdict::Decline;
         }
         match self.entry {
-            None => self.discover(g, msr.value),
+            None => self.discover(msr.value),
             Some(old) if old != msr.value => {
                 let json = Object::new()
                     .u64("old", old)
                     .u64("new", msr.value)
                     .u64("rip", ev.rip)
                     .finish();
-                g.emit("lstar-changed", &json);
-                g.log(
-                    LogLevel::Warn,
-                    &format!(
-                        "mem-guard: IA32_LSTAR rewritten from {old:#x} to {:#x} at rip {:#x}",
-                        msr.value, ev.rip
-                    ),
-                );
+                host::emit("lstar-changed", &json);
+                host::warn(&format!(
+                    "mem-guard: IA32_LSTAR rewritten from {old:#x} to {:#x} at rip {:#x}",
+                    msr.value, ev.rip
+                ));
             }
             Some(_) => {}
         }
@@ -346,7 +303,7 @@ impl MemGuard {
         Verdict::Decline
     }
 
-    fn violation(&mut self, g: &mut dyn Guest, ev: &Exit, v: &MemViolation) -> Verdict {
+    fn violation(&mut self, ev: &Exit, v: &MemViolation) -> Verdict {
         let Some(region) = self.region_of(v.gpa) else {
             return Verdict::Decline;
         };
@@ -370,12 +327,12 @@ impl MemGuard {
             .str("kind", region.kind.name())
             .str("verdict", verdict)
             .finish();
-        g.emit(event, &json);
+        host::emit(event, &json);
         let what = match v.access {
             MemAccess::Write => format!("write of {} bytes ({:#x})", v.size, v.data),
             other => format!("{} of {} bytes", access_name(other), v.size),
         };
-        g.log(
+        host::log(
             if v.access == MemAccess::Write {
                 LogLevel::Warn
             } else {
@@ -485,11 +442,11 @@ impl Policy for MemGuard {
     }
 
     fn on_msr(&mut self, ev: &Exit, msr: MsrExit) -> Verdict {
-        self.msr(&mut Live, ev, &msr)
+        self.msr(ev, &msr)
     }
 
     fn on_mem_violation(&mut self, ev: &Exit, violation: MemViolation) -> Verdict {
-        self.violation(&mut Live, ev, &violation)
+        self.violation(ev, &violation)
     }
 }
 
@@ -498,134 +455,55 @@ export_policy!(MemGuard);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-    use wasmvisor_policy_sdk::{dispatch, ExitEvent, ExitKind, MsrReason};
+    use crate::minios::{self, KBASE};
+    use wasmvisor_policy_sdk::testing::{exit, Harness};
+    use wasmvisor_policy_sdk::ExitKind;
 
-    const KBASE: u64 = 0xffff_ffff_8000_0000;
-
-    /// A fake host holding minios's page tables and recording what the
-    /// policy did.
-    #[derive(Default)]
-    struct Fake {
-        mem: BTreeMap<u64, u64>,
-        protected: Vec<(u64, u64, Protection)>,
-        refuse_protect: bool,
-        events: Vec<(String, String)>,
-        logs: Vec<(LogLevel, String)>,
-    }
-
-    impl Fake {
-        fn minios() -> Fake {
-            let mut f = Fake::default();
-            let tables = [
-                (0x104000, 0x108023),
-                (0x104000 + 511 * 8, 0x105023),
-                (0x105000 + 510 * 8, 0x106023),
-                (0x106000, 0x107023),
-                (0x108000, 0x109023),
-                (0x109000, 0x10a023),
-                (0x10a000 + 0x100 * 8, 0x100063),
-            ];
-            f.mem.extend(tables);
-            for i in 0x100..=0x10c_u64 {
-                f.mem.insert(0x107000 + i * 8, (i << 12) | 0x63);
-            }
-            f
-        }
-        fn events(&self, kind: &str) -> Vec<&str> {
-            self.events
-                .iter()
-                .filter(|(k, _)| k == kind)
-                .map(|(_, j)| j.as_str())
-                .collect()
-        }
-    }
-
-    impl Guest for Fake {
-        fn reg(&mut self, reg: Reg) -> u64 {
-            match reg {
-                Reg::Cr3 => 0x104000,
-                Reg::Cr0 => 0x8000_0011,
-                Reg::Cr4 => 0x20,
-                Reg::Efer => 0xd01,
-                _ => 0,
-            }
-        }
-        fn translate(&mut self, gva: u64) -> Result<u64, HostError> {
-            if (KBASE + 0x100000..KBASE + 0x10d000).contains(&gva) {
-                Ok(gva - KBASE)
-            } else {
-                Err(HostError::NotMapped)
-            }
-        }
-        fn read_phys(&mut self, gpa: u64, len: u32) -> Result<Vec<u8>, HostError> {
-            if gpa + u64::from(len) > 0x20_0000 {
-                return Err(HostError::OutOfRange);
-            }
-            let mut out = Vec::new();
-            for q in (gpa..gpa + u64::from(len)).step_by(8) {
-                out.extend(self.mem.get(&q).copied().unwrap_or(0).to_le_bytes());
-            }
-            Ok(out)
-        }
-        fn protect(&mut self, req: ProtectRequest) -> Result<(), HostError> {
-            if self.refuse_protect {
-                return Err(HostError::NotGranted);
-            }
-            self.protected
-                .push((req.range.base, req.range.len, req.mode));
-            Ok(())
-        }
-        fn emit(&mut self, kind: &str, json: &str) {
-            self.events.push((kind.into(), json.into()));
-        }
-        fn log(&mut self, level: LogLevel, msg: &str) {
-            self.logs.push((level, msg.into()));
-        }
-    }
+    /// Where every exit happens: in minios's kernel text.
+    const RIP: u64 = 0xffff_ffff_8010_1234;
 
     fn guard(pairs: &[(&str, &str)]) -> Result<(MemGuard, Subscriptions), String> {
         MemGuard::init(&pairs.iter().copied().collect())
     }
 
-    const EV: Exit = Exit {
-        vcpu: 0,
-        seq: 7,
-        rip: 0xffff_ffff_8010_1234,
-    };
-
-    fn lstar(value: u64) -> MsrExit {
-        MsrExit {
-            index: MSR_LSTAR,
-            direction: Direction::Write,
-            value,
-            reason: MsrReason::Filtered,
-        }
+    /// The guard on minios, granted protect-memory.
+    fn on_minios(pairs: &[(&str, &str)]) -> Harness<MemGuard> {
+        let host = minios::host();
+        host.set_reg(Reg::Rip, RIP)
+            .grant(Capabilities::PROTECT_MEMORY);
+        Harness::with_host(host, pairs).unwrap()
     }
 
-    fn write(gpa: u64, size: u8, data: u64) -> MemViolation {
-        MemViolation {
-            gpa,
-            access: MemAccess::Write,
-            size,
-            data,
-        }
+    fn lstar(value: u64) -> ExitKind {
+        exit::wrmsr(MSR_LSTAR, value)
     }
 
-    fn read(gpa: u64, size: u8) -> MemViolation {
-        MemViolation {
-            gpa,
-            access: MemAccess::Read,
-            size,
-            data: 0,
-        }
+    /// The guard after minios programmed its system-call entry.
+    fn discovered(pairs: &[(&str, &str)]) -> Harness<MemGuard> {
+        let mut h = on_minios(pairs);
+        assert!(h.exit(lstar(KBASE + 0x101000)).is_decline());
+        h
     }
 
-    fn discovered(pairs: &[(&str, &str)]) -> (MemGuard, Fake) {
-        let (mut g, _) = guard(pairs).unwrap();
-        let mut f = Fake::minios();
-        assert!(g.msr(&mut f, &EV, &lstar(KBASE + 0x101000)).is_decline());
-        (g, f)
+    fn protected(h: &Harness<MemGuard>) -> Vec<(u64, u64, Protection)> {
+        let calls = h.host().protect_calls();
+        calls
+            .iter()
+            .map(|p| (p.range.base, p.range.len, p.mode))
+            .collect()
+    }
+
+    fn answer(action: Action) -> Verdict {
+        Verdict::handled(vec![action])
+    }
+
+    /// The guard on one no-access page at 0x9000 that reads as `value`.
+    fn read_protected(value: &str) -> Harness<MemGuard> {
+        on_minios(&[
+            ("discover", "false"),
+            ("no-access", "0x9000+0x1000"),
+            ("read-value", value),
+        ])
     }
 
     #[test]
@@ -686,82 +564,90 @@ mod tests {
 
     #[test]
     fn lstar_write_protects_text_and_tables() {
-        let (g, f) = discovered(&[]);
+        let h = discovered(&[]);
         assert_eq!(
-            f.protected,
+            protected(&h),
             [
                 (0x101000, 0x1000, Protection::WriteProtect),
                 (0x104000, 0x7000, Protection::WriteProtect)
             ]
         );
-        assert_eq!(g.entry, Some(KBASE + 0x101000));
-        let protected = f.events("protected");
-        assert_eq!(protected.len(), 1);
+        assert_eq!(h.policy().entry, Some(KBASE + 0x101000));
         assert_eq!(
-            protected[0],
-            r#"{"trigger":"lstar","entry":18446744071563120640,"cr3":1064960,"paging":"4-level","tables":7,"truncated":false,"ranges":[{"base":1052672,"len":4096,"kind":"text","mode":"write-protect"},{"base":1064960,"len":28672,"kind":"page-table","mode":"write-protect"}],"errors":[]}"#
+            h.host().events_of("protected"),
+            [
+                r#"{"trigger":"lstar","entry":18446744071563120640,"cr3":1064960,"paging":"4-level","tables":7,"truncated":false,"ranges":[{"base":1052672,"len":4096,"kind":"text","mode":"write-protect"},{"base":1064960,"len":28672,"kind":"page-table","mode":"write-protect"}],"errors":[]}"#
+            ]
         );
-        assert!(f.logs[0]
-            .1
+        let logs = h.host().logs();
+        assert_eq!(logs[0].level, LogLevel::Info);
+        assert!(logs[0]
+            .msg
             .contains("write-protected text 0x101000+0x1000, page-table 0x104000+0x7000"));
     }
 
     #[test]
     fn discovery_runs_once_and_reports_a_rewrite() {
-        let (mut g, mut f) = discovered(&[]);
-        assert!(g.msr(&mut f, &EV, &lstar(KBASE + 0x101000)).is_decline());
-        assert_eq!(f.protected.len(), 2);
-        assert!(f.events("lstar-changed").is_empty());
-        assert!(g.msr(&mut f, &EV, &lstar(0xdead_0000)).is_decline());
-        assert_eq!(f.protected.len(), 2);
-        assert_eq!(f.events("lstar-changed").len(), 1);
+        let mut h = discovered(&[]);
+        assert!(h.exit(lstar(KBASE + 0x101000)).is_decline());
+        assert_eq!(h.host().protect_calls().len(), 2);
+        assert!(h.host().events_of("lstar-changed").is_empty());
+        assert!(h.exit(lstar(0xdead_0000)).is_decline());
+        assert_eq!(h.host().protect_calls().len(), 2);
+        assert_eq!(
+            h.host().events_of("lstar-changed"),
+            [format!(
+                r#"{{"old":{},"new":{},"rip":{RIP}}}"#,
+                KBASE + 0x101000,
+                0xdead_0000_u64
+            )]
+        );
         // Reads of LSTAR and other MSRs are not the guard's business.
-        let rd = MsrExit {
-            direction: Direction::Read,
-            ..lstar(0)
-        };
-        assert!(g.msr(&mut f, &EV, &rd).is_decline());
+        assert!(h.exit(exit::rdmsr(MSR_LSTAR)).is_decline());
+        assert!(h.exit(exit::wrmsr(0x10, 0)).is_decline());
+        assert_eq!(h.host().events().len(), 2);
     }
 
     #[test]
     fn discovery_with_options_and_failures() {
         // Two text pages (text and rodata), a cap of 3 tables.
-        let (_, f) = discovered(&[("text-pages", "2"), ("max-tables", "3")]);
+        let h = discovered(&[("text-pages", "2"), ("max-tables", "3")]);
         assert_eq!(
-            f.protected,
+            protected(&h),
             [
                 (0x101000, 0x2000, Protection::WriteProtect),
                 (0x104000, 0x2000, Protection::WriteProtect),
                 (0x108000, 0x1000, Protection::WriteProtect)
             ]
         );
-        assert!(f.events("protected")[0].contains(r#""truncated":true"#));
+        assert!(h.host().events_of("protected")[0].contains(r#""truncated":true"#));
 
         // An entry that does not translate still protects the tables.
-        let (mut g, _) = guard(&[]).unwrap();
-        let mut f = Fake::minios();
-        assert!(g.msr(&mut f, &EV, &lstar(0x1234)).is_decline());
-        assert_eq!(f.protected, [(0x104000, 0x7000, Protection::WriteProtect)]);
-        assert!(f.events("protected")[0].contains("translate 0x1000: not-mapped"));
-        assert!(f
-            .logs
+        let mut h = on_minios(&[]);
+        assert!(h.exit(lstar(0x1234)).is_decline());
+        assert_eq!(
+            protected(&h),
+            [(0x104000, 0x7000, Protection::WriteProtect)]
+        );
+        assert!(h.host().events_of("protected")[0].contains("translate 0x1000: not-mapped"));
+        assert!(h
+            .host()
+            .logs()
             .iter()
-            .any(|(l, m)| *l == LogLevel::Warn && m.contains("not-mapped")));
+            .any(|l| l.level == LogLevel::Warn && l.msg.contains("not-mapped")));
 
         // A refused protect is reported, and nothing is guarded.
-        let (mut g, _) = guard(&[]).unwrap();
-        let mut f = Fake::minios();
-        f.refuse_protect = true;
-        g.msr(&mut f, &EV, &lstar(KBASE + 0x101000));
-        assert!(g.regions.is_empty());
-        assert!(f.events("protected")[0].contains("protect text 0x101000+0x1000: not-granted"));
+        let mut h = on_minios(&[]);
+        h.host().revoke(Capabilities::PROTECT_MEMORY);
+        h.exit(lstar(KBASE + 0x101000));
+        assert!(h.policy().regions.is_empty());
+        assert!(h.host().events_of("protected")[0]
+            .contains("protect text 0x101000+0x1000: not-granted"));
 
         // A page already guarded by the config is not protected twice.
-        let (mut g, _) = guard(&[("protect", "0x106000+0x1000")]).unwrap();
-        let mut f = Fake::minios();
-        g.msr(&mut f, &EV, &lstar(KBASE + 0x101000));
+        let h = discovered(&[("protect", "0x106000+0x1000")]);
         assert_eq!(
-            f.protected,
+            protected(&h),
             [
                 (0x101000, 0x1000, Protection::WriteProtect),
                 (0x104000, 0x2000, Protection::WriteProtect),
@@ -770,64 +656,50 @@ mod tests {
         );
     }
 
-    fn handled(v: Verdict) -> Vec<Action> {
-        match v {
-            Verdict::Handled(a) => a,
-            Verdict::Decline => panic!("declined"),
-        }
-    }
-
     #[test]
     fn tamper_is_denied_by_default() {
-        let (mut g, mut f) = discovered(&[]);
-        let v = g.violation(&mut f, &EV, &write(0x101ff0, 1, 0x90));
-        assert_eq!(handled(v), [Action::Deny]);
-        let v = g.violation(&mut f, &EV, &write(0x107ff8, 8, 0x200));
-        assert_eq!(handled(v), [Action::Deny]);
-        let t = f.events("tamper");
+        let mut h = discovered(&[]);
+        h.host().take_logs();
+        let deny = answer(Action::Deny);
+        assert_eq!(h.exit(exit::mem_write(0x101ff0, 1, 0x90)), deny);
+        assert_eq!(h.exit(exit::mem_write(0x107ff8, 8, 0x200)), deny);
         assert_eq!(
-            t,
+            h.host().events_of("tamper"),
             [
                 r#"{"gpa":1056752,"rip":18446744071563121204,"size":1,"data":144,"access":"write","kind":"text","verdict":"deny"}"#,
                 r#"{"gpa":1081336,"rip":18446744071563121204,"size":8,"data":512,"access":"write","kind":"page-table","verdict":"deny"}"#
             ]
         );
-        let warns: Vec<_> = f
-            .logs
-            .iter()
-            .filter(|(l, _)| *l == LogLevel::Warn)
-            .collect();
-        assert_eq!(warns.len(), 2);
+        let logs = h.host().logs();
+        assert_eq!(logs.len(), 2);
+        assert!(logs.iter().all(|l| l.level == LogLevel::Warn));
         assert_eq!(
-            warns[0].1,
+            logs[0].msg,
             "mem-guard: tamper: write of 1 bytes (0x90) at GPA 0x101ff0 (text) from rip 0xffffffff80101234: deny"
         );
         // Not a guarded page: someone else's business.
-        assert!(g
-            .violation(&mut f, &EV, &write(0x103000, 8, 1))
-            .is_decline());
+        assert!(h.exit(exit::mem_write(0x103000, 8, 1)).is_decline());
     }
 
     #[test]
     fn allow_and_unprotect() {
-        let (mut g, mut f) = discovered(&[("on-tamper", "allow")]);
+        let mut h = discovered(&[("on-tamper", "allow")]);
         for _ in 0..2 {
-            let v = g.violation(&mut f, &EV, &write(0x101ff0, 1, 0x90));
-            assert_eq!(handled(v), [Action::Allow]);
+            let v = h.exit(exit::mem_write(0x101ff0, 1, 0x90));
+            assert_eq!(v, answer(Action::Allow));
         }
-        assert_eq!(f.events("tamper").len(), 2);
+        assert_eq!(h.host().events_of("tamper").len(), 2);
 
-        let (mut g, mut f) = discovered(&[("on-tamper", "unprotect")]);
-        let v = g.violation(&mut f, &EV, &write(0x107ff8, 8, 0x200));
-        assert_eq!(handled(v), [Action::UnprotectRetry]);
-        assert!(f.events("tamper")[0].contains(r#""verdict":"unprotect""#));
+        let mut h = discovered(&[("on-tamper", "unprotect")]);
+        let v = h.exit(exit::mem_write(0x107ff8, 8, 0x200));
+        assert_eq!(v, answer(Action::UnprotectRetry));
+        assert!(h.host().events_of("tamper")[0].contains(r#""verdict":"unprotect""#));
         // The page is no longer guarded; its neighbours still are.
+        let g = h.policy();
         assert!(g.region_of(0x107000).is_none());
         assert_eq!(g.region_of(0x106fff).unwrap().kind, Kind::PageTable);
         assert_eq!(g.region_of(0x108000).unwrap().kind, Kind::PageTable);
-        assert!(g
-            .violation(&mut f, &EV, &write(0x107ff8, 8, 0))
-            .is_decline());
+        assert!(h.exit(exit::mem_write(0x107ff8, 8, 0)).is_decline());
     }
 
     #[test]
@@ -843,60 +715,29 @@ mod tests {
 
     #[test]
     fn no_access_reads_get_the_read_value() {
-        let (mut g, _) = guard(&[
-            ("discover", "false"),
-            ("no-access", "0x9000+0x1000"),
-            ("read-value", "0x5a"),
-        ])
-        .unwrap();
-        let mut f = Fake::default();
-        let v = g.violation(&mut f, &EV, &read(0x9000, 2));
-        assert_eq!(handled(v), [Action::CompleteRead(0x5a)]);
-        let access = f.events("access");
+        let mut h = read_protected("0x5a");
+        let v = h.exit(exit::mem_read(0x9000, 2));
+        assert_eq!(v, answer(Action::CompleteRead(0x5a)));
         assert_eq!(
-            access[0],
-            r#"{"gpa":36864,"rip":18446744071563121204,"size":2,"data":0,"access":"read","kind":"range","verdict":"read-value"}"#
+            h.host().events_of("access"),
+            [
+                r#"{"gpa":36864,"rip":18446744071563121204,"size":2,"data":0,"access":"read","kind":"range","verdict":"read-value"}"#
+            ]
         );
+        assert_eq!(h.host().logs()[0].level, LogLevel::Info);
         // The value is cut to the access size.
-        let (mut g, _) = guard(&[
-            ("discover", "false"),
-            ("no-access", "0x9000+0x1000"),
-            ("read-value", "0x1234"),
-        ])
-        .unwrap();
-        let v = g.violation(&mut f, &EV, &read(0x9002, 1));
-        assert_eq!(handled(v), [Action::CompleteRead(0x34)]);
+        let mut h = read_protected("0x1234");
+        let v = h.exit(exit::mem_read(0x9002, 1));
+        assert_eq!(v, answer(Action::CompleteRead(0x34)));
         // Writes to a no-access page are tampering, answered by on-tamper.
-        let v = g.violation(&mut f, &EV, &write(0x9000, 2, 0x1234));
-        assert_eq!(handled(v), [Action::Deny]);
-        assert!(f.events("tamper")[0].contains(r#""kind":"range""#));
+        let v = h.exit(exit::mem_write(0x9000, 2, 0x1234));
+        assert_eq!(v, answer(Action::Deny));
+        assert!(h.host().events_of("tamper")[0].contains(r#""kind":"range""#));
         // Without read-value a read follows on-tamper: deny reads all-ones.
-        let (mut g, _) = guard(&[("discover", "false"), ("no-access", "0x9000+0x1000")]).unwrap();
-        let v = g.violation(&mut f, &EV, &read(0x9000, 4));
-        assert_eq!(handled(v), [Action::Deny]);
-    }
-
-    #[test]
-    fn dispatch_routes_kinds() {
-        // dispatch calls the Live host only for exits the guard acts on;
-        // an unguarded violation and a foreign MSR are declined off-host.
-        let (mut g, _) = guard(&[("discover", "false"), ("protect", "0x9000+0x1000")]).unwrap();
-        let ev = ExitEvent {
-            vcpu: 0,
-            seq: 0,
-            rip: 0,
-            kind: ExitKind::MemViolation(write(0x5000, 1, 0)),
-        };
-        assert!(dispatch(&mut g, ev).is_decline());
-        let ev = ExitEvent {
-            vcpu: 0,
-            seq: 1,
-            rip: 0,
-            kind: ExitKind::Msr(MsrExit {
-                index: 0x10,
-                ..lstar(0)
-            }),
-        };
-        assert!(dispatch(&mut g, ev).is_decline());
+        let mut h = on_minios(&[("discover", "false"), ("no-access", "0x9000+0x1000")]);
+        assert_eq!(h.exit(exit::mem_read(0x9000, 4)), answer(Action::Deny));
+        // Without discovery, LSTAR is not watched.
+        assert!(h.exit(lstar(KBASE + 0x101000)).is_decline());
+        assert!(h.host().protect_calls().is_empty());
     }
 }

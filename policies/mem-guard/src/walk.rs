@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use wasmvisor_policy_sdk::HostError;
+use wasmvisor_policy_sdk::{host, HostError};
 
 /// CR0.PG: paging on.
 const CR0_PG: u64 = 1 << 31;
@@ -132,14 +132,9 @@ pub struct Tables {
 }
 
 /// Walks the tables from `cr3` breadth first, reading each with
-/// `read_phys`, and returns the pages that hold them, at most `cap`.
+/// `read-phys`, and returns the pages that hold them, at most `cap`.
 /// Leaves (page-table entries and large pages) are not followed.
-pub fn table_pages(
-    paging: Paging,
-    cr3: u64,
-    cap: usize,
-    read_phys: &mut dyn FnMut(u64, u32) -> Result<Vec<u8>, HostError>,
-) -> Tables {
+pub fn table_pages(paging: Paging, cr3: u64, cap: usize) -> Tables {
     let mut out = Tables::default();
     if paging == Paging::Off || cap == 0 {
         return out;
@@ -154,7 +149,7 @@ pub fn table_pages(
         if level <= 1 {
             continue;
         }
-        let bytes = match read_phys(table, len) {
+        let bytes = match host::read_phys(table, len) {
             Ok(b) => b,
             Err(e) => {
                 out.unreadable.push((table, e));
@@ -202,48 +197,18 @@ pub fn coalesce(pages: &[u64]) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use crate::minios::{self, set32, set64};
+    use wasmvisor_policy_sdk::testing::FakeHost;
 
-    /// Guest-physical memory as sparse pages.
-    #[derive(Default)]
-    struct Mem(BTreeMap<u64, Vec<u8>>);
-
-    impl Mem {
-        fn set64(&mut self, gpa: u64, value: u64) {
-            let page = self.0.entry(gpa & !0xfff).or_insert_with(|| vec![0; 4096]);
-            let at = (gpa & 0xfff) as usize;
-            page[at..at + 8].copy_from_slice(&value.to_le_bytes());
-        }
-        fn set32(&mut self, gpa: u64, value: u32) {
-            let page = self.0.entry(gpa & !0xfff).or_insert_with(|| vec![0; 4096]);
-            let at = (gpa & 0xfff) as usize;
-            page[at..at + 4].copy_from_slice(&value.to_le_bytes());
-        }
-        fn read(&self, gpa: u64, len: u32) -> Result<Vec<u8>, HostError> {
-            let page = self.0.get(&(gpa & !0xfff)).ok_or(HostError::OutOfRange)?;
-            let at = (gpa & 0xfff) as usize;
-            Ok(page[at..at + len as usize].to_vec())
-        }
+    fn walk(m: &FakeHost, paging: Paging, cr3: u64, cap: usize) -> Tables {
+        m.run(|| table_pages(paging, cr3, cap))
     }
 
-    /// minios's tables (examples/guests/README.md).
-    fn minios() -> Mem {
-        let mut m = Mem::default();
-        m.set64(0x104000, 0x108023);
-        m.set64(0x104000 + 511 * 8, 0x105023);
-        m.set64(0x105000 + 510 * 8, 0x106023);
-        m.set64(0x106000, 0x107023);
-        for i in 0x100..=0x10c_u64 {
-            m.set64(0x107000 + i * 8, (i << 12) | 0x63);
-        }
-        m.set64(0x108000, 0x109023);
-        m.set64(0x109000, 0x10a023);
-        m.set64(0x10a000 + 0x100 * 8, 0x100063);
+    /// 2 MiB of zeroed RAM.
+    fn ram() -> FakeHost {
+        let m = FakeHost::new();
+        m.map_ram(0, minios::RAM);
         m
-    }
-
-    fn walk(m: &Mem, paging: Paging, cr3: u64, cap: usize) -> Tables {
-        table_pages(paging, cr3, cap, &mut |gpa, len| m.read(gpa, len))
     }
 
     #[test]
@@ -271,7 +236,7 @@ mod tests {
 
     #[test]
     fn minios_tables_are_the_seven_pages() {
-        let t = walk(&minios(), Paging::Level4, 0x104000, 64);
+        let t = walk(&minios::host(), Paging::Level4, 0x104000, 64);
         assert_eq!(
             t.pages,
             [0x104000, 0x108000, 0x105000, 0x109000, 0x106000, 0x10a000, 0x107000]
@@ -279,64 +244,60 @@ mod tests {
         assert!(!t.truncated && t.unreadable.is_empty());
         assert_eq!(coalesce(&t.pages), [(0x104000, 0x7000)]);
         // CR3's low flag bits (PCD, PWT) do not move the root.
-        assert_eq!(walk(&minios(), Paging::Level4, 0x104018, 64).pages.len(), 7);
+        let t = walk(&minios::host(), Paging::Level4, 0x104018, 64);
+        assert_eq!(t.pages.len(), 7);
     }
 
     #[test]
     fn cap_and_unreadable_tables() {
-        let t = walk(&minios(), Paging::Level4, 0x104000, 3);
+        let t = walk(&minios::host(), Paging::Level4, 0x104000, 3);
         assert_eq!(t.pages, [0x104000, 0x108000, 0x105000]);
         assert!(t.truncated);
-        assert!(walk(&minios(), Paging::Level4, 0x104000, 0)
-            .pages
-            .is_empty());
-        let mut m = minios();
-        m.set64(0x106000 + 8, 0x7777_7000 | 0x23); // a PT outside RAM
+        let t = walk(&minios::host(), Paging::Level4, 0x104000, 0);
+        assert!(t.pages.is_empty());
+        let m = minios::host();
+        set64(&m, 0x106000 + 8, 0x7777_7000 | 0x23); // a PT outside RAM
         let t = walk(&m, Paging::Level4, 0x104000, 64);
         // A PT's page is recorded without being read; only upper levels are.
         assert_eq!(t.pages.len(), 8);
-        let mut m = minios();
-        m.set64(0x105000, 0x5555_5000 | 0x23); // a PD outside RAM
+        let m = minios::host();
+        set64(&m, 0x105000, 0x5555_5000 | 0x23); // a PD outside RAM
         let t = walk(&m, Paging::Level4, 0x104000, 64);
         assert_eq!(t.unreadable, [(0x5555_5000, HostError::OutOfRange)]);
-        assert_eq!(
-            walk(&minios(), Paging::Level4, 0x900000, 64)
-                .unreadable
-                .len(),
-            1
-        );
+        let t = walk(&minios::host(), Paging::Level4, 0x900000, 64);
+        assert_eq!(t.unreadable.len(), 1);
     }
 
     #[test]
     fn large_pages_and_loops_are_not_followed() {
-        let mut m = Mem::default();
-        m.set64(0x1000, 0x2023); // PML4[0] -> PDPT
-        m.set64(0x1008, 0x1023); // PML4[1] -> PML4 itself (recursive slot)
-        m.set64(0x2000, 0x4000_0083); // PDPT[0]: 1 GiB page
-        m.set64(0x2008, 0x3023); // PDPT[1] -> PD
-        m.set64(0x3000, 0x20_0083); // PD[0]: 2 MiB page
-        m.set64(0x3008, 0x023); // PD[1] -> PT at GPA 0
-        m.set64(0x3010, 0x5022); // PD[2]: not present
+        let m = ram();
+        set64(&m, 0x1000, 0x2023); // PML4[0] -> PDPT
+        set64(&m, 0x1008, 0x1023); // PML4[1] -> PML4 itself (recursive slot)
+        set64(&m, 0x2000, 0x4000_0083); // PDPT[0]: 1 GiB page
+        set64(&m, 0x2008, 0x3023); // PDPT[1] -> PD
+        set64(&m, 0x3000, 0x20_0083); // PD[0]: 2 MiB page
+        set64(&m, 0x3008, 0x023); // PD[1] -> PT at GPA 0
+        set64(&m, 0x3010, 0x5022); // PD[2]: not present
         let t = walk(&m, Paging::Level4, 0x1000, 64);
         assert_eq!(t.pages, [0x1000, 0x2000, 0x3000, 0x0]);
         // 5-level: one more level on top.
-        m.set64(0x9000, 0x1023);
+        set64(&m, 0x9000, 0x1023);
         let t = walk(&m, Paging::Level5, 0x9000, 64);
         assert_eq!(t.pages, [0x9000, 0x1000, 0x2000, 0x3000, 0x0]);
     }
 
     #[test]
     fn pae_and_32_bit() {
-        let mut m = Mem::default();
+        let m = ram();
         // PAE: PDPT at 0x1020 (32-byte aligned), PDPTE[0] -> PD 0x2000.
-        m.set64(0x1020, 0x2001);
-        m.set64(0x2000, 0x3023); // PD[0] -> PT 0x3000
-        m.set64(0x2008, 0x20_00e3); // PD[1]: 2 MiB page
+        set64(&m, 0x1020, 0x2001);
+        set64(&m, 0x2000, 0x3023); // PD[0] -> PT 0x3000
+        set64(&m, 0x2008, 0x20_00e3); // PD[1]: 2 MiB page
         let t = walk(&m, Paging::Pae, 0x1020, 64);
         assert_eq!(t.pages, [0x1000, 0x2000, 0x3000]);
         // 32-bit: PD at 0x4000, PDE[0] -> PT 0x5000, PDE[1] 4 MiB page.
-        m.set32(0x4000, 0x5023);
-        m.set32(0x4004, 0x40_0083);
+        set32(&m, 0x4000, 0x5023);
+        set32(&m, 0x4004, 0x40_0083);
         let t = walk(&m, Paging::Bits32 { pse: true }, 0x4000, 64);
         assert_eq!(t.pages, [0x4000, 0x5000]);
         // Without PSE, bit 7 is ignored and the entry is a table.

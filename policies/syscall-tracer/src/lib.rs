@@ -12,8 +12,7 @@
 use wasmvisor_policy_sdk::json::Object;
 use wasmvisor_policy_sdk::{
     export_policy, host, Action, Breakpoint, BreakpointKind, Capabilities, Config, DebugCause,
-    DebugExit, Direction, EventSet, Exit, HostError, LogLevel, MsrExit, Policy, Reg, Subscriptions,
-    Verdict,
+    DebugExit, Direction, EventSet, Exit, MsrExit, Policy, Reg, Subscriptions, Verdict,
 };
 
 /// IA32_LSTAR: the 64-bit SYSCALL entry point.
@@ -29,45 +28,6 @@ fn syscall_name(nr: u64) -> &'static str {
         2 => "getpid",
         3 => "yield",
         _ => "unknown",
-    }
-}
-
-/// The host calls the tracer makes, behind a trait so that the logic runs
-/// in unit tests off the host.
-trait Guest {
-    fn reg(&mut self, reg: Reg) -> u64;
-    fn read_virt(&mut self, gva: u64, len: u32) -> Result<Vec<u8>, HostError>;
-    fn set_breakpoint(&mut self, bp: Breakpoint) -> Result<u8, HostError>;
-    fn clear_breakpoint(&mut self, slot: u8) -> Result<(), HostError>;
-    fn counter_add(&mut self, key: &str, delta: i64) -> i64;
-    fn emit(&mut self, kind: &str, json: &str);
-    fn log(&mut self, level: LogLevel, msg: &str);
-}
-
-/// The real host.
-struct Live;
-
-impl Guest for Live {
-    fn reg(&mut self, reg: Reg) -> u64 {
-        host::get_reg(reg)
-    }
-    fn read_virt(&mut self, gva: u64, len: u32) -> Result<Vec<u8>, HostError> {
-        host::read_virt(gva, len)
-    }
-    fn set_breakpoint(&mut self, bp: Breakpoint) -> Result<u8, HostError> {
-        host::set_breakpoint(bp)
-    }
-    fn clear_breakpoint(&mut self, slot: u8) -> Result<(), HostError> {
-        host::clear_breakpoint(slot)
-    }
-    fn counter_add(&mut self, key: &str, delta: i64) -> i64 {
-        host::counter_add(key, delta)
-    }
-    fn emit(&mut self, kind: &str, json: &str) {
-        host::emit(kind, json);
-    }
-    fn log(&mut self, level: LogLevel, msg: &str) {
-        host::log(level, msg);
     }
 }
 
@@ -96,7 +56,7 @@ struct SyscallTracer {
 }
 
 impl SyscallTracer {
-    fn msr(&mut self, g: &mut dyn Guest, ev: &Exit, msr: &MsrExit) -> Verdict {
+    fn msr(&mut self, ev: &Exit, msr: &MsrExit) -> Verdict {
         if msr.index != MSR_LSTAR || msr.direction != Direction::Write {
             return Verdict::Decline;
         }
@@ -105,11 +65,11 @@ impl SyscallTracer {
             if old == gva {
                 return Verdict::Decline;
             }
-            if let Err(e) = g.clear_breakpoint(slot) {
-                g.log(
-                    LogLevel::Warn,
-                    &format!("syscall-tracer: clearing slot {slot}: {}", e.name()),
-                );
+            if let Err(e) = host::clear_breakpoint(slot) {
+                host::warn(&format!(
+                    "syscall-tracer: clearing slot {slot}: {}",
+                    e.name()
+                ));
             }
             self.entry = None;
         }
@@ -118,7 +78,7 @@ impl SyscallTracer {
             gva,
             len: 1,
         };
-        match g.set_breakpoint(bp) {
+        match host::set_breakpoint(bp) {
             Ok(slot) => {
                 self.entry = Some((gva, slot));
                 let json = Object::new()
@@ -126,30 +86,28 @@ impl SyscallTracer {
                     .u64("slot", u64::from(slot))
                     .u64("rip", ev.rip)
                     .finish();
-                g.emit("breakpoint", &json);
-                g.log(
-                    LogLevel::Info,
-                    &format!(
-                        "syscall-tracer: IA32_LSTAR = {gva:#x}: execute breakpoint in slot {slot}"
-                    ),
-                );
+                host::emit("breakpoint", &json);
+                host::info(&format!(
+                    "syscall-tracer: IA32_LSTAR = {gva:#x}: execute breakpoint in slot {slot}"
+                ));
             }
-            Err(e) => g.log(
-                LogLevel::Error,
-                &format!(
-                    "syscall-tracer: cannot set a breakpoint at IA32_LSTAR {gva:#x}: {}",
-                    e.name()
-                ),
-            ),
+            Err(e) => host::error(&format!(
+                "syscall-tracer: cannot set a breakpoint at IA32_LSTAR {gva:#x}: {}",
+                e.name()
+            )),
         }
         // KVM stores the value: the guest's kernel set it.
         Verdict::Decline
     }
 
     /// One system call: the breakpoint on the entry fired.
-    fn hit(&mut self, g: &mut dyn Guest, ev: &Exit) -> Verdict {
-        let n = g.counter_add(COUNTER, 1);
-        let (nr, rdi, rsi) = (g.reg(Reg::Rax), g.reg(Reg::Rdi), g.reg(Reg::Rsi));
+    fn hit(&mut self, ev: &Exit) -> Verdict {
+        let n = host::counter_add(COUNTER, 1);
+        let (nr, rdi, rsi) = (
+            host::get_reg(Reg::Rax),
+            host::get_reg(Reg::Rdi),
+            host::get_reg(Reg::Rsi),
+        );
         let name = syscall_name(nr);
         let mut json = Object::new()
             .i64("n", n)
@@ -160,7 +118,7 @@ impl SyscallTracer {
         let mut line = format!("syscall-tracer: #{n} {name}({rdi:#x}, {rsi:#x})");
         if name == "write" {
             let len = u32::try_from(rsi.min(u64::from(self.max_payload))).unwrap_or(0);
-            match g.read_virt(rdi, len) {
+            match host::read_virt(rdi, len) {
                 Ok(bytes) => {
                     let text = String::from_utf8_lossy(&bytes);
                     line.push_str(&format!(" {text:?}"));
@@ -174,20 +132,20 @@ impl SyscallTracer {
                 }
             }
         }
-        g.emit("syscall", &json.u64("rip", ev.rip).finish());
+        host::emit("syscall", &json.u64("rip", ev.rip).finish());
         if self.log {
-            g.log(LogLevel::Info, &line);
+            host::info(&line);
         }
         if self.stepping == Stepping::Idle && self.step > 0 {
             self.stepping = Stepping::Active(0);
-            return self.step_once(g, ev);
+            return self.step_once(ev);
         }
         Verdict::resume()
     }
 
     /// Records the instruction at `ev.rip` and executes it alone, or ends
     /// stepping once `step` instructions ran.
-    fn step_once(&mut self, g: &mut dyn Guest, ev: &Exit) -> Verdict {
+    fn step_once(&mut self, ev: &Exit) -> Verdict {
         let Stepping::Active(done) = self.stepping else {
             return Verdict::resume();
         };
@@ -200,20 +158,20 @@ impl SyscallTracer {
             .u64("i", u64::from(done + 1))
             .u64("rip", ev.rip)
             .finish();
-        g.emit("step", &json);
+        host::emit("step", &json);
         Verdict::Handled(vec![Action::Step])
     }
 
-    fn debug(&mut self, g: &mut dyn Guest, ev: &Exit, d: &DebugExit) -> Verdict {
+    fn debug(&mut self, ev: &Exit, d: &DebugExit) -> Verdict {
         match d.cause {
             DebugCause::SingleStep if matches!(self.stepping, Stepping::Active(_)) => {
-                self.step_once(g, ev)
+                self.step_once(ev)
             }
             DebugCause::HwBreakpoint => match self.entry {
                 Some((gva, slot))
                     if d.slot == Some(slot) || (d.slot.is_none() && ev.rip == gva) =>
                 {
-                    self.hit(g, ev)
+                    self.hit(ev)
                 }
                 _ => Verdict::Decline,
             },
@@ -254,11 +212,11 @@ impl Policy for SyscallTracer {
     }
 
     fn on_msr(&mut self, ev: &Exit, msr: MsrExit) -> Verdict {
-        self.msr(&mut Live, ev, &msr)
+        self.msr(ev, &msr)
     }
 
     fn on_debug(&mut self, ev: &Exit, debug: DebugExit) -> Verdict {
-        self.debug(&mut Live, ev, &debug)
+        self.debug(ev, &debug)
     }
 }
 
@@ -267,82 +225,14 @@ export_policy!(SyscallTracer);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-    use wasmvisor_policy_sdk::MsrReason;
+    use wasmvisor_policy_sdk::testing::{exit, FakeHost, Harness};
+    use wasmvisor_policy_sdk::{ExitKind, LogLevel};
 
     const ENTRY: u64 = 0xffff_ffff_8010_1000;
+    /// minios's first `write` buffer, at GPA `BUF_GPA`.
     const BUF: u64 = 0xffff_ffff_8010_31c0;
-
-    #[derive(Default)]
-    struct Fake {
-        regs: BTreeMap<u8, u64>,
-        mem: Vec<u8>,
-        slots: Vec<Option<u64>>,
-        refuse: bool,
-        counter: i64,
-        events: Vec<(String, String)>,
-        logs: Vec<String>,
-    }
-
-    fn reg_key(r: Reg) -> u8 {
-        r as u8
-    }
-
-    impl Fake {
-        fn new() -> Fake {
-            Fake {
-                mem: b"task init pid 1\n".to_vec(),
-                ..Fake::default()
-            }
-        }
-        fn set(&mut self, r: Reg, v: u64) {
-            self.regs.insert(reg_key(r), v);
-        }
-        fn events(&self, kind: &str) -> Vec<&str> {
-            self.events
-                .iter()
-                .filter(|(k, _)| k == kind)
-                .map(|(_, j)| j.as_str())
-                .collect()
-        }
-    }
-
-    impl Guest for Fake {
-        fn reg(&mut self, reg: Reg) -> u64 {
-            self.regs.get(&reg_key(reg)).copied().unwrap_or(0)
-        }
-        fn read_virt(&mut self, gva: u64, len: u32) -> Result<Vec<u8>, HostError> {
-            let at = gva.checked_sub(BUF).ok_or(HostError::NotMapped)? as usize;
-            let end = at + len as usize;
-            if end > self.mem.len() {
-                return Err(HostError::NotMapped);
-            }
-            Ok(self.mem[at..end].to_vec())
-        }
-        fn set_breakpoint(&mut self, bp: Breakpoint) -> Result<u8, HostError> {
-            if self.refuse {
-                return Err(HostError::NotGranted);
-            }
-            assert_eq!((bp.kind, bp.len), (BreakpointKind::Execute, 1));
-            self.slots.push(Some(bp.gva));
-            Ok((self.slots.len() - 1) as u8)
-        }
-        fn clear_breakpoint(&mut self, slot: u8) -> Result<(), HostError> {
-            self.slots[slot as usize] = None;
-            Ok(())
-        }
-        fn counter_add(&mut self, key: &str, delta: i64) -> i64 {
-            assert_eq!(key, COUNTER);
-            self.counter += delta;
-            self.counter
-        }
-        fn emit(&mut self, kind: &str, json: &str) {
-            self.events.push((kind.into(), json.into()));
-        }
-        fn log(&mut self, _level: LogLevel, msg: &str) {
-            self.logs.push(msg.into());
-        }
-    }
+    const BUF_GPA: u64 = 0x1031c0;
+    const TEXT: &[u8] = b"task init pid 1\n";
 
     fn tracer(pairs: &[(&str, &str)]) -> SyscallTracer {
         SyscallTracer::init(&pairs.iter().copied().collect())
@@ -350,46 +240,43 @@ mod tests {
             .0
     }
 
-    fn lstar(value: u64) -> MsrExit {
-        MsrExit {
-            index: MSR_LSTAR,
-            direction: Direction::Write,
-            value,
-            reason: MsrReason::Filtered,
-        }
+    /// The tracer on a host holding the buffer, before the guest wrote
+    /// IA32_LSTAR.
+    fn loaded(pairs: &[(&str, &str)]) -> Harness<SyscallTracer> {
+        let h = Harness::<SyscallTracer>::new(pairs).unwrap();
+        h.host()
+            .map_phys(BUF_GPA, TEXT)
+            .map_virt(BUF, BUF_GPA, TEXT.len() as u64)
+            .set_reg(Reg::Rip, 1);
+        h
     }
 
-    fn at(rip: u64) -> Exit {
-        Exit {
-            vcpu: 0,
-            seq: 0,
-            rip,
-        }
+    fn lstar(value: u64) -> ExitKind {
+        exit::wrmsr(MSR_LSTAR, value)
     }
 
-    fn bp(slot: u8) -> DebugExit {
-        DebugExit {
-            cause: DebugCause::HwBreakpoint,
-            slot: Some(slot),
-            dr6: 1 << slot,
-            dr7: 0,
-        }
+    /// The tracer after the guest programmed its entry point.
+    fn armed(pairs: &[(&str, &str)]) -> Harness<SyscallTracer> {
+        let mut h = loaded(pairs);
+        assert!(h.exit(lstar(ENTRY)).is_decline());
+        h
     }
 
-    fn single_step() -> DebugExit {
-        DebugExit {
-            cause: DebugCause::SingleStep,
-            slot: None,
-            dr6: 0x4000,
-            dr7: 0,
-        }
+    /// A system call: the breakpoint in slot 0 fires at the entry.
+    fn syscall(h: &mut Harness<SyscallTracer>, nr: u64, rdi: u64, rsi: u64) -> Verdict {
+        h.host()
+            .set_reg(Reg::Rax, nr)
+            .set_reg(Reg::Rdi, rdi)
+            .set_reg(Reg::Rsi, rsi);
+        h.exit_at(ENTRY, exit::hw_breakpoint(0))
     }
 
-    fn armed(pairs: &[(&str, &str)]) -> (SyscallTracer, Fake) {
-        let mut t = tracer(pairs);
-        let mut f = Fake::new();
-        assert!(t.msr(&mut f, &at(0x1), &lstar(ENTRY)).is_decline());
-        (t, f)
+    fn execute(gva: u64) -> Breakpoint {
+        Breakpoint {
+            kind: BreakpointKind::Execute,
+            gva,
+            len: 1,
+        }
     }
 
     #[test]
@@ -401,11 +288,7 @@ mod tests {
         assert_eq!(s.capabilities, Capabilities::DEBUG);
         let t = tracer(&[("step", "5"), ("max-payload", "16"), ("log", "true")]);
         assert_eq!((t.step, t.max_payload, t.log), (5, 16, true));
-        let err = |p: &[(&str, &str)]| {
-            SyscallTracer::init(&p.iter().copied().collect())
-                .err()
-                .unwrap()
-        };
+        let err = |p: &[(&str, &str)]| Harness::<SyscallTracer>::new(p).unwrap_err();
         assert_eq!(err(&[("steps", "1")]), "unknown config key `steps`");
         assert!(err(&[("step", "x")]).contains("step"));
         assert!(err(&[("step", "20000")]).contains("10000"));
@@ -414,63 +297,54 @@ mod tests {
 
     #[test]
     fn lstar_write_sets_the_breakpoint() {
-        let (t, f) = armed(&[]);
-        assert_eq!(t.entry, Some((ENTRY, 0)));
-        assert_eq!(f.slots, [Some(ENTRY)]);
+        let h = armed(&[]);
+        assert_eq!(h.policy().entry, Some((ENTRY, 0)));
         assert_eq!(
-            f.events("breakpoint"),
+            h.host().breakpoints(),
+            [Some(execute(ENTRY)), None, None, None]
+        );
+        assert_eq!(
+            h.host().events_of("breakpoint"),
             [r#"{"gva":18446744071563120640,"slot":0,"rip":1}"#]
         );
         // Reads, other MSRs and the same value again change nothing.
-        let (mut t, mut f) = armed(&[]);
-        let read = MsrExit {
-            direction: Direction::Read,
-            ..lstar(0)
-        };
-        assert!(t.msr(&mut f, &at(1), &read).is_decline());
-        assert!(t
-            .msr(
-                &mut f,
-                &at(1),
-                &MsrExit {
-                    index: 0x10,
-                    ..lstar(5)
-                }
-            )
-            .is_decline());
-        assert!(t.msr(&mut f, &at(1), &lstar(ENTRY)).is_decline());
-        assert_eq!(f.slots, [Some(ENTRY)]);
-        // A new entry moves the breakpoint.
-        assert!(t.msr(&mut f, &at(1), &lstar(0x5000)).is_decline());
-        assert_eq!(f.slots, [None, Some(0x5000)]);
-        assert_eq!(t.entry, Some((0x5000, 1)));
+        let mut h = armed(&[]);
+        assert!(h.exit(exit::rdmsr(MSR_LSTAR)).is_decline());
+        assert!(h.exit(exit::wrmsr(0x10, 5)).is_decline());
+        assert!(h.exit(lstar(ENTRY)).is_decline());
+        assert_eq!(h.host().events_of("breakpoint").len(), 1);
+        // A new entry moves the breakpoint: the old slot is cleared first,
+        // so the host hands the same slot out again.
+        assert!(h.exit(lstar(0x5000)).is_decline());
+        assert_eq!(
+            h.host().breakpoints(),
+            [Some(execute(0x5000)), None, None, None]
+        );
+        assert_eq!(h.policy().entry, Some((0x5000, 0)));
+        assert_eq!(h.host().events_of("breakpoint").len(), 2);
     }
 
     #[test]
     fn refused_breakpoint_is_logged() {
-        let mut t = tracer(&[]);
-        let mut f = Fake::new();
-        f.refuse = true;
-        assert!(t.msr(&mut f, &at(1), &lstar(ENTRY)).is_decline());
-        assert_eq!(t.entry, None);
-        assert!(f.logs[0].contains("not-granted"), "{:?}", f.logs);
+        // Not granted `debug`.
+        let mut h = Harness::<SyscallTracer>::with_host(FakeHost::new(), &[]).unwrap();
+        assert!(h.exit(lstar(ENTRY)).is_decline());
+        assert_eq!(h.policy().entry, None);
+        let logs = h.host().logs();
+        assert_eq!(logs[0].level, LogLevel::Error);
+        assert!(logs[0].msg.contains("not-granted"), "{logs:?}");
         // Without a breakpoint every debug exit is someone else's.
-        assert!(t.debug(&mut f, &at(ENTRY), &bp(0)).is_decline());
+        assert!(h.exit_at(ENTRY, exit::hw_breakpoint(0)).is_decline());
     }
 
     #[test]
     fn hits_become_syscall_events() {
-        let (mut t, mut f) = armed(&[("log", "true")]);
-        f.set(Reg::Rax, 2);
-        assert_eq!(t.debug(&mut f, &at(ENTRY), &bp(0)), Verdict::resume());
-        f.set(Reg::Rax, 1);
-        f.set(Reg::Rdi, BUF);
-        f.set(Reg::Rsi, 16);
-        assert_eq!(t.debug(&mut f, &at(ENTRY), &bp(0)), Verdict::resume());
-        f.set(Reg::Rax, 99);
-        assert_eq!(t.debug(&mut f, &at(ENTRY), &bp(0)), Verdict::resume());
+        let mut h = armed(&[("log", "true")]);
+        assert_eq!(syscall(&mut h, 2, 0, 0), Verdict::resume());
+        assert_eq!(syscall(&mut h, 1, BUF, 16), Verdict::resume());
+        assert_eq!(syscall(&mut h, 99, BUF, 16), Verdict::resume());
         assert_eq!(
-            f.events("syscall"),
+            h.host().events_of("syscall"),
             [
                 format!(r#"{{"n":1,"nr":2,"name":"getpid","rdi":0,"rsi":0,"rip":{ENTRY}}}"#),
                 format!(
@@ -480,25 +354,40 @@ mod tests {
             ]
         );
         assert_eq!(
-            f.logs[2],
+            h.host().logs()[2].msg,
             r#"syscall-tracer: #2 write(0xffffffff801031c0, 0x10) "task init pid 1\n""#
         );
         // Another policy's breakpoint, or a single step nobody asked for.
-        assert!(t.debug(&mut f, &at(0x77), &bp(1)).is_decline());
-        assert!(t.debug(&mut f, &at(0x77), &single_step()).is_decline());
-        assert_eq!(f.counter, 3);
+        assert!(h.exit_at(0x77, exit::hw_breakpoint(1)).is_decline());
+        assert!(h.exit_at(0x77, exit::single_step()).is_decline());
+        assert_eq!(h.host().counter(COUNTER), Some(3));
+    }
+
+    #[test]
+    fn the_count_is_shared_by_every_vcpu() {
+        let mut cpu0 = armed(&[]);
+        // vCPU 1 of the same VM: the grant of `debug` is the VM's.
+        let host1 = cpu0.host().for_vcpu(1);
+        let mut cpu1 = Harness::<SyscallTracer>::with_host(host1, &[]).unwrap();
+        assert!(cpu1.exit(lstar(ENTRY)).is_decline());
+        syscall(&mut cpu0, 2, 0, 0);
+        syscall(&mut cpu1, 2, 0, 0);
+        syscall(&mut cpu0, 2, 0, 0);
+        let events = cpu0.host().events();
+        let hits: Vec<_> = events
+            .iter()
+            .filter(|e| e.kind == "syscall")
+            .map(|e| (e.vcpu, e.json.split(',').next().unwrap_or_default()))
+            .collect();
+        assert_eq!(hits, [(0, r#"{"n":1"#), (1, r#"{"n":2"#), (0, r#"{"n":3"#)]);
     }
 
     #[test]
     fn write_payload_is_capped_and_errors_reported() {
-        let (mut t, mut f) = armed(&[("max-payload", "4")]);
-        f.set(Reg::Rax, 1);
-        f.set(Reg::Rdi, BUF);
-        f.set(Reg::Rsi, 16);
-        t.debug(&mut f, &at(ENTRY), &bp(0));
-        f.set(Reg::Rdi, 0x1000);
-        t.debug(&mut f, &at(ENTRY), &bp(0));
-        let e = f.events("syscall");
+        let mut h = armed(&[("max-payload", "4")]);
+        syscall(&mut h, 1, BUF, 16);
+        syscall(&mut h, 1, 0x1000, 16);
+        let e = h.host().events_of("syscall");
         assert!(
             e[0].contains(r#""data":"task","truncated":true"#),
             "{}",
@@ -509,29 +398,27 @@ mod tests {
 
     #[test]
     fn first_hit_steps_n_instructions() {
-        let (mut t, mut f) = armed(&[("step", "3")]);
-        f.set(Reg::Rax, 2);
+        let mut h = armed(&[("step", "3")]);
         let step = Verdict::Handled(vec![Action::Step]);
-        assert_eq!(t.debug(&mut f, &at(ENTRY), &bp(0)), step);
-        assert_eq!(t.debug(&mut f, &at(ENTRY + 8), &single_step()), step);
-        assert_eq!(t.debug(&mut f, &at(ENTRY + 12), &single_step()), step);
+        assert_eq!(syscall(&mut h, 2, 0, 0), step);
+        assert_eq!(h.exit_at(ENTRY + 8, exit::single_step()), step);
+        assert_eq!(h.exit_at(ENTRY + 12, exit::single_step()), step);
         assert_eq!(
-            t.debug(&mut f, &at(ENTRY + 18), &single_step()),
+            h.exit_at(ENTRY + 18, exit::single_step()),
             Verdict::resume()
         );
-        assert_eq!(t.stepping, Stepping::Done);
+        assert_eq!(h.policy().stepping, Stepping::Done);
         // Later hits are not stepped, and stray single steps are declined.
-        assert_eq!(t.debug(&mut f, &at(ENTRY), &bp(0)), Verdict::resume());
-        assert!(t.debug(&mut f, &at(ENTRY), &single_step()).is_decline());
-        let rips: Vec<_> = f.events("step");
+        assert_eq!(syscall(&mut h, 2, 0, 0), Verdict::resume());
+        assert!(h.exit_at(ENTRY, exit::single_step()).is_decline());
         assert_eq!(
-            rips,
+            h.host().events_of("step"),
             [
                 r#"{"i":1,"rip":18446744071563120640}"#,
                 r#"{"i":2,"rip":18446744071563120648}"#,
                 r#"{"i":3,"rip":18446744071563120652}"#
             ]
         );
-        assert_eq!(f.events("syscall").len(), 2);
+        assert_eq!(h.host().events_of("syscall").len(), 2);
     }
 }

@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 
 use wasmvisor_policy_sdk::json::Object;
 use wasmvisor_policy_sdk::{
-    export_policy, host, parse_u64, Config, Direction, EventSet, Exit, HostError, LogLevel,
-    MsrExit, Policy, SegmentReg, Subscriptions, Verdict,
+    export_policy, host, parse_u64, Config, Direction, EventSet, Exit, MsrExit, Policy, SegmentReg,
+    Subscriptions, Verdict,
 };
 
 /// IA32_GS_BASE: the kernel's per-cpu area.
@@ -115,37 +115,6 @@ struct Walk {
     end: End,
 }
 
-/// The host calls the lister makes, behind a trait so that the logic runs
-/// in unit tests off the host.
-trait Guest {
-    fn read_virt(&mut self, gva: u64, len: u32) -> Result<Vec<u8>, HostError>;
-    fn translate(&mut self, gva: u64) -> Result<u64, HostError>;
-    fn gs_base(&mut self) -> u64;
-    fn emit(&mut self, kind: &str, json: &str);
-    fn log(&mut self, level: LogLevel, msg: &str);
-}
-
-/// The real host.
-struct Live;
-
-impl Guest for Live {
-    fn read_virt(&mut self, gva: u64, len: u32) -> Result<Vec<u8>, HostError> {
-        host::read_virt(gva, len)
-    }
-    fn translate(&mut self, gva: u64) -> Result<u64, HostError> {
-        host::translate(gva)
-    }
-    fn gs_base(&mut self) -> u64 {
-        host::get_segment(SegmentReg::Gs).base
-    }
-    fn emit(&mut self, kind: &str, json: &str) {
-        host::emit(kind, json);
-    }
-    fn log(&mut self, level: LogLevel, msg: &str) {
-        host::log(level, msg);
-    }
-}
-
 fn u64_at(bytes: &[u8], offset: u64) -> u64 {
     let at = offset as usize;
     let mut raw = [0u8; 8];
@@ -153,16 +122,16 @@ fn u64_at(bytes: &[u8], offset: u64) -> u64 {
     u64::from_le_bytes(raw)
 }
 
-fn read_u64(g: &mut dyn Guest, gva: u64) -> Result<u64, String> {
-    g.read_virt(gva, 8)
+fn read_u64(gva: u64) -> Result<u64, String> {
+    host::read_virt(gva, 8)
         .map(|b| u64_at(&b, 0))
         .map_err(|e| format!("read {gva:#x}: {}", e.name()))
 }
 
 /// Walks the task list from the per-cpu area at `percpu`.
-fn walk(g: &mut dyn Guest, percpu: u64, layout: &Layout, max: usize) -> Result<Walk, String> {
-    let head = read_u64(g, percpu.wrapping_add(layout.head))?;
-    let current = read_u64(g, percpu.wrapping_add(layout.current)).ok();
+fn walk(percpu: u64, layout: &Layout, max: usize) -> Result<Walk, String> {
+    let head = read_u64(percpu.wrapping_add(layout.head))?;
+    let current = read_u64(percpu.wrapping_add(layout.current)).ok();
     let mut out = Walk {
         percpu,
         head,
@@ -170,7 +139,7 @@ fn walk(g: &mut dyn Guest, percpu: u64, layout: &Layout, max: usize) -> Result<W
         tasks: Vec::new(),
         end: End::Complete,
     };
-    let mut gva = match read_u64(g, head) {
+    let mut gva = match read_u64(head) {
         Ok(first) => first,
         Err(e) => {
             out.end = End::Error(e);
@@ -188,12 +157,10 @@ fn walk(g: &mut dyn Guest, percpu: u64, layout: &Layout, max: usize) -> Result<W
             out.end = End::Cap;
             break;
         }
-        let read = g
-            .read_virt(gva, len)
+        let read = host::read_virt(gva, len)
             .map_err(|e| format!("read task {gva:#x}: {}", e.name()))
             .and_then(|bytes| {
-                let gpa = g
-                    .translate(gva)
+                let gpa = host::translate(gva)
                     .map_err(|e| format!("translate task {gva:#x}: {}", e.name()))?;
                 Ok((bytes, gpa))
             });
@@ -237,19 +204,18 @@ struct TaskLister {
 impl TaskLister {
     /// Lists the tasks now, `when` naming the trigger. Returns false when
     /// the kernel has no per-cpu area yet.
-    fn list(&mut self, g: &mut dyn Guest, ev: &Exit, when: &str) -> bool {
+    fn list(&mut self, ev: &Exit, when: &str) -> bool {
         let percpu = match self.gs_base {
             Some(base) => base,
-            None => g.gs_base(),
+            None => host::get_segment(SegmentReg::Gs).base,
         };
         if percpu == 0 {
-            g.log(
-                LogLevel::Debug,
-                &format!("task-lister: no per-cpu area (GS base 0) at {when}"),
-            );
+            host::debug(&format!(
+                "task-lister: no per-cpu area (GS base 0) at {when}"
+            ));
             return false;
         }
-        let walk = match walk(g, percpu, &self.layout, self.max_tasks) {
+        let walk = match walk(percpu, &self.layout, self.max_tasks) {
             Ok(w) => w,
             Err(e) => {
                 let json = Object::new()
@@ -259,8 +225,8 @@ impl TaskLister {
                     .str("end", "error")
                     .str("error", &e)
                     .finish();
-                g.emit("task-list", &json);
-                g.log(LogLevel::Warn, &format!("task-lister: {e}"));
+                host::emit("task-list", &json);
+                host::warn(&format!("task-lister: {e}"));
                 return true;
             }
         };
@@ -276,9 +242,9 @@ impl TaskLister {
                 .bool("current", walk.current == Some(t.gva))
                 .str("when", when)
                 .finish();
-            g.emit("task", &json);
+            host::emit("task", &json);
             if self.log {
-                g.log(LogLevel::Info, &json);
+                host::info(&json);
             }
         }
         let mut summary = Object::new()
@@ -294,31 +260,30 @@ impl TaskLister {
             End::Error(e) => summary.str("end", "error").str("error", e),
         };
         let summary = summary.finish();
-        g.emit("task-list", &summary);
+        host::emit("task-list", &summary);
         if self.log {
-            g.log(LogLevel::Info, &summary);
+            host::info(&summary);
         }
         match &walk.end {
             End::Complete => {}
-            End::Cap => g.log(
-                LogLevel::Warn,
-                &format!("task-lister: stopped after {} tasks", self.max_tasks),
-            ),
-            End::Cycle(gva) => g.log(
-                LogLevel::Warn,
-                &format!("task-lister: the task list loops back to {gva:#x}"),
-            ),
-            End::Error(e) => g.log(LogLevel::Warn, &format!("task-lister: {e}")),
+            End::Cap => host::warn(&format!(
+                "task-lister: stopped after {} tasks",
+                self.max_tasks
+            )),
+            End::Cycle(gva) => host::warn(&format!(
+                "task-lister: the task list loops back to {gva:#x}"
+            )),
+            End::Error(e) => host::warn(&format!("task-lister: {e}")),
         }
         true
     }
 
-    fn msr(&mut self, g: &mut dyn Guest, ev: &Exit, msr: &MsrExit) -> Verdict {
+    fn msr(&mut self, ev: &Exit, msr: &MsrExit) -> Verdict {
         if msr.direction == Direction::Write {
             match msr.index {
                 MSR_GS_BASE => self.gs_base = Some(msr.value),
                 MSR_LSTAR if self.at_lstar => {
-                    self.list(g, ev, "lstar");
+                    self.list(ev, "lstar");
                 }
                 _ => {}
             }
@@ -327,9 +292,9 @@ impl TaskLister {
         Verdict::Decline
     }
 
-    fn hlt(&mut self, g: &mut dyn Guest, ev: &Exit) -> Verdict {
+    fn hlt(&mut self, ev: &Exit) -> Verdict {
         if self.at_hlt && !self.listed_at_hlt {
-            self.listed_at_hlt = self.list(g, ev, "hlt");
+            self.listed_at_hlt = self.list(ev, "hlt");
         }
         // The vCPU halts as it asked.
         Verdict::Decline
@@ -406,11 +371,11 @@ impl Policy for TaskLister {
     }
 
     fn on_msr(&mut self, ev: &Exit, msr: MsrExit) -> Verdict {
-        self.msr(&mut Live, ev, &msr)
+        self.msr(ev, &msr)
     }
 
     fn on_hlt(&mut self, ev: &Exit) -> Verdict {
-        self.hlt(&mut Live, ev)
+        self.hlt(ev)
     }
 }
 
@@ -419,109 +384,58 @@ export_policy!(TaskLister);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-    use wasmvisor_policy_sdk::MsrReason;
+    use wasmvisor_policy_sdk::testing::{exit, FakeHost, Harness};
+    use wasmvisor_policy_sdk::{LogLevel, Reg, Segment};
 
     const KBASE: u64 = 0xffff_ffff_8000_0000;
     const PERCPU: u64 = KBASE + 0x103000;
 
-    /// The kernel's data page, mapped at KBASE + GPA.
-    struct Fake {
-        mem: BTreeMap<u64, u8>,
-        events: Vec<(String, String)>,
-        logs: Vec<(LogLevel, String)>,
-        gs: u64,
+    fn put64(f: &FakeHost, gva: u64, v: u64) {
+        f.put_virt(gva, &v.to_le_bytes());
     }
 
-    impl Fake {
-        fn put(&mut self, gva: u64, bytes: &[u8]) {
-            for (i, b) in bytes.iter().enumerate() {
-                self.mem.insert(gva + i as u64, *b);
-            }
-        }
-        fn put64(&mut self, gva: u64, v: u64) {
-            self.put(gva, &v.to_le_bytes());
-        }
-        fn task(&mut self, slot: u64, pid: u64, state: u64, name: &str, next: u64) -> u64 {
-            let gva = PERCPU + 0x80 + slot * 0x28;
-            self.put64(gva, pid);
-            self.put64(gva + 8, state);
-            let mut n = [0u8; 16];
-            n[..name.len()].copy_from_slice(name.as_bytes());
-            self.put(gva + 0x10, &n);
-            self.put64(gva + 0x20, next);
-            gva
-        }
-        /// minios's data page.
-        fn minios() -> Fake {
-            let mut f = Fake {
-                mem: BTreeMap::new(),
-                events: Vec::new(),
-                logs: Vec::new(),
-                gs: 0,
-            };
-            let (init, logger, shell, netd) =
-                (PERCPU + 0x80, PERCPU + 0xa8, PERCPU + 0xd0, PERCPU + 0xf8);
-            f.put64(PERCPU, PERCPU + 0x40);
-            f.put64(PERCPU + 8, init);
-            f.put64(PERCPU + 0x40, init);
-            f.task(0, 1, 1, "init", shell);
-            f.task(1, 108, 0, "logger", 0);
-            f.task(2, 42, 0, "shell", netd);
-            f.task(3, 73, 0, "netd", logger);
-            f
-        }
-        fn events(&self, kind: &str) -> Vec<&str> {
-            self.events
-                .iter()
-                .filter(|(k, _)| k == kind)
-                .map(|(_, j)| j.as_str())
-                .collect()
-        }
+    /// Writes the task in `slot` of minios's task array; returns its GVA.
+    fn task(f: &FakeHost, slot: u64, pid: u64, state: u64, name: &str, next: u64) -> u64 {
+        let gva = PERCPU + 0x80 + slot * 0x28;
+        put64(f, gva, pid);
+        put64(f, gva + 8, state);
+        let mut n = [0u8; 16];
+        n[..name.len()].copy_from_slice(name.as_bytes());
+        f.put_virt(gva + 0x10, &n);
+        put64(f, gva + 0x20, next);
+        gva
     }
 
-    impl Guest for Fake {
-        fn read_virt(&mut self, gva: u64, len: u32) -> Result<Vec<u8>, HostError> {
-            (gva..gva + u64::from(len))
-                .map(|a| self.mem.get(&a).copied().ok_or(HostError::NotMapped))
-                .collect()
-        }
-        fn translate(&mut self, gva: u64) -> Result<u64, HostError> {
-            if self.mem.contains_key(&gva) {
-                Ok(gva - KBASE)
-            } else {
-                Err(HostError::NotMapped)
-            }
-        }
-        fn gs_base(&mut self) -> u64 {
-            self.gs
-        }
-        fn emit(&mut self, kind: &str, json: &str) {
-            self.events.push((kind.into(), json.into()));
-        }
-        fn log(&mut self, level: LogLevel, msg: &str) {
-            self.logs.push((level, msg.into()));
-        }
+    /// minios's data page (GPA 0x103000, mapped at KBASE + GPA): the
+    /// per-cpu area, the list head and four tasks.
+    fn minios() -> FakeHost {
+        let f = FakeHost::new();
+        f.map_ram(0x103000, 0x1000)
+            .map_virt(PERCPU, 0x103000, 0x1000)
+            .set_reg(Reg::Rip, 0x42);
+        let (init, logger, shell, netd) =
+            (PERCPU + 0x80, PERCPU + 0xa8, PERCPU + 0xd0, PERCPU + 0xf8);
+        put64(&f, PERCPU, PERCPU + 0x40);
+        put64(&f, PERCPU + 8, init);
+        put64(&f, PERCPU + 0x40, init);
+        task(&f, 0, 1, 1, "init", shell);
+        task(&f, 1, 108, 0, "logger", 0);
+        task(&f, 2, 42, 0, "shell", netd);
+        task(&f, 3, 73, 0, "netd", logger);
+        f
     }
 
     fn lister(pairs: &[(&str, &str)]) -> Result<(TaskLister, Subscriptions), String> {
         TaskLister::init(&pairs.iter().copied().collect())
     }
 
-    fn wrmsr(index: u32, value: u64) -> MsrExit {
-        MsrExit {
-            index,
-            direction: Direction::Write,
-            value,
-            reason: MsrReason::Filtered,
-        }
+    fn on_minios(pairs: &[(&str, &str)]) -> Harness<TaskLister> {
+        Harness::with_host(minios(), pairs).unwrap()
     }
 
-    const EV: Exit = Exit {
-        vcpu: 0,
-        seq: 3,
-        rip: 0x42,
-    };
+    fn walk_minios(f: &FakeHost, max: usize) -> Result<Walk, String> {
+        f.run(|| walk(PERCPU, &Layout::default(), max))
+    }
 
     fn names(w: &Walk) -> Vec<(&str, u64)> {
         w.tasks.iter().map(|t| (t.name.as_str(), t.pid)).collect()
@@ -563,8 +477,7 @@ mod tests {
 
     #[test]
     fn walks_minios_in_list_order() {
-        let mut f = Fake::minios();
-        let w = walk(&mut f, PERCPU, &Layout::default(), 64).unwrap();
+        let w = walk_minios(&minios(), 64).unwrap();
         assert_eq!(
             names(&w),
             [("init", 1), ("shell", 42), ("netd", 73), ("logger", 108)]
@@ -579,49 +492,45 @@ mod tests {
 
     #[test]
     fn cycles_caps_and_holes() {
-        let mut f = Fake::minios();
-        f.put64(PERCPU + 0xa8 + 0x20, PERCPU + 0xd0); // logger -> shell
-        let w = walk(&mut f, PERCPU, &Layout::default(), 64).unwrap();
+        let f = minios();
+        put64(&f, PERCPU + 0xa8 + 0x20, PERCPU + 0xd0); // logger -> shell
+        let w = walk_minios(&f, 64).unwrap();
         assert_eq!(w.tasks.len(), 4);
         assert_eq!(w.end, End::Cycle(PERCPU + 0xd0));
 
-        let mut f = Fake::minios();
-        let w = walk(&mut f, PERCPU, &Layout::default(), 2).unwrap();
+        let w = walk_minios(&minios(), 2).unwrap();
         assert_eq!(names(&w), [("init", 1), ("shell", 42)]);
         assert_eq!(w.end, End::Cap);
 
-        let mut f = Fake::minios();
-        f.put64(PERCPU + 0xf8 + 0x20, 0xdead_0000); // netd -> unmapped
-        let w = walk(&mut f, PERCPU, &Layout::default(), 64).unwrap();
+        let f = minios();
+        put64(&f, PERCPU + 0xf8 + 0x20, 0xdead_0000); // netd -> unmapped
+        let w = walk_minios(&f, 64).unwrap();
         assert_eq!(w.tasks.len(), 3);
         assert_eq!(w.end, End::Error("read task 0xdead0000: not-mapped".into()));
 
-        let mut f = Fake::minios();
-        assert!(walk(&mut f, 0x1000, &Layout::default(), 64)
-            .unwrap_err()
-            .contains("read 0x1000"));
+        let err = minios().run(|| walk(0x1000, &Layout::default(), 64));
+        assert!(err.unwrap_err().contains("read 0x1000"));
 
         // An empty list, and a full 16-byte name without a NUL.
-        let mut f = Fake::minios();
-        f.put64(PERCPU + 0x40, 0);
-        let w = walk(&mut f, PERCPU, &Layout::default(), 64).unwrap();
+        let f = minios();
+        put64(&f, PERCPU + 0x40, 0);
+        let w = walk_minios(&f, 64).unwrap();
         assert!(w.tasks.is_empty() && w.end == End::Complete);
-        let mut f = Fake::minios();
-        f.put(PERCPU + 0x80 + 0x10, b"0123456789abcdef");
-        let w = walk(&mut f, PERCPU, &Layout::default(), 64).unwrap();
+        let f = minios();
+        f.put_virt(PERCPU + 0x80 + 0x10, b"0123456789abcdef");
+        let w = walk_minios(&f, 64).unwrap();
         assert_eq!(w.tasks[0].name, "0123456789abcdef");
     }
 
     #[test]
     fn lstar_write_lists_the_tasks_seen_through_gs_base() {
-        let (mut l, _) = lister(&[]).unwrap();
-        let mut f = Fake::minios();
-        assert!(l.msr(&mut f, &EV, &wrmsr(MSR_GS_BASE, PERCPU)).is_decline());
-        assert!(f.events.is_empty());
-        assert!(l
-            .msr(&mut f, &EV, &wrmsr(MSR_LSTAR, KBASE + 0x101000))
+        let mut h = on_minios(&[]);
+        assert!(h.exit(exit::wrmsr(MSR_GS_BASE, PERCPU)).is_decline());
+        assert!(h.host().events().is_empty());
+        assert!(h
+            .exit(exit::wrmsr(MSR_LSTAR, KBASE + 0x101000))
             .is_decline());
-        let tasks = f.events("task");
+        let tasks = h.host().events_of("task");
         assert_eq!(tasks.len(), 4);
         assert_eq!(
             tasks[0],
@@ -633,54 +542,56 @@ mod tests {
         );
         assert!(tasks[3].contains(r#""pid":108,"state":"ready","state_raw":0,"name":"logger""#));
         assert_eq!(
-            f.events("task-list"),
+            h.host().events_of("task-list"),
             [format!(
                 r#"{{"when":"lstar","rip":66,"percpu":{PERCPU},"head":{},"count":4,"end":"complete"}}"#,
                 PERCPU + 0x40
             )]
         );
         // Each task (and the summary) is also a JSON log line at info.
-        let info: Vec<_> = f
-            .logs
-            .iter()
-            .filter(|(l, _)| *l == LogLevel::Info)
-            .collect();
+        let logs = h.host().logs();
+        let info: Vec<_> = logs.iter().filter(|l| l.level == LogLevel::Info).collect();
         assert_eq!(info.len(), 5);
-        assert_eq!(info[0].1, tasks[0]);
+        assert_eq!(info[0].msg, tasks[0]);
     }
 
     #[test]
     fn hlt_lists_once_and_falls_back_to_the_gs_segment() {
-        let (mut l, _) = lister(&[("at", "hlt"), ("log", "false")]).unwrap();
-        let mut f = Fake::minios();
+        let mut h = on_minios(&[("at", "hlt"), ("log", "false")]);
         // No GS base anywhere: nothing to list (another vCPU halting early).
-        assert!(l.hlt(&mut f, &EV).is_decline());
-        assert!(f.events.is_empty() && !l.listed_at_hlt);
-        assert_eq!(f.logs.len(), 1);
-        f.logs.clear();
-        f.gs = PERCPU;
-        assert!(l.msr(&mut f, &EV, &wrmsr(MSR_LSTAR, 1)).is_decline());
-        assert!(f.events.is_empty());
-        assert!(l.hlt(&mut f, &EV).is_decline());
-        assert!(l.hlt(&mut f, &EV).is_decline());
-        assert_eq!(f.events("task").len(), 4);
-        assert!(f.events("task")[0].contains(r#""when":"hlt""#));
-        assert!(f.logs.is_empty());
+        assert!(h.exit(exit::hlt()).is_decline());
+        assert!(h.host().events().is_empty() && !h.policy().listed_at_hlt);
+        assert_eq!(h.host().take_logs()[0].level, LogLevel::Debug);
+        let gs = Segment {
+            selector: 0,
+            base: PERCPU,
+            limit: 0xffff_ffff,
+            attributes: 0,
+            unusable: false,
+        };
+        h.host().set_segment(SegmentReg::Gs, gs);
+        assert!(h.exit(exit::wrmsr(MSR_LSTAR, 1)).is_decline());
+        assert!(h.host().events().is_empty());
+        assert!(h.exit(exit::hlt()).is_decline());
+        assert!(h.exit(exit::hlt()).is_decline());
+        let tasks = h.host().events_of("task");
+        assert_eq!(tasks.len(), 4);
+        assert!(tasks[0].contains(r#""when":"hlt""#));
+        assert!(h.host().logs().is_empty());
     }
 
     #[test]
     fn unreadable_per_cpu_area_is_reported() {
-        let (mut l, _) = lister(&[]).unwrap();
-        let mut f = Fake::minios();
-        l.msr(&mut f, &EV, &wrmsr(MSR_GS_BASE, 0x5000));
-        l.msr(&mut f, &EV, &wrmsr(MSR_LSTAR, 1));
-        assert!(f.events("task").is_empty());
+        let mut h = on_minios(&[]);
+        h.exit(exit::wrmsr(MSR_GS_BASE, 0x5000));
+        h.exit(exit::wrmsr(MSR_LSTAR, 1));
+        assert!(h.host().events_of("task").is_empty());
         assert_eq!(
-            f.events("task-list"),
+            h.host().events_of("task-list"),
             [
                 r#"{"when":"lstar","percpu":20480,"count":0,"end":"error","error":"read 0x5000: not-mapped"}"#
             ]
         );
-        assert!(f.logs.iter().any(|(l, _)| *l == LogLevel::Warn));
+        assert!(h.host().logs().iter().any(|l| l.level == LogLevel::Warn));
     }
 }
