@@ -5,13 +5,18 @@ WASM    := target/wasm32-wasip2/policy
 POLICIES := serial msr-guard cpuid-mask io-tracer regbank noop mem-guard syscall-tracer task-lister counter conformance
 FIXTURES := other-world hostile
 
-.PHONY: all setup guests policies assets build demo test lint unit e2e bench clean fuzz-short kernel
+.PHONY: all setup setup-langs guests policies lang-policies assets build demo test lint unit e2e bench clean fuzz-short kernel
 
 all: build
 
 ## Install what a fresh machine lacks (rustup targets, binutils).
 setup:
 	bash scripts/setup.sh
+
+## The C, Python and JavaScript policy toolchains (clang + wasi-libc,
+## wit-bindgen, wasm-tools, componentize-py, jco), in ~/.cache/wasmvisor/langs.
+setup-langs:
+	bash scripts/setup-langs.sh
 
 ## Assemble the example guests from examples/guests.
 guests:
@@ -24,6 +29,10 @@ policies:
 	mkdir -p $(ASSETS)/policies $(ASSETS)/fixtures
 	for p in $(POLICIES); do cp $(WASM)/$$(echo $$p | tr - _)_policy.wasm $(ASSETS)/policies/$$p.wasm; done
 	for f in $(FIXTURES); do cp $(WASM)/$$(echo $$f | tr - _)_fixture.wasm $(ASSETS)/fixtures/$$f.wasm; done
+
+## The conformance policy built from its C, Python and JavaScript sources.
+lang-policies: setup-langs
+	bash scripts/build-lang-policies.sh $(ASSETS)/policies
 
 ## Guests, policies and the demo configuration in target/assets.
 assets: guests policies
@@ -50,7 +59,7 @@ lint:
 
 ## Unit, contract and end-to-end tests (KVM tests fail without /dev/kvm
 ## unless WASMVISOR_SKIP_KVM=1).
-test: setup build lint kernel
+test: setup build lint kernel lang-policies
 	$(CARGO) test --workspace
 	$(MAKE) fuzz-short
 

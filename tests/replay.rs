@@ -10,21 +10,8 @@ use wasmvisor_tests::*;
 /// Records the conformance guest under the conformance policy.
 fn record_conformance(dir: &Path) -> PathBuf {
     let rec = dir.join("conformance.rec");
-    let g = guest("conformance.bin");
     let spec = format!("{}:@grant=protect-memory", policy("conformance"));
-    let r = wasmvisor(&[
-        "run",
-        "--guest",
-        g.to_str().unwrap(),
-        "--mode",
-        "protected",
-        "--serial",
-        "native",
-        "--policy",
-        &spec,
-        "--record",
-        rec.to_str().unwrap(),
-    ]);
+    let r = run_conformance_guest(&spec, &["--record", rec.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("16/16 checks passed"), "{r:?}");
     assert!(

@@ -120,3 +120,22 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).expect("scratch dir");
     d
 }
+
+/// Runs the conformance guest (32-bit, native UART) under the policy
+/// `spec`, with `extra` flags.
+pub fn run_conformance_guest(spec: &str, extra: &[&str]) -> Run {
+    let g = guest("conformance.bin");
+    let mut args = vec![
+        "run",
+        "--guest",
+        g.to_str().unwrap(),
+        "--mode",
+        "protected",
+        "--serial",
+        "native",
+        "--policy",
+        spec,
+    ];
+    args.extend(extra);
+    wasmvisor(&args)
+}

@@ -67,7 +67,6 @@ fn vm(policy: PolicySpec, events: Option<std::path::PathBuf>) -> Result<VmConfig
     config.serial = SerialBackend::Native;
     config.policies = vec![policy];
     config.events = events;
-    config.policy_cache = wasmvisor_vmm::config::PolicyCache::Off;
     Ok(config)
 }
 

@@ -9,6 +9,7 @@ mod control;
 mod inspect;
 mod replay;
 mod run;
+mod scaffold;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
+    /// Create a new policy, in Rust, C, Python or JavaScript, that builds and passes the conformance harness.
+    New(scaffold::NewArgs),
     /// Show a policy's name, WIT version and subscriptions.
     Inspect(inspect::InspectArgs),
     /// Validate a policy without a VM: world, version, imports, init and subscriptions, with readable diagnostics.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::Policy(PolicyCommand::Inspect(args)) => inspect::inspect(args).map(|()| 0),
         Command::Policy(PolicyCommand::Check(args)) => check::check(args),
+        Command::Policy(PolicyCommand::New(args)) => scaffold::run(args),
         Command::Policy(PolicyCommand::Conformance(args)) => conformance::run(args),
         Command::Policy(PolicyCommand::List(args)) => control::list(args),
         Command::Policy(PolicyCommand::Swap(args)) => control::swap(args),
