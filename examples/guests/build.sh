@@ -10,6 +10,7 @@
 #   devices.bin  flat, 32-bit protected mode, load at 0x8000, entry = byte 0
 #   conformance.bin  flat, 32-bit protected mode, load at 0x8000, entry = byte 0
 #   irq.bin      flat, 16-bit real mode, load at 0x8000, entry = byte 0
+#   pci.bin      flat, 32-bit protected mode, load at 0x8000, entry = byte 0
 #   smp.bin      flat, 16-bit real mode, load at 0x8000, entry = byte 0
 #   faults.bin   flat, 16-bit real mode, load at 0x8000, entry = byte 0
 #   ticker.bin   flat, 16-bit real mode, load at 0x8000, entry = byte 0
@@ -52,7 +53,7 @@ ld -m elf_x86_64 "${ldflags[@]}" -T "$src/minios.ld" \
 
 # Flat images: assembled as 32-bit ELF objects (smp.S switches to .code16
 # itself), linked at 0x8000 by flat.ld, then stripped to raw bytes.
-for guest in devices conformance irq smp faults ticker reset bench; do
+for guest in devices conformance irq pci smp faults ticker reset bench; do
     as --32 -I "$src" -o "$work/$guest.o" "$src/$guest.S"
     ld -m elf_i386 "${ldflags[@]}" -T "$src/flat.ld" \
         -o "$work/$guest.elf" "$work/$guest.o"
@@ -62,5 +63,5 @@ done
 
 # Publish only once everything built, so OUT_DIR never holds a mix of old
 # and new guests after a failed build.
-cp "$work/hello.elf" "$work/minios.elf" "$work/devices.bin" "$work/conformance.bin" "$work/irq.bin" "$work/smp.bin" "$work/faults.bin" \
+cp "$work/hello.elf" "$work/minios.elf" "$work/devices.bin" "$work/conformance.bin" "$work/irq.bin" "$work/pci.bin" "$work/smp.bin" "$work/faults.bin" \
     "$work/ticker.bin" "$work/reset.bin" "$work/bench.bin" "$out/"

@@ -121,10 +121,10 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
-/// Runs the conformance guest (32-bit, native UART) under the policy
-/// `spec`, with `extra` flags.
-pub fn run_conformance_guest(spec: &str, extra: &[&str]) -> Run {
-    let g = guest("conformance.bin");
+/// Runs the flat 32-bit guest `file` with the native UART as console and
+/// `extra` flags.
+pub fn run_protected_guest(file: &str, extra: &[&str]) -> Run {
+    let g = guest(file);
     let mut args = vec![
         "run",
         "--guest",
@@ -133,9 +133,14 @@ pub fn run_conformance_guest(spec: &str, extra: &[&str]) -> Run {
         "protected",
         "--serial",
         "native",
-        "--policy",
-        spec,
     ];
     args.extend(extra);
     wasmvisor(&args)
+}
+
+/// Runs the conformance guest under the policy `spec`, with `extra` flags.
+pub fn run_conformance_guest(spec: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["--policy", spec];
+    args.extend(extra);
+    run_protected_guest("conformance.bin", &args)
 }

@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use wasmvisor_policy::StdoutConsole;
 use wasmvisor_vmm::config::{
-    parse_mode, parse_number, parse_size, read_config_file, GuestSpec, LinuxSpec, PolicyCache,
-    PolicySpec, SerialBackend, VmConfig, DEFAULT_CMDLINE,
+    parse_mode, parse_number, parse_size, read_config_file, DeviceSpec, GuestSpec, LinuxSpec,
+    PolicyCache, PolicySpec, SerialBackend, VmConfig, DEFAULT_CMDLINE,
 };
 
 use crate::assets;
@@ -52,6 +52,9 @@ pub struct RunArgs {
     /// Console device on 0x3F8 when no policy claims it: policy (none) or native.
     #[arg(long, value_name = "BACKEND")]
     serial: Option<String>,
+    /// Attach a PCI device: `test` (the emulated test device) or `vfio=BDF-or-sysfs-path`; repeatable (docs/pci.md). Brings the in-kernel irqchip.
+    #[arg(long = "device", value_name = "test|vfio=BDF")]
+    devices: Vec<String>,
     /// Give the guest KVM's in-kernel PIC, IOAPIC and PIT (always on with --kernel); HLT then waits for an interrupt.
     #[arg(long)]
     irqchip: bool,
@@ -156,6 +159,11 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
             .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
     });
     config.irqchip |= args.irqchip;
+    config.devices = args
+        .devices
+        .iter()
+        .map(|d| DeviceSpec::parse(d))
+        .collect::<Result<_, _>>()?;
     config.control = args.control.clone();
     config.watch = args.watch;
     config.policy_cache = match (&args.policy_cache, args.no_policy_cache) {

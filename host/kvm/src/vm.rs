@@ -135,6 +135,22 @@ impl Vm {
             .map_err(KvmError::ioctl("KVM_IRQ_LINE"))
     }
 
+    /// Delivers an MSI message through the in-kernel irqchip
+    /// (`KVM_SIGNAL_MSI`); false if no local APIC accepted it (an MSI the
+    /// guest masked in its LAPIC, or no CPU matched the destination).
+    pub fn signal_msi(&self, address: u64, data: u32) -> Result<bool, KvmError> {
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        self.fd
+            .signal_msi(msi)
+            .map(|delivered| delivered > 0)
+            .map_err(KvmError::ioctl("KVM_SIGNAL_MSI"))
+    }
+
     /// Guest RAM.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory

@@ -21,6 +21,8 @@ pub enum ConfigError {
     MemRange(String),
     #[error("--vcpus {0} is out of range: wasmvisor runs 1 to {MAX_BOOT_VCPUS} vCPUs")]
     VcpuRange(u32),
+    #[error("invalid --device `{0}`: use test or vfio=BDF-or-sysfs-path")]
+    Device(String),
     #[error("invalid mode `{0}`: use real, protected or long")]
     Mode(String),
     #[error("invalid policy config `{0}`: expected key=value")]
@@ -115,6 +117,26 @@ pub struct LinuxSpec {
 /// early output on it, and a reboot through the keyboard controller.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 reboot=k panic=1";
 
+/// A PCI device to attach (`--device`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// wasmvisor's emulated test device (`--device test`).
+    Test,
+    /// A host device passed through with VFIO (`--device vfio=BDF-or-sysfs-path`).
+    Vfio(String),
+}
+
+impl DeviceSpec {
+    /// Parses `test` or `vfio=TARGET`.
+    pub fn parse(arg: &str) -> Result<DeviceSpec, ConfigError> {
+        match arg.split_once('=') {
+            None if arg == "test" => Ok(DeviceSpec::Test),
+            Some(("vfio", target)) if !target.is_empty() => Ok(DeviceSpec::Vfio(target.into())),
+            _ => Err(ConfigError::Device(arg.into())),
+        }
+    }
+}
+
 /// Where precompiled policies are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum PolicyCache {
@@ -152,6 +174,8 @@ pub struct VmConfig {
     pub irqchip: bool,
     /// Record every policy call to this file (`docs/record-replay.md`).
     pub record: Option<PathBuf>,
+    /// PCI devices (`docs/pci.md`); any device brings the irqchip.
+    pub devices: Vec<DeviceSpec>,
 }
 
 impl VmConfig {
@@ -171,6 +195,7 @@ impl VmConfig {
             linux: None,
             irqchip: false,
             record: None,
+            devices: Vec::new(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! go through the policy pipeline, and reports how it ended.
 
 pub mod acpi;
+mod builtin;
 pub mod config;
 pub mod control;
 mod cpuid;
@@ -14,6 +15,7 @@ pub mod loader;
 mod machine;
 mod native;
 pub mod outcome;
+pub mod pci;
 mod policy_set;
 mod quiesce;
 pub mod sandbox;

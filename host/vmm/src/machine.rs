@@ -16,6 +16,7 @@ use wasmvisor_policy::{
     ComponentCache, ConsoleSink, PolicyEngine, PolicyInstance, Recorder, Shared,
 };
 
+use crate::builtin::BuiltinDevice;
 use crate::config::{PolicyCache, SerialBackend, VmConfig};
 use crate::control::Services;
 use crate::cpuid::{cpuid_table, per_vcpu_cpuid};
@@ -25,9 +26,10 @@ use crate::linux::{load_linux, LinuxArgs};
 use crate::loader::{is_elf, load_elf, load_flat};
 use crate::native::NativeHandler;
 use crate::outcome::VmOutcome;
+use crate::pci::PciPlatform;
 use crate::policy_set::{unique_name, PolicyEnv, Prepared};
 use crate::quiesce::Quiesce;
-use crate::serial::{NativeSerial, COM1};
+use crate::serial::NativeSerial;
 use crate::signals;
 use crate::stats::Stats;
 use crate::vcpu_loop::{Control, VcpuEnd, VcpuPolicy, VcpuWorker, VmHandles};
@@ -140,7 +142,7 @@ pub fn run_with_native(
     let engine = engine(config)?;
     let vm = Arc::new(Vm::new(config.mem_bytes)?);
     // The PC platform must exist before the first vCPU.
-    let irqchip = config.irqchip || config.linux.is_some();
+    let irqchip = config.irqchip || config.linux.is_some() || !config.devices.is_empty();
     let irq: Option<Arc<dyn InterruptLines>> = if irqchip {
         vm.create_pc_platform()?;
         Some(Arc::clone(&vm) as Arc<dyn InterruptLines>)
@@ -203,14 +205,19 @@ pub fn run_with_native(
     }
     let names: Vec<String> = prepared.iter().map(|p| p.slot.name.clone()).collect();
 
-    let builtins = match config.serial {
-        SerialBackend::Native => vec![NativeSerial::new(Arc::clone(&console), irq)],
-        SerialBackend::Policy => Vec::new(),
-    };
-    let builtin_claims: Vec<(Vec<std::ops::RangeInclusive<u16>>, Vec<GpaRange>)> = builtins
-        .iter()
-        .map(|_| (vec![COM1..=COM1 + 7], Vec::new()))
-        .collect();
+    let mut builtins: Vec<Arc<dyn BuiltinDevice>> = Vec::new();
+    if config.serial == SerialBackend::Native {
+        builtins.push(Arc::new(NativeSerial::new(Arc::clone(&console), irq)));
+    }
+    if !config.devices.is_empty() {
+        builtins.push(Arc::new(PciPlatform::build(
+            &vm,
+            config.mem_bytes,
+            &config.devices,
+        )?));
+    }
+    let builtin_claims: Vec<(Vec<std::ops::RangeInclusive<u16>>, Vec<GpaRange>)> =
+        builtins.iter().map(|b| b.claims()).collect();
     let sub_refs: Vec<&Subscriptions> = prepared.iter().map(|p| &p.slot.subs).collect();
     let routes = Arc::new(
         Routes::build(&sub_refs, &builtin_claims).map_err(|e| VmmError::Routes(e.to_string()))?,

@@ -8,10 +8,13 @@
 //! enabled in IER, pending after a THR write or when enabled, cleared by
 //! reading IIR, and gated by MCR OUT2.
 
+use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 
-use wasmvisor_exit::{Completion, Direction, ExitEvent, ExitKind, InterruptLines};
+use wasmvisor_exit::{Completion, Direction, ExitEvent, ExitKind, GpaRange, InterruptLines};
 use wasmvisor_policy::ConsoleSink;
+
+use crate::builtin::BuiltinDevice;
 
 /// COM1.
 pub const COM1: u16 = 0x3f8;
@@ -63,9 +66,15 @@ impl NativeSerial {
             irq,
         }
     }
+}
+
+impl BuiltinDevice for NativeSerial {
+    fn claims(&self) -> (Vec<RangeInclusive<u16>>, Vec<GpaRange>) {
+        (vec![COM1..=COM1 + 7], Vec::new())
+    }
 
     /// Answers a port access in `COM1..COM1+8`.
-    pub fn handle(&self, event: &ExitEvent, completion: &mut Completion) {
+    fn handle(&self, event: &ExitEvent, completion: &mut Completion) {
         let ExitKind::Io(io) = event.kind else {
             return;
         };

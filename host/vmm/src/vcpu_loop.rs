@@ -15,13 +15,13 @@ use wasmvisor_exit::{
 use wasmvisor_kvm::{KickList, Kicker, RunOutcome, Vcpu};
 use wasmvisor_policy::{CallError, PolicyInstance, Shared, Verdict};
 
+use crate::builtin::BuiltinDevice;
 use crate::i8042;
 use crate::ledger::OwnedProtector;
 use crate::native::NativeHandler;
 use crate::outcome::VmOutcome;
 use crate::quiesce::Quiesce;
 use crate::sandbox::OnFault;
-use crate::serial::NativeSerial;
 use crate::stats::{PolicyStats, Stats};
 
 /// State shared by all vCPU threads of one VM.
@@ -87,7 +87,7 @@ pub(crate) struct VcpuWorker {
     /// By policy slot; `None` for a policy unloaded while the VM ran.
     pub policies: Vec<Option<VcpuPolicy>>,
     pub routes: Arc<Routes>,
-    pub builtins: Vec<NativeSerial>,
+    pub builtins: Vec<Arc<dyn BuiltinDevice>>,
     /// The embedder's native handler, consulted before the routes.
     pub native: Option<Arc<dyn NativeHandler>>,
     pub memory: GuestMemoryMmap,
@@ -116,7 +116,7 @@ pub(crate) enum VcpuEnd {
 #[derive(Clone)]
 pub(crate) struct VmHandles {
     pub routes: Arc<Routes>,
-    pub builtins: Vec<NativeSerial>,
+    pub builtins: Vec<Arc<dyn BuiltinDevice>>,
     pub native: Option<Arc<dyn NativeHandler>>,
     pub memory: GuestMemoryMmap,
     pub protector: Arc<dyn MemoryProtector>,

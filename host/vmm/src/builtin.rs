@@ -1,0 +1,16 @@
+//! Devices the VMM emulates natively, behind every policy: the UART
+//! (`--serial native`) and the PCI segment (`--device`).
+
+use std::ops::RangeInclusive;
+
+use wasmvisor_exit::{Completion, ExitEvent, GpaRange};
+
+/// A built-in device: the port and MMIO ranges it claims, and how it
+/// answers an access to them. Policies that subscribe to the same ranges
+/// answer first; the device gets what they decline.
+pub trait BuiltinDevice: Send + Sync {
+    /// The port ranges and MMIO ranges it answers.
+    fn claims(&self) -> (Vec<RangeInclusive<u16>>, Vec<GpaRange>);
+    /// Answers one access in its ranges.
+    fn handle(&self, event: &ExitEvent, completion: &mut Completion);
+}
