@@ -1,0 +1,34 @@
+//! Serves wasmvisor's PCI test device over vfio-user on a Unix socket,
+//! one client after another, for `--device vfio-user=SOCKET`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use wasmvisor_vfio::{TestDeviceBackend, TestDeviceServer};
+
+/// Serve the PCI test device (5741:0002) over vfio-user.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The Unix socket to listen on; it must not exist.
+    #[arg(long)]
+    socket: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let server = match TestDeviceServer::bind(&args.socket) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("wasmvisor-vfio-user-testdev: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut backend = TestDeviceBackend::new();
+    loop {
+        if let Err(e) = server.serve_one(&mut backend) {
+            eprintln!("wasmvisor-vfio-user-testdev: {e}");
+        }
+    }
+}

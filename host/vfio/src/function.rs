@@ -1,0 +1,240 @@
+//! [`VfioPciFunction`]: a device behind [`PassthroughDevice`] as a
+//! [`PciDevice`] on wasmvisor's bus. The guest sees a shadow of the
+//! device's configuration space (see `shadow`); of its writes only the
+//! command register reaches the device. BAR accesses are trapped and
+//! forwarded as region reads and writes, so every one of them can go
+//! through the VMM's policies; none is mapped in this version.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use thiserror::Error;
+use tracing::warn;
+use wasmvisor_pci::{reg, BarRegion, ConfigSpace, InterruptSink, Msi, PciDevice};
+
+use crate::interrupts::Interrupts;
+use crate::passthrough::{IrqKind, PassthroughDevice, CONFIG_REGION};
+use crate::shadow::{self, ShadowError, MSI_CONTROL};
+
+/// Why a function could not be set up.
+#[derive(Debug, Error)]
+pub enum FunctionError {
+    /// The configuration space could not be virtualized.
+    #[error(transparent)]
+    Shadow(#[from] ShadowError),
+    /// No eventfds.
+    #[error("cannot create the interrupt eventfds: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// The device refused the INTx eventfd.
+    #[error("cannot enable INTx: {0}")]
+    Intx(#[source] crate::PassthroughError),
+}
+
+/// A passed-through PCI function.
+pub struct VfioPciFunction {
+    device: Arc<dyn PassthroughDevice>,
+    config: Arc<Mutex<ConfigSpace>>,
+    msi: Option<Msi>,
+    interrupts: Arc<Interrupts>,
+    /// MSI vectors now enabled on the device (0: MSI off there).
+    msi_on_device: u32,
+    hidden: Vec<u8>,
+}
+
+impl VfioPciFunction {
+    /// Virtualizes `device`, whose interrupts go to `sink`. INTx is wired
+    /// at once if the device has a pin; MSI when the guest enables it.
+    pub fn new(
+        device: Arc<dyn PassthroughDevice>,
+        sink: Arc<dyn InterruptSink>,
+    ) -> Result<VfioPciFunction, FunctionError> {
+        let shadow = shadow::build(device.as_ref())?;
+        let config = Arc::new(Mutex::new(shadow.config));
+        let msi_vectors = match shadow.msi {
+            Some(msi) => {
+                let config = config.lock().unwrap_or_else(PoisonError::into_inner);
+                // What the capability offers, bounded by what the backend
+                // can signal.
+                let capable = 1u32 << ((config.word(msi.offset() + MSI_CONTROL) >> 1) & 0x7).min(5);
+                capable.min(device.irq_count(IrqKind::Msi))
+            }
+            None => 0,
+        };
+        let has_pin = config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .interrupt_pin()
+            .is_some();
+        let intx = has_pin && device.irq_count(IrqKind::Intx) > 0;
+        let interrupts = Interrupts::new(Arc::clone(&config), shadow.msi, msi_vectors, intx, sink)
+            .map_err(FunctionError::EventFd)?;
+        if let Some(fd) = &interrupts.intx_fd {
+            device
+                .enable_irq(IrqKind::Intx, &[fd])
+                .map_err(FunctionError::Intx)?;
+        }
+        Ok(VfioPciFunction {
+            device,
+            config,
+            msi: shadow.msi,
+            interrupts: Arc::new(interrupts),
+            msi_on_device: 0,
+            hidden: shadow.hidden,
+        })
+    }
+
+    /// The function's interrupt path: call [`Interrupts::poll`] when the
+    /// VMM has time, or [`Interrupts::spawn`] a thread for it.
+    pub fn interrupts(&self) -> Arc<Interrupts> {
+        Arc::clone(&self.interrupts)
+    }
+
+    /// The device's capabilities the guest does not see, by ID.
+    pub fn hidden_capabilities(&self) -> &[u8] {
+        &self.hidden
+    }
+
+    /// The device behind the function.
+    pub fn device(&self) -> &Arc<dyn PassthroughDevice> {
+        &self.device
+    }
+
+    fn config(&self) -> MutexGuard<'_, ConfigSpace> {
+        self.config.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Brings MSI on the device in line with the shadow's enable bit and
+    /// vector count.
+    fn sync_msi(&mut self) {
+        let Some(msi) = self.msi else { return };
+        let wanted = {
+            let config = self.config();
+            if msi.is_enabled(&config) {
+                msi.vectors(&config)
+                    .min(self.interrupts.msi_fds.len() as u32)
+            } else {
+                0
+            }
+        };
+        if wanted == self.msi_on_device {
+            return;
+        }
+        let result = if wanted == 0 {
+            self.device.disable_irq(IrqKind::Msi)
+        } else {
+            let fds: Vec<_> = self.interrupts.msi_fds[..wanted as usize].iter().collect();
+            self.device.enable_irq(IrqKind::Msi, &fds)
+        };
+        match result {
+            Ok(()) => self.msi_on_device = wanted,
+            Err(e) => warn!("passthrough MSI with {wanted} vectors: {e}"),
+        }
+    }
+
+    /// Stops the device's interrupts and resets it: on guest reset and
+    /// when the VM shuts down, so the device does not DMA into memory the
+    /// host reuses.
+    pub fn shutdown(&mut self) {
+        if self.msi_on_device != 0 {
+            let _ = self.device.disable_irq(IrqKind::Msi);
+            self.msi_on_device = 0;
+        }
+        self.interrupts.clear();
+        if let Err(e) = self.device.reset() {
+            warn!("passthrough device reset: {e}");
+        }
+    }
+}
+
+/// True if `offset..offset + size` overlaps `start..start + len`.
+fn overlaps(offset: u16, size: u8, start: u16, len: u16) -> bool {
+    offset < start + len && start < offset + u16::from(size)
+}
+
+impl PciDevice for VfioPciFunction {
+    fn config_read(&mut self, offset: u16, size: u8) -> u32 {
+        self.config().read(offset, size)
+    }
+
+    fn config_write(&mut self, offset: u16, size: u8, value: u32) {
+        let command = {
+            let mut config = self.config();
+            config.write(offset, size, value);
+            overlaps(offset, size, reg::COMMAND, 2).then(|| config.word(reg::COMMAND))
+        };
+        // Memory and I/O decoding, bus mastering and INTx disable are the
+        // device's to act on; the shadow's masks have already dropped the
+        // reserved bits.
+        if let Some(command) = command {
+            let write = self.device.region_write(
+                CONFIG_REGION,
+                reg::COMMAND.into(),
+                &command.to_le_bytes(),
+            );
+            if let Err(e) = write {
+                warn!("passthrough command register: {e}");
+            }
+        }
+        if let Some(msi) = self.msi {
+            if overlaps(offset, size, msi.offset(), 24) {
+                self.sync_msi();
+                self.interrupts.send_unmasked();
+            }
+        }
+    }
+
+    fn bar_regions(&self) -> Vec<BarRegion> {
+        self.config().bar_regions()
+    }
+
+    fn bar_read(&mut self, bar: u8, offset: u64, size: u8) -> u64 {
+        let mut buf = [0u8; 8];
+        let Some(buf) = buf
+            .get_mut(..usize::from(size))
+            .filter(|_| matches!(size, 1 | 2 | 4 | 8))
+        else {
+            return u64::MAX;
+        };
+        let value = match self.device.region_read(bar.into(), offset, buf) {
+            Ok(()) => buf.iter().rev().fold(0u64, |v, &b| v << 8 | u64::from(b)),
+            Err(e) => {
+                warn!("passthrough BAR {bar} read at {offset:#x}: {e}");
+                u64::MAX >> (64 - 8 * u32::from(size))
+            }
+        };
+        self.interrupts.end_of_intx(self.device.as_ref());
+        value
+    }
+
+    fn bar_write(&mut self, bar: u8, offset: u64, size: u8, value: u64) {
+        if !matches!(size, 1 | 2 | 4 | 8) {
+            return;
+        }
+        let bytes = value.to_le_bytes();
+        if let Err(e) = self
+            .device
+            .region_write(bar.into(), offset, &bytes[..usize::from(size)])
+        {
+            warn!("passthrough BAR {bar} write at {offset:#x}: {e}");
+        }
+        self.interrupts.end_of_intx(self.device.as_ref());
+    }
+
+    fn reset(&mut self) {
+        self.shutdown();
+        self.config().reset();
+        if let Some(fd) = &self.interrupts.intx_fd {
+            if let Err(e) = self.device.enable_irq(IrqKind::Intx, &[fd]) {
+                warn!("passthrough INTx after reset: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for VfioPciFunction {
+    fn drop(&mut self) {
+        if self.interrupts.intx_fd.is_some() {
+            let _ = self.device.disable_irq(IrqKind::Intx);
+        }
+        self.shutdown();
+    }
+}

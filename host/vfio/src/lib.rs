@@ -1,0 +1,42 @@
+//! PCI passthrough for wasmvisor: a passed-through device as a
+//! `wasmvisor_pci::PciDevice` on the guest's bus.
+//!
+//! [`PassthroughDevice`] is the seam to whatever drives the device:
+//! [`VfioUserDevice`] (a device server in another process, over the
+//! vfio-user protocol) and [`FakeDevice`] (tests) here; kernel VFIO
+//! through vfio-ioctls goes behind the same trait. [`VfioPciFunction`]
+//! virtualizes the device for the guest: a shadow configuration space
+//! (BAR sizing and addresses emulated, capabilities filtered to MSI and
+//! vendor-specific ones, only the command register forwarded), trapped
+//! BAR accesses forwarded as region reads and writes, MSI emulated in the
+//! shadow and delivered from the device's eventfds through an
+//! `InterruptSink`, and reset on shutdown.
+//!
+//! [`TestDeviceServer`] serves `wasmvisor_pci::TestDevice` over vfio-user
+//! (also as the `wasmvisor-vfio-user-testdev` binary), so the whole path,
+//! DMA into guest memory included, runs where there is no VFIO.
+//!
+//! A vfio-user server maps guest RAM from the fd sent with each DMA map:
+//! a VMM with vfio-user devices must back guest RAM with a memfd
+//! ([`memfd_guest_memory`]) and map it with [`dma_map_guest_memory`].
+#![warn(missing_docs)]
+
+mod fake;
+mod function;
+mod interrupts;
+mod memory;
+mod passthrough;
+mod server;
+mod shadow;
+mod user;
+
+pub use fake::{FakeCall, FakeDevice};
+pub use function::{FunctionError, VfioPciFunction};
+pub use interrupts::{InterruptThread, Interrupts};
+pub use memory::{dma_map_guest_memory, dma_ranges, memfd_guest_memory, MappedDma, MemoryError};
+pub use passthrough::{
+    DmaRange, IrqKind, PassthroughDevice, PassthroughError, RegionInfo, CONFIG_REGION,
+};
+pub use server::{ServerError, TestDeviceBackend, TestDeviceServer};
+pub use shadow::ShadowError;
+pub use user::VfioUserDevice;
