@@ -38,9 +38,10 @@ lang-policies: setup-langs
 assets: guests policies
 	cp examples/demo.toml $(ASSETS)/demo.toml
 
-## The release binary at target/release/wasmvisor, plus its assets.
+## The release binary at target/release/wasmvisor, plus its assets and the
+## vfio-user test-device server (target/release/wasmvisor-vfio-user-testdev).
 build: assets
-	$(CARGO) build --release -p wasmvisor
+	$(CARGO) build --release -p wasmvisor -p wasmvisor-vfio
 
 ## Set up a fresh machine and run the demo guest under the default policies.
 demo: setup build

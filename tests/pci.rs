@@ -1,8 +1,13 @@
 //! The PCI segment (`--device test`): the `pci` guest enumerates bus 0
 //! through config mechanism #1, sizes the test device's BAR, takes its MSI
 //! through the in-kernel LAPIC and checks its DMA; the pci-guard policy
-//! vetoes a config write and a DMA address outside its window. Without
+//! vetoes a config write and a DMA address outside its window. The same
+//! guest drives the same device served by another process over vfio-user
+//! (`--device vfio-user=SOCKET`), whose server sees the DMA. Without
 //! VFIO, `--device vfio=...` is one error line naming what is missing.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use wasmvisor_tests::*;
 
@@ -10,6 +15,64 @@ fn run_pci_guest(extra: &[&str]) -> Run {
     let mut args = vec!["--device", "test"];
     args.extend(extra);
     run_protected_guest("pci.bin", &args)
+}
+
+/// Asserts that `text` has each of `lines` as a whole line.
+fn assert_has_lines<S: AsRef<str>>(text: &str, lines: &[S]) {
+    for line in lines {
+        let line = line.as_ref();
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+}
+
+/// The vfio-user test-device server, killed when dropped.
+struct Server {
+    child: Child,
+    stderr: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `wasmvisor-vfio-user-testdev` on a socket in `dir`.
+fn start_server(dir: &std::path::Path) -> (Server, String) {
+    let bin = root().join("target/release/wasmvisor-vfio-user-testdev");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `make build`",
+        bin.display()
+    );
+    let socket = dir.join("testdev.sock");
+    let _ = std::fs::remove_file(&socket);
+    let stderr = dir.join("server.err");
+    let child = Command::new(bin)
+        .arg("--socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("the server starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the server made no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let server = Server { child, stderr };
+    (server, socket.display().to_string())
+}
+
+/// A fresh server for the test `name`, and the `--device` argument that
+/// reaches it.
+fn served_device(name: &str) -> (Server, String) {
+    let (server, socket) = start_server(&scratch(name));
+    (server, format!("vfio-user={socket}"))
 }
 
 /// What the device's DMA SUM of its own FILL pattern must be: the sum of
@@ -25,23 +88,20 @@ fn the_guest_enumerates_sizes_and_drives_the_test_device() {
     }
     let r = run_pci_guest(&[]);
     assert_eq!(r.code, 0, "{r:?}");
-    for line in [
-        "pci: 00:00.0 5741:0001 class 06000000".to_string(),
-        "pci: 00:01.0 5741:0002 class ff000001".to_string(),
-        "pci: bar0 e8000000 size 00001000".to_string(),
-        "pci: id WVTD".to_string(),
-        "pci: msi vector 0x40 delivered 01".to_string(),
-        "pci: dma fill status 01, every byte ok".to_string(),
-        format!("pci: dma sum {:08x}", expected_sum()),
-        "pci: command after the second write 0002".to_string(),
-        "pci: done".to_string(),
-    ] {
-        assert!(
-            r.stdout.lines().any(|l| l == line),
-            "missing `{line}`:\n{}",
-            r.stdout
-        );
-    }
+    assert_has_lines(
+        &r.stdout,
+        &[
+            "pci: 00:00.0 5741:0001 class 06000000".to_string(),
+            "pci: 00:01.0 5741:0002 class ff000001".to_string(),
+            "pci: bar0 e8000000 size 00001000".to_string(),
+            "pci: id WVTD".to_string(),
+            "pci: msi vector 0x40 delivered 01".to_string(),
+            "pci: dma fill status 01, every byte ok".to_string(),
+            format!("pci: dma sum {:08x}", expected_sum()),
+            "pci: command after the second write 0002".to_string(),
+            "pci: done".to_string(),
+        ],
+    );
     // Exactly two functions on the bus.
     assert_eq!(
         r.stdout
@@ -137,4 +197,73 @@ fn without_vfio_a_passthrough_device_is_one_clear_error() {
     let line =
         wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--device", "nic"]).one_error_line();
     assert!(line.contains("invalid --device `nic`"), "{line}");
+}
+
+#[test]
+fn the_guest_drives_a_vfio_user_device_server_which_sees_its_dma() {
+    if !kvm_available() {
+        return;
+    }
+    let (server, device) = served_device("pci-vfio-user");
+    let r = run_protected_guest("pci.bin", &["--device", &device]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_has_lines(
+        &r.stdout,
+        &[
+            "pci: 00:01.0 5741:0002 class ff000001".to_string(),
+            "pci: bar0 e8000000 size 00001000".to_string(),
+            "pci: id WVTD".to_string(),
+            "pci: msi vector 0x40 delivered 01".to_string(),
+            "pci: dma fill status 01, every byte ok".to_string(),
+            format!("pci: dma sum {:08x}", expected_sum()),
+        ],
+    );
+    // The server reports once the VM has gone away.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
+        if log.contains("device dma read") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_has_lines(
+        &log,
+        &[
+            "wasmvisor-vfio-user-testdev: dma map iova 0x0 size 0x4000000",
+            "wasmvisor-vfio-user-testdev: device dma write of 64 bytes at 0x60000",
+            "wasmvisor-vfio-user-testdev: device dma read of 64 bytes at 0x60000",
+        ],
+    );
+}
+
+#[test]
+fn a_policy_vetoes_a_config_write_to_a_vfio_user_device() {
+    if !kvm_available() {
+        return;
+    }
+    let (_server, device) = served_device("pci-vfio-user-veto");
+    let guard = format!("{}:lock=0x04", policy("pci-guard"));
+    let r = run_protected_guest("pci.bin", &["--device", &device, "--policy", &guard]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("pci: command after the second write 0006"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn a_vfio_user_socket_nobody_serves_is_one_clear_error() {
+    let dir = scratch("pci-vfio-user-none");
+    let socket = dir.join("nobody.sock");
+    let device = format!("vfio-user={}", socket.display());
+    let g = guest("pci.bin");
+    let line =
+        wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--device", &device]).one_error_line();
+    assert!(
+        line.contains(&format!("--device {device}: cannot connect")),
+        "{line}"
+    );
 }

@@ -31,6 +31,24 @@ impl Vm {
     /// Opens `/dev/kvm`, creates a VM with `ram_size` bytes of RAM at GPA 0
     /// and turns on user-space MSR exits.
     pub fn new(ram_size: u64) -> Result<Vm, KvmError> {
+        Self::create(ram_size, None)
+    }
+
+    /// Like [`Vm::new`], with guest RAM `memory`, which must be one region
+    /// of `ram_size` bytes at GPA 0: RAM that devices in other processes
+    /// map too (memfd-backed, for vfio-user DMA).
+    pub fn with_memory(ram_size: u64, memory: GuestMemoryMmap) -> Result<Vm, KvmError> {
+        let fits =
+            memory.num_regions() == 1 && memory.last_addr().0.checked_add(1) == Some(ram_size);
+        if !fits {
+            return Err(KvmError::BadBootState(format!(
+                "guest RAM must be one region of {ram_size} bytes at GPA 0"
+            )));
+        }
+        Self::create(ram_size, Some(memory))
+    }
+
+    fn create(ram_size: u64, memory: Option<GuestMemoryMmap>) -> Result<Vm, KvmError> {
         if ram_size == 0 || ram_size > MMIO_HOLE_START || !ram_size.is_multiple_of(4096) {
             return Err(KvmError::BadBootState(format!(
                 "guest RAM must be a non-zero multiple of 4 KiB up to {} MiB, not {ram_size} bytes",
@@ -52,16 +70,10 @@ impl Vm {
         // Needed by Intel VT-x for real mode; harmless elsewhere.
         fd.set_tss_address(0xfffb_d000)
             .map_err(KvmError::ioctl("KVM_SET_TSS_ADDR"))?;
-        let size = usize::try_from(ram_size).map_err(|_| KvmError::Memory {
-            size: ram_size,
-            reason: "too large for this host".into(),
-        })?;
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| {
-            KvmError::Memory {
-                size: ram_size,
-                reason: e.to_string(),
-            }
-        })?;
+        let memory = match memory {
+            Some(m) => m,
+            None => anonymous_memory(ram_size)?,
+        };
         let host = memory
             .get_host_address(GuestAddress(0))
             .map_err(|e| KvmError::Memory {
@@ -75,9 +87,10 @@ impl Vm {
             memory_size: ram_size,
             userspace_addr: host as u64,
         };
-        // SAFETY: `host` is the start of a private anonymous mapping of
-        // `ram_size` bytes owned by `memory`, which the `Vm` keeps alive for
-        // as long as the VM fd (and so the memslot) exists.
+        // SAFETY: `host` is the start of a mapping of `ram_size` bytes (one
+        // region, checked above or made by `anonymous_memory`) owned by
+        // `memory`, which the `Vm` keeps alive for as long as the VM fd (and
+        // so the memslot) exists.
         unsafe { fd.set_user_memory_region(region) }
             .map_err(KvmError::ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         let cap = kvm_enable_cap {
@@ -211,4 +224,16 @@ impl wasmvisor_exit::InterruptLines for Vm {
     fn set_level(&self, line: u32, level: bool) -> Result<(), String> {
         self.set_irq_line(line, level).map_err(|e| e.to_string())
     }
+}
+
+/// `ram_size` bytes of private anonymous guest RAM at GPA 0.
+fn anonymous_memory(ram_size: u64) -> Result<GuestMemoryMmap, KvmError> {
+    let size = usize::try_from(ram_size).map_err(|_| KvmError::Memory {
+        size: ram_size,
+        reason: "too large for this host".into(),
+    })?;
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| KvmError::Memory {
+        size: ram_size,
+        reason: e.to_string(),
+    })
 }

@@ -97,6 +97,9 @@ pub fn dma_map_guest_memory(
 #[derive(Debug, Default)]
 pub struct MappedDma {
     regions: Mutex<Vec<Arc<GuestRegionMmap>>>,
+    /// Every device access that reached the client's memory, as
+    /// (write, GPA, bytes): what the server reports.
+    accesses: Mutex<Vec<(bool, u64, usize)>>,
 }
 
 impl MappedDma {
@@ -123,6 +126,19 @@ impl MappedDma {
     /// Drops every mapping (the client went away).
     pub fn clear(&self) {
         self.lock().clear();
+    }
+
+    /// Takes the log of device accesses to the client's memory, as
+    /// (write, GPA, bytes), oldest first.
+    pub fn take_accesses(&self) -> Vec<(bool, u64, usize)> {
+        std::mem::take(&mut *self.accesses.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn note(&self, write: bool, gpa: u64, len: usize) {
+        self.accesses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((write, gpa, len));
     }
 
     /// The mappings, as (IOVA, bytes).
@@ -155,7 +171,9 @@ impl DmaMemory for MappedDma {
         let (region, at) = self.find(gpa, len)?;
         region
             .read_slice(buf, MemoryRegionAddress(at))
-            .map_err(|_| DmaError::OutOfRange { gpa, len })
+            .map_err(|_| DmaError::OutOfRange { gpa, len })?;
+        self.note(false, gpa, len);
+        Ok(())
     }
 
     fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), DmaError> {
@@ -163,7 +181,9 @@ impl DmaMemory for MappedDma {
         let (region, at) = self.find(gpa, len)?;
         region
             .write_slice(buf, MemoryRegionAddress(at))
-            .map_err(|_| DmaError::OutOfRange { gpa, len })
+            .map_err(|_| DmaError::OutOfRange { gpa, len })?;
+        self.note(true, gpa, len);
+        Ok(())
     }
 }
 

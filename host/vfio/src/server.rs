@@ -128,6 +128,12 @@ impl TestDeviceBackend {
         self.dma.mappings()
     }
 
+    /// The device's accesses to the client's memory since the last call,
+    /// as (write, GPA, bytes).
+    pub fn take_dma_accesses(&self) -> Vec<(bool, u64, usize)> {
+        self.dma.take_accesses()
+    }
+
     /// Every DMA map it received, as (IOVA, bytes), in order.
     pub fn dma_history(&self) -> &[(u64, u64)] {
         &self.dma_history

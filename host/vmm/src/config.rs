@@ -21,7 +21,7 @@ pub enum ConfigError {
     MemRange(String),
     #[error("--vcpus {0} is out of range: wasmvisor runs 1 to {MAX_BOOT_VCPUS} vCPUs")]
     VcpuRange(u32),
-    #[error("invalid --device `{0}`: use test or vfio=BDF-or-sysfs-path")]
+    #[error("invalid --device `{0}`: use test, vfio=BDF-or-sysfs-path or vfio-user=SOCKET")]
     Device(String),
     #[error("invalid mode `{0}`: use real, protected or long")]
     Mode(String),
@@ -124,14 +124,20 @@ pub enum DeviceSpec {
     Test,
     /// A host device passed through with VFIO (`--device vfio=BDF-or-sysfs-path`).
     Vfio(String),
+    /// A device served by another process over vfio-user
+    /// (`--device vfio-user=SOCKET`).
+    VfioUser(PathBuf),
 }
 
 impl DeviceSpec {
-    /// Parses `test` or `vfio=TARGET`.
+    /// Parses `test`, `vfio=TARGET` or `vfio-user=SOCKET`.
     pub fn parse(arg: &str) -> Result<DeviceSpec, ConfigError> {
         match arg.split_once('=') {
             None if arg == "test" => Ok(DeviceSpec::Test),
             Some(("vfio", target)) if !target.is_empty() => Ok(DeviceSpec::Vfio(target.into())),
+            Some(("vfio-user", socket)) if !socket.is_empty() => {
+                Ok(DeviceSpec::VfioUser(PathBuf::from(socket)))
+            }
             _ => Err(ConfigError::Device(arg.into())),
         }
     }

@@ -17,7 +17,7 @@ use wasmvisor_policy::{
 };
 
 use crate::builtin::BuiltinDevice;
-use crate::config::{PolicyCache, SerialBackend, VmConfig};
+use crate::config::{DeviceSpec, PolicyCache, SerialBackend, VmConfig};
 use crate::control::Services;
 use crate::cpuid::{cpuid_table, per_vcpu_cpuid};
 use crate::error::VmmError;
@@ -131,6 +131,23 @@ fn load_guest(config: &VmConfig, vm: &Vm) -> Result<BootState, VmmError> {
     })
 }
 
+/// The VM with its guest RAM: memfd-backed when a vfio-user device must
+/// map it into its own process for DMA, anonymous otherwise.
+fn new_vm(config: &VmConfig) -> Result<Vm, VmmError> {
+    let shared_ram = config
+        .devices
+        .iter()
+        .any(|d| matches!(d, DeviceSpec::VfioUser(_)));
+    if !shared_ram {
+        return Ok(Vm::new(config.mem_bytes)?);
+    }
+    let size = usize::try_from(config.mem_bytes)
+        .map_err(|_| VmmError::Usage("guest RAM too large for this host".into()))?;
+    let memory = wasmvisor_vfio::memfd_guest_memory(&[(vm_memory::GuestAddress(0), size)])
+        .map_err(|e| VmmError::Engine(format!("cannot create memfd guest RAM: {e}")))?;
+    Ok(Vm::with_memory(config.mem_bytes, memory)?)
+}
+
 /// [`run`], with a native handler that sees every exit before the
 /// policies (benchmarks).
 pub fn run_with_native(
@@ -140,7 +157,7 @@ pub fn run_with_native(
 ) -> Result<RunReport, VmmError> {
     config.check()?;
     let engine = engine(config)?;
-    let vm = Arc::new(Vm::new(config.mem_bytes)?);
+    let vm = Arc::new(new_vm(config)?);
     // The PC platform must exist before the first vCPU.
     let irqchip = config.irqchip || config.linux.is_some() || !config.devices.is_empty();
     let irq: Option<Arc<dyn InterruptLines>> = if irqchip {

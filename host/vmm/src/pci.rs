@@ -1,7 +1,8 @@
 //! The PCI segment on KVM (`--device`): `wasmvisor-pci`'s bus behind config
 //! mechanism #1 (ports 0xCF8-0xCFF), ECAM and the BAR windows, with MSI
 //! through `KVM_SIGNAL_MSI`, INTx through `KVM_IRQ_LINE` and DMA into
-//! guest RAM. Policies see the same accesses first: one that subscribes
+//! guest RAM; the emulated test device, or a vfio-user device through
+//! `wasmvisor-vfio`. Policies see the same accesses first: one that subscribes
 //! to a device's ECAM page or a BAR range can audit, answer or veto
 //! them before the device does (`docs/pci.md`).
 
@@ -15,6 +16,10 @@ use wasmvisor_kvm::Vm;
 use wasmvisor_pci::{
     DmaError, DmaMemory, InterruptError, InterruptSink, IntxPin, MsiMessage, PciBus, PciLayout,
     TestDevice, CONFIG_PORTS,
+};
+
+use wasmvisor_vfio::{
+    dma_map_guest_memory, InterruptThread, PassthroughDevice, VfioPciFunction, VfioUserDevice,
 };
 
 use crate::builtin::BuiltinDevice;
@@ -76,6 +81,9 @@ impl InterruptSink for KvmInterrupts {
 pub struct PciPlatform {
     bus: Mutex<PciBus>,
     layout: PciLayout,
+    /// One thread per passthrough device turning its interrupt eventfds
+    /// into MSIs and INTx levels; they stop when the platform is dropped.
+    _interrupt_threads: Vec<InterruptThread>,
 }
 
 impl PciPlatform {
@@ -86,6 +94,7 @@ impl PciPlatform {
             .check(ram_size)
             .map_err(|e| VmmError::Usage(format!("PCI layout: {e}")))?;
         let mut bus = PciBus::new(layout);
+        let mut threads = Vec::new();
         for spec in specs {
             let slot = bus
                 .free_slot()
@@ -102,6 +111,15 @@ impl PciPlatform {
                     Box::new(TestDevice::new(dma, Some(irq)))
                 }
                 DeviceSpec::Vfio(target) => return Err(vfio_unavailable(target)),
+                DeviceSpec::VfioUser(socket) => {
+                    let irq = Arc::new(KvmInterrupts {
+                        vm: Arc::clone(vm),
+                        intx_line: bus.intx_line(slot, IntxPin::A),
+                    });
+                    let (function, thread) = vfio_user(vm, socket, irq)?;
+                    threads.push(thread);
+                    function
+                }
             };
             bus.add_at(slot, device)
                 .map_err(|e| VmmError::Usage(format!("--device: {e}")))?;
@@ -111,8 +129,34 @@ impl PciPlatform {
         Ok(PciPlatform {
             bus: Mutex::new(bus),
             layout,
+            _interrupt_threads: threads,
         })
     }
+}
+
+/// Connects to a vfio-user device server, DMA-maps all of guest RAM into
+/// it (which needs memfd-backed RAM: `machine.rs` makes it so), and
+/// starts the thread that delivers its interrupts.
+fn vfio_user(
+    vm: &Arc<Vm>,
+    socket: &Path,
+    irq: Arc<KvmInterrupts>,
+) -> Result<(Box<dyn wasmvisor_pci::PciDevice>, InterruptThread), VmmError> {
+    let shown = socket.display();
+    let err =
+        |what: &str, e: String| VmmError::Usage(format!("--device vfio-user={shown}: {what}: {e}"));
+    let device: Arc<dyn PassthroughDevice> = Arc::new(
+        VfioUserDevice::connect(socket).map_err(|e| err("cannot connect", e.to_string()))?,
+    );
+    dma_map_guest_memory(device.as_ref(), vm.memory())
+        .map_err(|e| err("cannot DMA-map guest RAM", e.to_string()))?;
+    let function = VfioPciFunction::new(device, irq)
+        .map_err(|e| err("cannot set up the device", e.to_string()))?;
+    let thread = function
+        .interrupts()
+        .spawn()
+        .map_err(|e| err("cannot start its interrupt thread", e.to_string()))?;
+    Ok((Box::new(function), thread))
 }
 
 /// `--device vfio=...` on this build: says what the host lacks first,
@@ -121,7 +165,7 @@ fn vfio_unavailable(target: &str) -> VmmError {
     let missing = if !Path::new("/dev/vfio/vfio").exists() {
         "/dev/vfio/vfio is missing: load the vfio-pci module and enable the IOMMU (intel_iommu=on or amd_iommu=on), see docs/pci.md"
     } else {
-        "VFIO passthrough is not built into this wasmvisor yet; the emulated test device (--device test) is"
+        "kernel VFIO passthrough is not built into this wasmvisor yet; --device test and --device vfio-user=SOCKET are"
     };
     VmmError::Usage(format!("--device vfio={target}: {missing}"))
 }

@@ -27,7 +27,17 @@ fn main() -> ExitCode {
     };
     let mut backend = TestDeviceBackend::new();
     loop {
-        if let Err(e) = server.serve_one(&mut backend) {
+        let served = server.serve_one(&mut backend);
+        // What the client gave the device and what the device did with
+        // it, one line each, once the client has gone.
+        for (iova, size) in backend.dma_history() {
+            eprintln!("wasmvisor-vfio-user-testdev: dma map iova {iova:#x} size {size:#x}");
+        }
+        for (write, gpa, len) in backend.take_dma_accesses() {
+            let what = if write { "write" } else { "read" };
+            eprintln!("wasmvisor-vfio-user-testdev: device dma {what} of {len} bytes at {gpa:#x}");
+        }
+        if let Err(e) = served {
             eprintln!("wasmvisor-vfio-user-testdev: {e}");
         }
     }
