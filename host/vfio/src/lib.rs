@@ -2,9 +2,9 @@
 //! `wasmvisor_pci::PciDevice` on the guest's bus.
 //!
 //! [`PassthroughDevice`] is the seam to whatever drives the device:
+//! [`KernelVfio`] (kernel VFIO through vfio-ioctls: needs `/dev/vfio`),
 //! [`VfioUserDevice`] (a device server in another process, over the
-//! vfio-user protocol) and [`FakeDevice`] (tests) here; kernel VFIO
-//! through vfio-ioctls goes behind the same trait. [`VfioPciFunction`]
+//! vfio-user protocol) and [`FakeDevice`] (tests). [`VfioPciFunction`]
 //! virtualizes the device for the guest: a shadow configuration space
 //! (BAR sizing and addresses emulated, capabilities filtered to MSI and
 //! vendor-specific ones, only the command register forwarded), trapped
@@ -24,6 +24,7 @@
 mod fake;
 mod function;
 mod interrupts;
+mod kernel;
 mod memory;
 mod passthrough;
 mod server;
@@ -33,6 +34,7 @@ mod user;
 pub use fake::{FakeCall, FakeDevice};
 pub use function::{FunctionError, VfioPciFunction};
 pub use interrupts::{InterruptThread, Interrupts};
+pub use kernel::{missing_support, sysfs_path, KernelVfio};
 pub use memory::{dma_map_guest_memory, dma_ranges, memfd_guest_memory, MappedDma, MemoryError};
 pub use passthrough::{
     DmaRange, IrqKind, PassthroughDevice, PassthroughError, RegionInfo, CONFIG_REGION,

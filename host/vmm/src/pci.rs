@@ -7,7 +7,6 @@
 //! them before the device does (`docs/pci.md`).
 
 use std::ops::RangeInclusive;
-use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -19,7 +18,8 @@ use wasmvisor_pci::{
 };
 
 use wasmvisor_vfio::{
-    dma_map_guest_memory, InterruptThread, PassthroughDevice, VfioPciFunction, VfioUserDevice,
+    dma_map_guest_memory, missing_support, sysfs_path, InterruptThread, KernelVfio,
+    PassthroughDevice, VfioPciFunction, VfioUserDevice,
 };
 
 use crate::builtin::BuiltinDevice;
@@ -110,13 +110,12 @@ impl PciPlatform {
                     });
                     Box::new(TestDevice::new(dma, Some(irq)))
                 }
-                DeviceSpec::Vfio(target) => return Err(vfio_unavailable(target)),
-                DeviceSpec::VfioUser(socket) => {
+                DeviceSpec::Vfio(_) | DeviceSpec::VfioUser(_) => {
                     let irq = Arc::new(KvmInterrupts {
                         vm: Arc::clone(vm),
                         intx_line: bus.intx_line(slot, IntxPin::A),
                     });
-                    let (function, thread) = vfio_user(vm, socket, irq)?;
+                    let (function, thread) = passthrough(vm, spec, irq)?;
                     threads.push(thread);
                     function
                 }
@@ -134,40 +133,50 @@ impl PciPlatform {
     }
 }
 
-/// Connects to a vfio-user device server, DMA-maps all of guest RAM into
-/// it (which needs memfd-backed RAM: `machine.rs` makes it so), and
-/// starts the thread that delivers its interrupts.
-fn vfio_user(
+/// Opens a passthrough device (kernel VFIO, or a vfio-user server),
+/// DMA-maps all of guest RAM into it (IOVA = GPA; vfio-user needs the
+/// memfd-backed RAM `machine.rs` makes), puts it behind a
+/// `VfioPciFunction` and starts the thread that delivers its interrupts.
+fn passthrough(
     vm: &Arc<Vm>,
-    socket: &Path,
+    spec: &DeviceSpec,
     irq: Arc<KvmInterrupts>,
 ) -> Result<(Box<dyn wasmvisor_pci::PciDevice>, InterruptThread), VmmError> {
-    let shown = socket.display();
-    let err =
-        |what: &str, e: String| VmmError::Usage(format!("--device vfio-user={shown}: {what}: {e}"));
-    let device: Arc<dyn PassthroughDevice> = Arc::new(
-        VfioUserDevice::connect(socket).map_err(|e| err("cannot connect", e.to_string()))?,
-    );
+    let (label, device): (String, Result<Arc<dyn PassthroughDevice>, String>) = match spec {
+        DeviceSpec::Vfio(target) => {
+            let label = format!("vfio={target}");
+            let path = sysfs_path(target);
+            if let Some(why) = missing_support(&path) {
+                return Err(VmmError::Usage(format!("--device {label}: {why}")));
+            }
+            let device = KernelVfio::open(&path)
+                .map(|d| Arc::new(d) as Arc<dyn PassthroughDevice>)
+                .map_err(|e| format!("cannot open: {e}"));
+            (label, device)
+        }
+        DeviceSpec::VfioUser(socket) => (
+            format!("vfio-user={}", socket.display()),
+            VfioUserDevice::connect(socket)
+                .map(|d| Arc::new(d) as Arc<dyn PassthroughDevice>)
+                .map_err(|e| format!("cannot connect: {e}")),
+        ),
+        DeviceSpec::Test => {
+            return Err(VmmError::Usage(
+                "--device test is emulated, not passed through".into(),
+            ))
+        }
+    };
+    let err = |what: &str, e: String| VmmError::Usage(format!("--device {label}: {what}{e}"));
+    let device = device.map_err(|e| err("", e))?;
     dma_map_guest_memory(device.as_ref(), vm.memory())
-        .map_err(|e| err("cannot DMA-map guest RAM", e.to_string()))?;
+        .map_err(|e| err("cannot DMA-map guest RAM: ", e.to_string()))?;
     let function = VfioPciFunction::new(device, irq)
-        .map_err(|e| err("cannot set up the device", e.to_string()))?;
+        .map_err(|e| err("cannot set up the device: ", e.to_string()))?;
     let thread = function
         .interrupts()
         .spawn()
-        .map_err(|e| err("cannot start its interrupt thread", e.to_string()))?;
+        .map_err(|e| err("cannot start its interrupt thread: ", e.to_string()))?;
     Ok((Box::new(function), thread))
-}
-
-/// `--device vfio=...` on this build: says what the host lacks first,
-/// since that is what an operator must fix before anything else.
-fn vfio_unavailable(target: &str) -> VmmError {
-    let missing = if !Path::new("/dev/vfio/vfio").exists() {
-        "/dev/vfio/vfio is missing: load the vfio-pci module and enable the IOMMU (intel_iommu=on or amd_iommu=on), see docs/pci.md"
-    } else {
-        "kernel VFIO passthrough is not built into this wasmvisor yet; --device test and --device vfio-user=SOCKET are"
-    };
-    VmmError::Usage(format!("--device vfio={target}: {missing}"))
 }
 
 fn to_range(w: &wasmvisor_pci::Window) -> GpaRange {
