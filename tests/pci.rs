@@ -143,6 +143,8 @@ fn a_policy_vetoes_a_config_write() {
         .filter(|e: &serde_json::Value| e["kind"] == "pci-config-denied")
         .collect();
     assert_eq!(denied.len(), 1, "{text}");
+    // An emulated device is not passed through: nothing is DMA-mapped.
+    assert!(!text.contains("dma-mappings"), "{text}");
     assert_eq!(denied[0]["data"]["register"], 4);
     assert_eq!(denied[0]["data"]["value"], 2);
 }
@@ -238,19 +240,42 @@ fn the_guest_drives_a_vfio_user_device_server_which_sees_its_dma() {
 }
 
 #[test]
-fn a_policy_vetoes_a_config_write_to_a_vfio_user_device() {
+fn a_policy_vetoes_a_config_write_to_a_vfio_user_device_and_learns_its_dma_mappings() {
     if !kvm_available() {
         return;
     }
     let (_server, device) = served_device("pci-vfio-user-veto");
+    let events = scratch("pci-vfio-user-veto-events").join("events.jsonl");
     let guard = format!("{}:lock=0x04", policy("pci-guard"));
-    let r = run_protected_guest("pci.bin", &["--device", &device, "--policy", &guard]);
+    let r = run_protected_guest(
+        "pci.bin",
+        &[
+            "--device",
+            &device,
+            "--policy",
+            &guard,
+            "--events",
+            events.to_str().unwrap(),
+        ],
+    );
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
         r.stdout
             .contains("pci: command after the second write 0006"),
         "{}",
         r.stdout
+    );
+    // All 64 MiB of guest RAM were DMA-mapped into the server.
+    let text = std::fs::read_to_string(&events).unwrap();
+    let mapped: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["kind"] == "dma-mappings")
+        .collect();
+    assert_eq!(mapped.len(), 1, "{text}");
+    assert_eq!(
+        mapped[0]["data"]["ranges"],
+        serde_json::json!([{"base": 0, "len": 67108864}])
     );
 }
 

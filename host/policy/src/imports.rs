@@ -398,6 +398,19 @@ impl Ctx {
         lines.set_level(line, level).map_err(wasmtime::Error::msg)?;
         Ok(Ok(()))
     }
+
+    fn live_dma_mappings(&mut self) -> wasmtime::Result<Vec<GpaRange>> {
+        Ok(self
+            .inst
+            .shared
+            .dma_mappings()
+            .into_iter()
+            .map(|r| GpaRange {
+                base: r.base,
+                len: r.len,
+            })
+            .collect())
+    }
 }
 
 /// Runs one import through the tape when one is running, else straight
@@ -503,6 +516,10 @@ impl host::Host for Ctx {
 
     fn set_irq_line(&mut self, line: u32, level: bool) -> HostResult<()> {
         taped!(self, "set-irq-line", live_set_irq_line(line, level))
+    }
+
+    fn dma_mappings(&mut self) -> wasmtime::Result<Vec<GpaRange>> {
+        taped!(self, "dma-mappings", live_dma_mappings())
     }
 }
 

@@ -90,6 +90,8 @@ pub struct Shared {
     emitted: Mutex<Vec<u64>>,
     counters: Mutex<HashMap<(usize, String), i64>>,
     recorder: Option<crate::record::Recorder>,
+    /// What the host DMA-mapped for passthrough devices (`dma-mappings`).
+    dma_mappings: Mutex<Vec<wasmvisor_exit::GpaRange>>,
 }
 
 impl Shared {
@@ -119,6 +121,7 @@ impl Shared {
             emitted: Mutex::new(Vec::new()),
             counters: Mutex::new(HashMap::new()),
             recorder: None,
+            dma_mappings: Mutex::new(Vec::new()),
         })
     }
 
@@ -126,6 +129,16 @@ impl Shared {
     pub fn with_recorder(mut self, recorder: crate::record::Recorder) -> Shared {
         self.recorder = Some(recorder);
         self
+    }
+
+    /// Records the ranges the host DMA-mapped for passthrough devices.
+    pub fn set_dma_mappings(&self, ranges: Vec<wasmvisor_exit::GpaRange>) {
+        *lock(&self.dma_mappings) = ranges;
+    }
+
+    /// The ranges the host DMA-mapped for passthrough devices.
+    pub fn dma_mappings(&self) -> Vec<wasmvisor_exit::GpaRange> {
+        lock(&self.dma_mappings).clone()
     }
 
     /// The recorder, when the VM is being recorded.

@@ -196,6 +196,21 @@ pub fn run_with_native(
         shared = shared.with_recorder(recorder);
     }
     let shared = Arc::new(shared);
+    // Built-in devices come before the policies: passthrough devices are
+    // DMA-mapped before any policy's init can ask what was mapped.
+    let mut builtins: Vec<Arc<dyn BuiltinDevice>> = Vec::new();
+    if config.serial == SerialBackend::Native {
+        builtins.push(Arc::new(NativeSerial::new(
+            Arc::clone(&console),
+            irq.clone(),
+        )));
+    }
+    if !config.devices.is_empty() {
+        let pci = PciPlatform::build(&vm, config.mem_bytes, &config.devices)?;
+        // Before any policy's init, which may ask (`dma-mappings`).
+        shared.set_dma_mappings(pci.dma_mappings().to_vec());
+        builtins.push(Arc::new(pci));
+    }
     let env = PolicyEnv {
         engine,
         memory: vm.memory().clone(),
@@ -222,17 +237,6 @@ pub fn run_with_native(
     }
     let names: Vec<String> = prepared.iter().map(|p| p.slot.name.clone()).collect();
 
-    let mut builtins: Vec<Arc<dyn BuiltinDevice>> = Vec::new();
-    if config.serial == SerialBackend::Native {
-        builtins.push(Arc::new(NativeSerial::new(Arc::clone(&console), irq)));
-    }
-    if !config.devices.is_empty() {
-        builtins.push(Arc::new(PciPlatform::build(
-            &vm,
-            config.mem_bytes,
-            &config.devices,
-        )?));
-    }
     let builtin_claims: Vec<(Vec<std::ops::RangeInclusive<u16>>, Vec<GpaRange>)> =
         builtins.iter().map(|b| b.claims()).collect();
     let sub_refs: Vec<&Subscriptions> = prepared.iter().map(|p| &p.slot.subs).collect();

@@ -84,6 +84,8 @@ pub struct PciPlatform {
     /// One thread per passthrough device turning its interrupt eventfds
     /// into MSIs and INTx levels; they stop when the platform is dropped.
     _interrupt_threads: Vec<InterruptThread>,
+    /// What was DMA-mapped for passthrough devices (`dma-mappings`).
+    dma_mapped: Vec<GpaRange>,
 }
 
 impl PciPlatform {
@@ -125,11 +127,29 @@ impl PciPlatform {
         }
         bus.assign_bars()
             .map_err(|e| VmmError::Usage(format!("--device: cannot place the BARs: {e}")))?;
+        // Every passthrough device gets all of guest RAM at IOVA = GPA.
+        let dma_mapped = if threads.is_empty() {
+            Vec::new()
+        } else {
+            wasmvisor_vfio::dma_ranges(vm.memory())
+                .iter()
+                .map(|r| GpaRange {
+                    base: r.iova,
+                    len: r.size,
+                })
+                .collect()
+        };
         Ok(PciPlatform {
             bus: Mutex::new(bus),
             layout,
             _interrupt_threads: threads,
+            dma_mapped,
         })
+    }
+
+    /// The guest-physical ranges passthrough devices can reach by DMA.
+    pub fn dma_mappings(&self) -> &[GpaRange] {
+        &self.dma_mapped
     }
 }
 

@@ -15,6 +15,11 @@
 //!   event), so the device keeps its previous DMA address; a write to the
 //!   `doorbell` register is recorded (a `doorbell` event) and passed on.
 //!
+//! - At init it asks the host what it DMA-mapped for passthrough devices
+//!   (`dma-mappings`) and reports it once (a `dma-mappings` event on vCPU
+//!   0): the memory a passed-through device can reach whatever the
+//!   guest's page tables or the policies' page protections say.
+//!
 //! Everything the policy does not refuse it declines, so the device (the
 //! built-in PCI segment, or a passthrough device) answers as usual.
 
@@ -148,6 +153,7 @@ impl Policy for PciGuard {
         if dma_window.is_some() != dma_addr.is_some() {
             return Err("config keys `dma-addr` and `dma-window` go together".into());
         }
+        report_dma_mappings();
         let mut subs = Subscriptions::new().ports(CONFIG_ADDRESS, CONFIG_DATA + 3);
         if let Some((base, len)) = bar {
             subs = subs.mmio(base, len);
@@ -187,6 +193,24 @@ impl Policy for PciGuard {
         }
         self.register_write(ev, mmio.gpa - base, mmio.data)
     }
+}
+
+/// Emits what the host DMA-mapped for passthrough devices, once per VM.
+fn report_dma_mappings() {
+    let mapped = host::dma_mappings();
+    if mapped.is_empty() || host::vcpu_id() != 0 {
+        return;
+    }
+    let ranges: Vec<String> = mapped
+        .iter()
+        .map(|r| format!("{{\"base\":{},\"len\":{}}}", r.base, r.len))
+        .collect();
+    host::emit(
+        "dma-mappings",
+        &Object::new()
+            .raw("ranges", &format!("[{}]", ranges.join(",")))
+            .finish(),
+    );
 }
 
 export_policy!(PciGuard);
@@ -245,6 +269,23 @@ mod tests {
         assert!(h.exit(exit::mmio_write(0xe800_0008, 4, 3)).is_decline());
         assert_eq!(h.host().events_of("doorbell").len(), 1);
         assert!(h.exit(exit::mmio_read(0xe800_0010, 4)).is_decline());
+    }
+
+    #[test]
+    fn the_dma_mappings_are_reported_once_at_init() {
+        use wasmvisor_policy_sdk::testing::FakeHost;
+        use wasmvisor_policy_sdk::GpaRange;
+        let fake = FakeHost::new();
+        fake.set_dma_mappings(vec![GpaRange {
+            base: 0,
+            len: 64 << 20,
+        }]);
+        let h = Harness::<PciGuard>::with_host(fake, &[]).unwrap();
+        let events = h.host().events_of("dma-mappings");
+        assert_eq!(events, [r#"{"ranges":[{"base":0,"len":67108864}]}"#]);
+        // Without passthrough devices there is nothing to report.
+        let h = Harness::<PciGuard>::new(&[]).unwrap();
+        assert!(h.host().events_of("dma-mappings").is_empty());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub(crate) struct Vm {
     pub(crate) protects: Vec<ProtectRequest>,
     pub(crate) unprotects: Vec<GpaRange>,
     pub(crate) irq_calls: Vec<(u32, bool)>,
+    pub(crate) dma_mappings: Vec<GpaRange>,
 }
 
 /// What belongs to one vCPU, and to the policy instance serving it.
@@ -108,6 +109,7 @@ impl FakeHost {
             protects: Vec::new(),
             unprotects: Vec::new(),
             irq_calls: Vec::new(),
+            dma_mappings: Vec::new(),
         };
         FakeHost {
             vm: Rc::new(RefCell::new(vm)),
@@ -240,6 +242,13 @@ impl FakeHost {
     /// `@irq=`.
     pub fn grant_irq(&self, line: u32) -> &Self {
         self.vm().irq_granted.insert(line);
+        self
+    }
+
+    /// The ranges `dma-mappings` returns, as a VM with passthrough
+    /// devices has DMA-mapped them.
+    pub fn set_dma_mappings(&self, ranges: Vec<GpaRange>) -> &Self {
+        self.vm().dma_mappings = ranges;
         self
     }
 

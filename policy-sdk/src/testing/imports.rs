@@ -338,6 +338,13 @@ pub fn set_irq_line(line: u32, level: bool) -> Result<(), HostError> {
     })
 }
 
+/// `dma-mappings`: the ranges set with
+/// [`FakeHost::set_dma_mappings`](super::FakeHost::set_dma_mappings)
+/// (none by default, as on a VM without passthrough devices).
+pub fn dma_mappings() -> Vec<GpaRange> {
+    with("dma_mappings", |h| h.vm().dma_mappings.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::bindings::wasmvisor::policy::host as generated;
@@ -378,6 +385,7 @@ mod tests {
             constant_msrs: fn(MsrRange, u64) -> Result<(), HostError>,
             constant_mmio: fn(GpaRange, u64) -> Result<(), HostError>,
             set_irq_line: fn(u32, bool) -> Result<(), HostError>,
+            dma_mappings: fn() -> Vec<GpaRange>,
         );
     }
 }
