@@ -136,15 +136,10 @@ fn a_policy_vetoes_a_config_write() {
         "{}",
         r.stdout
     );
-    let text = std::fs::read_to_string(&events).unwrap();
-    let denied: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|e: &serde_json::Value| e["kind"] == "pci-config-denied")
-        .collect();
-    assert_eq!(denied.len(), 1, "{text}");
+    let denied = events_of(&events, "pci-config-denied");
+    assert_eq!(denied.len(), 1, "{denied:?}");
     // An emulated device is not passed through: nothing is DMA-mapped.
-    assert!(!text.contains("dma-mappings"), "{text}");
+    assert!(events_of(&events, "dma-mappings").is_empty());
     assert_eq!(denied[0]["data"]["register"], 4);
     assert_eq!(denied[0]["data"]["value"], 2);
 }
@@ -170,15 +165,13 @@ fn a_policy_keeps_device_dma_inside_its_window_and_audits_the_doorbell() {
         "{}",
         r.stdout
     );
-    let text = std::fs::read_to_string(&events).unwrap();
-    let kinds: Vec<String> = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let ours: Vec<serde_json::Value> = json_lines(&events)
+        .into_iter()
         .filter(|e| e["policy"] == "pci-guard")
-        .map(|e| e["kind"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(kinds, ["doorbell", "dma-denied"], "{text}");
-    assert!(text.contains("\"address\":393216"), "{text}");
+    let kinds: Vec<&str> = ours.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["doorbell", "dma-denied"], "{ours:?}");
+    assert_eq!(ours[1]["data"]["address"], 393216);
 }
 
 #[test]
@@ -266,13 +259,8 @@ fn a_policy_vetoes_a_config_write_to_a_vfio_user_device_and_learns_its_dma_mappi
         r.stdout
     );
     // All 64 MiB of guest RAM were DMA-mapped into the server.
-    let text = std::fs::read_to_string(&events).unwrap();
-    let mapped: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|e: &serde_json::Value| e["kind"] == "dma-mappings")
-        .collect();
-    assert_eq!(mapped.len(), 1, "{text}");
+    let mapped = events_of(&events, "dma-mappings");
+    assert_eq!(mapped.len(), 1, "{mapped:?}");
     assert_eq!(
         mapped[0]["data"]["ranges"],
         serde_json::json!([{"base": 0, "len": 67108864}])

@@ -22,14 +22,6 @@ fn record_conformance(dir: &Path) -> PathBuf {
     rec
 }
 
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn a_recording_holds_each_exit_with_its_import_calls_and_answer() {
     if !kvm_available() {
@@ -37,7 +29,7 @@ fn a_recording_holds_each_exit_with_its_import_calls_and_answer() {
     }
     let dir = scratch("replay-format");
     let rec = record_conformance(&dir);
-    let all = lines(&rec);
+    let all = json_lines(&rec);
     assert_eq!(all[0]["format"], "wasmvisor-recording");
     assert_eq!(all[0]["version"], 1);
     assert_eq!(all[1]["call"], "init");

@@ -144,3 +144,20 @@ pub fn run_conformance_guest(spec: &str, extra: &[&str]) -> Run {
     args.extend(extra);
     run_protected_guest("conformance.bin", &args)
 }
+
+/// Every line of a JSON-lines file (`--events`, `--record`), parsed.
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The events of `kind` in an `--events` file.
+pub fn events_of(path: &Path, kind: &str) -> Vec<serde_json::Value> {
+    json_lines(path)
+        .into_iter()
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}

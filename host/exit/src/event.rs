@@ -152,7 +152,7 @@ pub struct ExitEvent {
 }
 
 /// Mask with the low `size` bytes set (`size` in 1..=8).
-pub(crate) fn size_mask(size: u8) -> u64 {
+pub fn size_mask(size: u8) -> u64 {
     match size {
         0 => 0,
         1..=7 => (1u64 << (u32::from(size) * 8)) - 1,

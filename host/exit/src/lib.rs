@@ -30,8 +30,8 @@ pub use constant::{constant_answer, constants_outside, Constant, ConstantAnswer,
 pub use debug::{DebugState, HwBreakpoint, HwBreakpointKind, Segment, SegmentReg};
 pub use defaults::default_actions;
 pub use event::{
-    DebugCause, DebugExit, Direction, ExitEvent, ExitKind, IoExit, MemAccess, MemViolation,
-    MmioExit, MsrExit, MsrReason, ShutdownReason,
+    size_mask, DebugCause, DebugExit, Direction, ExitEvent, ExitKind, IoExit, MemAccess,
+    MemViolation, MmioExit, MsrExit, MsrReason, ShutdownReason,
 };
 pub use interrupt::{InterruptLines, IrqAccess, IrqSet, RecordedLines, MAX_IRQ_LINE};
 pub use pagewalk::{

@@ -10,7 +10,9 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use wasmvisor_exit::{Completion, Direction, ExitEvent, ExitKind, GpaRange, InterruptLines};
+use wasmvisor_exit::{
+    size_mask, Completion, Direction, ExitEvent, ExitKind, GpaRange, InterruptLines,
+};
 use wasmvisor_kvm::Vm;
 use wasmvisor_pci::{
     DmaError, DmaMemory, InterruptError, InterruptSink, IntxPin, MsiMessage, PciBus, PciLayout,
@@ -235,7 +237,7 @@ impl BuiltinDevice for PciPlatform {
             ExitKind::Mmio(m) => match m.direction {
                 Direction::Read => {
                     let v = bus.mmio_read(m.gpa, m.size).unwrap_or(u64::MAX);
-                    completion.read = Some(v & mask(m.size));
+                    completion.read = Some(v & size_mask(m.size));
                 }
                 Direction::Write => {
                     bus.mmio_write(m.gpa, m.size, m.data);
@@ -243,12 +245,5 @@ impl BuiltinDevice for PciPlatform {
             },
             _ => {}
         }
-    }
-}
-
-fn mask(size: u8) -> u64 {
-    match size {
-        1..=7 => (1u64 << (u32::from(size) * 8)) - 1,
-        _ => u64::MAX,
     }
 }
