@@ -213,6 +213,14 @@ fn the_guest_drives_a_vfio_user_device_server_which_sees_its_dma() {
             format!("pci: dma sum {:08x}", expected_sum()),
         ],
     );
+    // MSI and INTx went to KVM irqfds; the VMM delivered nothing itself.
+    assert!(
+        r.stderr.contains(&format!(
+            "device {device}: 2 interrupt routes through KVM irqfds, 0 interrupts delivered by the VMM"
+        )),
+        "{}",
+        r.stderr
+    );
     // The server reports once the VM has gone away.
     let deadline = Instant::now() + Duration::from_secs(10);
     let log = loop {

@@ -11,6 +11,7 @@ use kvm_ioctls::{Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRang
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::cpuid::CpuidEntry;
+use crate::irq_routes::IrqRoutes;
 use crate::memslots::MemSlots;
 use crate::{KvmError, Vcpu};
 
@@ -24,6 +25,7 @@ pub struct Vm {
     fd: Arc<VmFd>,
     memory: GuestMemoryMmap,
     slots: Arc<MemSlots>,
+    routes: Arc<IrqRoutes>,
     sync_regs: bool,
 }
 
@@ -111,11 +113,13 @@ impl Vm {
             .map_err(KvmError::ioctl("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)"))?;
         let fd = Arc::new(fd);
         let slots = Arc::new(MemSlots::new(Arc::clone(&fd), host as u64, ram_size));
+        let routes = Arc::new(IrqRoutes::new(Arc::clone(&fd)));
         Ok(Vm {
             kvm,
             fd,
             memory,
             slots,
+            routes,
             sync_regs,
         })
     }
@@ -162,6 +166,11 @@ impl Vm {
             .signal_msi(msi)
             .map(|delivered| delivered > 0)
             .map_err(KvmError::ioctl("KVM_SIGNAL_MSI"))
+    }
+
+    /// The GSI routing table and irqfds (after `create_pc_platform`).
+    pub fn irq_routes(&self) -> Arc<IrqRoutes> {
+        Arc::clone(&self.routes)
     }
 
     /// Guest RAM.

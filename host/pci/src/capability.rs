@@ -10,6 +10,7 @@
 
 use crate::config::{reg, ConfigError, ConfigSpace, Status, CONFIG_SPACE_SIZE, FIRST_CAPABILITY};
 use crate::msi::{self, MsiLayout};
+use crate::msix;
 
 /// Capability ID of MSI.
 pub const CAP_ID_MSI: u8 = 0x05;
@@ -129,6 +130,34 @@ impl MsixInfo {
             enabled: control & MSIX_ENABLE != 0,
             function_masked: control & MSIX_FUNCTION_MASK != 0,
         }
+    }
+
+    /// Where the table is: its BAR, its offset in that BAR and its length
+    /// in bytes (16 per entry). A device traps these bytes rather than
+    /// mapping them, and hands accesses to [`MsixTable::table_read`] and
+    /// [`MsixTable::table_write`] with offsets from its start.
+    ///
+    /// [`MsixTable::table_read`]: crate::MsixTable::table_read
+    /// [`MsixTable::table_write`]: crate::MsixTable::table_write
+    pub fn table_range(&self) -> (u8, u64, u64) {
+        (
+            self.table_bar,
+            u64::from(self.table_offset),
+            u64::from(self.table_size) * msix::ENTRY_SIZE,
+        )
+    }
+
+    /// Where the pending bit array is: its BAR, its offset in that BAR and
+    /// its length in bytes (one bit per entry, in whole qwords). Reads go
+    /// to [`MsixTable::pba_read`] with offsets from its start.
+    ///
+    /// [`MsixTable::pba_read`]: crate::MsixTable::pba_read
+    pub fn pba_range(&self) -> (u8, u64, u64) {
+        (
+            self.pba_bar,
+            u64::from(self.pba_offset),
+            msix::pba_len(self.table_size),
+        )
     }
 }
 

@@ -7,8 +7,9 @@
 //! registers in a [`ConfigSpace`], whose write masks implement BAR sizing
 //! and the guest-visible rules of each register. A [`BarAllocator`] places
 //! BARs in the windows of a [`PciLayout`]. Devices interrupt through an
-//! [`InterruptSink`] (MSI messages or INTx) and reach guest memory through
-//! [`DmaMemory`], so that everything here is tested without a VM.
+//! [`InterruptSink`] (MSI messages, from [`Msi`] or an [`MsixTable`], or
+//! INTx) and reach guest memory through [`DmaMemory`], so that everything
+//! here is tested without a VM.
 //!
 //! The VMM owns the wiring: it routes the ports and MMIO windows of the
 //! layout to the bus, delivers [`MsiMessage`]s through KVM and implements
@@ -26,6 +27,7 @@ mod ecam;
 mod host_bridge;
 mod layout;
 mod msi;
+mod msix;
 mod testdev;
 
 pub use bar::{AddressSpace, AllocError, Bar, BarAllocator, BarError, BarKind, BarRegion};
@@ -49,6 +51,7 @@ pub use host_bridge::{
 };
 pub use layout::{LayoutError, PciLayout, Window, PLATFORM_RESERVED};
 pub use msi::{DeliveryMode, Msi, MsiError, MsiMessage, MsiRoute, MsiSignal};
+pub use msix::{Msix, MsixTable};
 pub use testdev::{dma_pattern, TestDevice, TEST_DEVICE_ID};
 
 /// The vendor ID of wasmvisor's own devices (the host bridge and the test

@@ -11,6 +11,7 @@ use thiserror::Error;
 use tracing::warn;
 use wasmvisor_pci::{reg, BarRegion, ConfigSpace, InterruptSink, Msi, PciDevice};
 
+use crate::bypass::IrqBypass;
 use crate::interrupts::Interrupts;
 use crate::passthrough::{IrqKind, PassthroughDevice, CONFIG_REGION};
 use crate::shadow::{self, ShadowError, MSI_CONTROL};
@@ -47,6 +48,16 @@ impl VfioPciFunction {
         device: Arc<dyn PassthroughDevice>,
         sink: Arc<dyn InterruptSink>,
     ) -> Result<VfioPciFunction, FunctionError> {
+        Self::with_bypass(device, sink, None)
+    }
+
+    /// Like [`VfioPciFunction::new`], with the interrupts routed through
+    /// `bypass` whenever the guest's programming allows (see `bypass`).
+    pub fn with_bypass(
+        device: Arc<dyn PassthroughDevice>,
+        sink: Arc<dyn InterruptSink>,
+        bypass: Option<Arc<dyn IrqBypass>>,
+    ) -> Result<VfioPciFunction, FunctionError> {
         let shadow = shadow::build(device.as_ref())?;
         let config = Arc::new(Mutex::new(shadow.config));
         let msi_vectors = match shadow.msi {
@@ -65,12 +76,21 @@ impl VfioPciFunction {
             .interrupt_pin()
             .is_some();
         let intx = has_pin && device.irq_count(IrqKind::Intx) > 0;
-        let interrupts = Interrupts::new(Arc::clone(&config), shadow.msi, msi_vectors, intx, sink)
-            .map_err(FunctionError::EventFd)?;
+        let interrupts = Interrupts::new(
+            Arc::clone(&config),
+            shadow.msi,
+            msi_vectors,
+            intx,
+            Arc::clone(&device),
+            sink,
+            bypass,
+        )
+        .map_err(FunctionError::EventFd)?;
         if let Some(fd) = &interrupts.intx_fd {
             device
                 .enable_irq(IrqKind::Intx, &[fd])
                 .map_err(FunctionError::Intx)?;
+            interrupts.attach_intx();
         }
         Ok(VfioPciFunction {
             device,
@@ -134,6 +154,7 @@ impl VfioPciFunction {
     /// when the VM shuts down, so the device does not DMA into memory the
     /// host reuses.
     pub fn shutdown(&mut self) {
+        self.interrupts.detach_all();
         if self.msi_on_device != 0 {
             let _ = self.device.disable_irq(IrqKind::Msi);
             self.msi_on_device = 0;
@@ -178,6 +199,7 @@ impl PciDevice for VfioPciFunction {
             if overlaps(offset, size, msi.offset(), 24) {
                 self.sync_msi();
                 self.interrupts.send_unmasked();
+                self.interrupts.sync_routes();
             }
         }
     }
@@ -201,7 +223,7 @@ impl PciDevice for VfioPciFunction {
                 u64::MAX >> (64 - 8 * u32::from(size))
             }
         };
-        self.interrupts.end_of_intx(self.device.as_ref());
+        self.interrupts.end_of_intx();
         value
     }
 
@@ -216,7 +238,7 @@ impl PciDevice for VfioPciFunction {
         {
             warn!("passthrough BAR {bar} write at {offset:#x}: {e}");
         }
-        self.interrupts.end_of_intx(self.device.as_ref());
+        self.interrupts.end_of_intx();
     }
 
     fn reset(&mut self) {
@@ -226,6 +248,7 @@ impl PciDevice for VfioPciFunction {
             if let Err(e) = self.device.enable_irq(IrqKind::Intx, &[fd]) {
                 warn!("passthrough INTx after reset: {e}");
             }
+            self.interrupts.attach_intx();
         }
     }
 }

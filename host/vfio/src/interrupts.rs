@@ -3,20 +3,23 @@
 //! programmed (the MSI message in the shadow capability, or the INTx
 //! line) and hands it to the function's [`InterruptSink`].
 //!
-//! This is the path without KVM's help, so every interrupt is visible to
-//! the VMM and its policies. A VMM may instead register the same eventfds
-//! as irqfds with MSI routes; then the guest's MSI programming has to be
-//! mirrored into the routes.
+//! With an [`IrqBypass`] (KVM irqfds and GSI routes) the eventfds of
+//! enabled, unmasked vectors go straight to the hypervisor, and INTx is
+//! driven by KVM with a resample eventfd telling the VMM of the guest's
+//! EOI; [`Interrupts::sync_routes`] keeps the routes in step with the
+//! shadow. Whatever is not routed (masked vectors, or every vector
+//! without a bypass) comes through [`Interrupts::poll`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use tracing::warn;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use wasmvisor_pci::{ConfigSpace, InterruptSink, Msi, MsiSignal};
+use wasmvisor_pci::{ConfigSpace, InterruptSink, Msi, MsiMessage, MsiSignal};
 
+use crate::bypass::IrqBypass;
 use crate::passthrough::{IrqKind, PassthroughDevice};
 
 /// The eventfds of one function and where their signals go.
@@ -25,8 +28,19 @@ pub struct Interrupts {
     pub(crate) msi: Option<Msi>,
     pub(crate) msi_fds: Vec<EventFd>,
     pub(crate) intx_fd: Option<EventFd>,
+    /// Signalled by KVM at the guest's EOI of a routed INTx.
+    intx_resample: Option<EventFd>,
+    device: Arc<dyn PassthroughDevice>,
     sink: Arc<dyn InterruptSink>,
+    bypass: Option<Arc<dyn IrqBypass>>,
+    /// What each MSI vector's eventfd is routed to now (None: the VMM).
+    routed: Mutex<Vec<Option<MsiMessage>>>,
+    intx_routed: AtomicBool,
     intx_asserted: AtomicBool,
+    /// Interrupts the VMM delivered itself (not through the bypass).
+    by_vmm: AtomicU64,
+    /// Times a vector was routed through the bypass.
+    routes_made: AtomicU64,
 }
 
 impl Interrupts {
@@ -35,20 +49,139 @@ impl Interrupts {
         msi: Option<Msi>,
         msi_vectors: u32,
         intx: bool,
+        device: Arc<dyn PassthroughDevice>,
         sink: Arc<dyn InterruptSink>,
+        bypass: Option<Arc<dyn IrqBypass>>,
     ) -> std::io::Result<Interrupts> {
-        let msi_fds = (0..msi_vectors)
+        let msi_fds: Vec<EventFd> = (0..msi_vectors)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<Result<_, _>>()?;
         let intx_fd = intx.then(|| EventFd::new(EFD_NONBLOCK)).transpose()?;
+        let intx_resample = (intx && bypass.is_some())
+            .then(|| EventFd::new(EFD_NONBLOCK))
+            .transpose()?;
         Ok(Interrupts {
             config,
             msi,
+            routed: Mutex::new(vec![None; msi_fds.len()]),
             msi_fds,
             intx_fd,
+            intx_resample,
+            device,
             sink,
+            bypass,
+            intx_routed: AtomicBool::new(false),
             intx_asserted: AtomicBool::new(false),
+            by_vmm: AtomicU64::new(0),
+            routes_made: AtomicU64::new(0),
         })
+    }
+
+    /// True if a bypass takes the function's interrupts.
+    pub fn bypassed(&self) -> bool {
+        self.bypass.is_some()
+    }
+
+    /// Routes INTx through the bypass, if there is one; otherwise (or if
+    /// the hypervisor refuses) INTx stays on the VMM's path.
+    pub(crate) fn attach_intx(&self) {
+        let (Some(bypass), Some(fd), Some(resample)) =
+            (&self.bypass, &self.intx_fd, &self.intx_resample)
+        else {
+            return;
+        };
+        if self.intx_routed.load(Ordering::Acquire) {
+            return;
+        }
+        match bypass.attach_intx(fd, resample) {
+            Ok(()) => {
+                self.intx_routed.store(true, Ordering::Release);
+                self.routes_made.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => warn!("passthrough INTx stays on the VMM path: {e}"),
+        }
+    }
+
+    /// Brings the MSI routes in line with the shadow: a vector is routed
+    /// while MSI is enabled, the vector is within those the guest enabled
+    /// and it is unmasked; routing follows the guest's message.
+    pub(crate) fn sync_routes(&self) {
+        let Some(bypass) = &self.bypass else { return };
+        let wanted: Vec<Option<MsiMessage>> = {
+            let config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
+            (0..self.msi_fds.len() as u32)
+                .map(|v| {
+                    let msi = self.msi.filter(|m| m.is_enabled(&config))?;
+                    (v < msi.vectors(&config) && !msi.is_masked(&config, v))
+                        .then(|| msi.message(&config, v))
+                })
+                .collect()
+        };
+        let mut routed = self.routed.lock().unwrap_or_else(PoisonError::into_inner);
+        for (vector, (want, fd)) in wanted.into_iter().zip(&self.msi_fds).enumerate() {
+            let now = &mut routed[vector];
+            if *now == want {
+                continue;
+            }
+            let result = match want {
+                Some(message) => bypass.attach_msi(fd, message),
+                None => bypass.detach_msi(fd),
+            };
+            match result {
+                Ok(()) => {
+                    if want.is_some() {
+                        self.routes_made.fetch_add(1, Ordering::Relaxed);
+                    }
+                    *now = want;
+                }
+                Err(e) => {
+                    // Unrouted, the vector still works through `poll`.
+                    warn!("passthrough MSI vector {vector} route: {e}");
+                    if now.is_some() && want.is_none() {
+                        *now = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes every route down, so signals come back to the VMM (shutdown,
+    /// reset).
+    pub(crate) fn detach_all(&self) {
+        let Some(bypass) = &self.bypass else { return };
+        let mut routed = self.routed.lock().unwrap_or_else(PoisonError::into_inner);
+        for (now, fd) in routed.iter_mut().zip(&self.msi_fds) {
+            if now.take().is_some() {
+                if let Err(e) = bypass.detach_msi(fd) {
+                    warn!("passthrough MSI route: {e}");
+                }
+            }
+        }
+        if let Some(fd) = &self.intx_fd {
+            if self.intx_routed.swap(false, Ordering::AcqRel) {
+                if let Err(e) = bypass.detach_intx(fd) {
+                    warn!("passthrough INTx route: {e}");
+                }
+            }
+        }
+    }
+
+    /// Interrupts the VMM delivered itself: every one without a bypass,
+    /// and those of masked or unroutable vectors with one.
+    pub fn delivered_by_vmm(&self) -> u64 {
+        self.by_vmm.load(Ordering::Relaxed)
+    }
+
+    /// Routes made through the bypass (MSI vectors and INTx), counting
+    /// each change of a vector's message.
+    pub fn routes_made(&self) -> u64 {
+        self.routes_made.load(Ordering::Relaxed)
+    }
+
+    /// The MSI vectors routed through the bypass now.
+    pub fn routed_vectors(&self) -> usize {
+        let routed = self.routed.lock().unwrap_or_else(PoisonError::into_inner);
+        routed.iter().filter(|r| r.is_some()).count()
     }
 
     /// Delivers whatever the device signalled since the last call, without
@@ -69,6 +202,17 @@ impl Interrupts {
                 self.set_intx(true);
             }
         }
+        // The guest's EOI of a routed INTx: VFIO masked the line when it
+        // fired, so unmask it; the device signals again if it still needs
+        // service.
+        if let Some(fd) = &self.intx_resample {
+            if fd.read().is_ok() {
+                found += 1;
+                if let Err(e) = self.device.unmask_irq(IrqKind::Intx) {
+                    warn!("passthrough INTx unmask: {e}");
+                }
+            }
+        }
         found
     }
 
@@ -79,6 +223,7 @@ impl Interrupts {
             msi.signal(&mut config, vector)
         };
         if let MsiSignal::Send(message) = signal {
+            self.by_vmm.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.sink.send_msi(message) {
                 warn!("passthrough MSI vector {vector}: {e}");
             }
@@ -92,6 +237,7 @@ impl Interrupts {
             msi.take_unmasked(&mut config)
         };
         for message in messages {
+            self.by_vmm.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.sink.send_msi(message) {
                 warn!("passthrough MSI: {e}");
             }
@@ -101,6 +247,9 @@ impl Interrupts {
     fn set_intx(&self, asserted: bool) {
         if self.intx_asserted.swap(asserted, Ordering::AcqRel) == asserted {
             return;
+        }
+        if asserted {
+            self.by_vmm.fetch_add(1, Ordering::Relaxed);
         }
         if let Err(e) = self.sink.set_intx(asserted) {
             warn!("passthrough INTx: {e}");
@@ -112,12 +261,12 @@ impl Interrupts {
     /// masks INTx each time it fires, and without KVM's resample eventfd
     /// the VMM cannot see the guest's EOI, so any access of the guest's
     /// driver to the device stands for it (as QEMU does on its slow path).
-    pub(crate) fn end_of_intx(&self, device: &dyn PassthroughDevice) {
+    pub(crate) fn end_of_intx(&self) {
         if !self.intx_asserted.load(Ordering::Acquire) {
             return;
         }
         self.set_intx(false);
-        if let Err(e) = device.unmask_irq(IrqKind::Intx) {
+        if let Err(e) = self.device.unmask_irq(IrqKind::Intx) {
             warn!("passthrough INTx unmask: {e}");
         }
     }
@@ -129,7 +278,12 @@ impl Interrupts {
 
     /// Releases INTx and drops anything signalled and not delivered (reset).
     pub(crate) fn clear(&self) {
-        for fd in self.msi_fds.iter().chain(&self.intx_fd) {
+        for fd in self
+            .msi_fds
+            .iter()
+            .chain(&self.intx_fd)
+            .chain(&self.intx_resample)
+        {
             let _ = fd.read();
         }
         self.set_intx(false);
@@ -147,7 +301,8 @@ impl Interrupts {
                 EpollEvent::new(EventSet::IN, 0),
             )
         };
-        for fd in self.msi_fds.iter().chain(&self.intx_fd).chain([&stop]) {
+        let fds = self.msi_fds.iter().chain(&self.intx_fd);
+        for fd in fds.chain(&self.intx_resample).chain([&stop]) {
             watch(fd)?;
         }
         let thread_stop = stop.try_clone()?;

@@ -21,6 +21,7 @@
 //! ([`memfd_guest_memory`]) and map it with [`dma_map_guest_memory`].
 #![warn(missing_docs)]
 
+mod bypass;
 mod fake;
 mod function;
 mod interrupts;
@@ -31,6 +32,7 @@ mod server;
 mod shadow;
 mod user;
 
+pub use bypass::{BypassCall, IrqBypass, RecordedBypass};
 pub use fake::{FakeCall, FakeDevice};
 pub use function::{FunctionError, VfioPciFunction};
 pub use interrupts::{InterruptThread, Interrupts};

@@ -9,8 +9,8 @@ use wasmvisor_pci::{
     MsiMessage, MsixConfig, PciDevice, RecordedInterrupts, CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_VENDOR,
 };
 use wasmvisor_vfio::{
-    dma_map_guest_memory, memfd_guest_memory, FakeCall, FakeDevice, IrqKind, PassthroughDevice,
-    VfioPciFunction, CONFIG_REGION,
+    dma_map_guest_memory, memfd_guest_memory, BypassCall, FakeCall, FakeDevice, IrqKind,
+    PassthroughDevice, RecordedBypass, VfioPciFunction, CONFIG_REGION,
 };
 
 /// A device 1234:5678 with a 4 KiB BAR 0, a 1 MiB 64-bit BAR 2, and
@@ -257,4 +257,59 @@ fn reset_and_drop_reset_the_device() {
         fake.take_calls(),
         [FakeCall::DisableIrq(IrqKind::Intx), FakeCall::Reset]
     );
+}
+
+#[test]
+fn with_a_bypass_enabled_vectors_are_routed_and_follow_the_guest() {
+    let fake = device();
+    let bypass = Arc::new(RecordedBypass::default());
+    let sink = Arc::new(RecordedInterrupts::default());
+    let device: Arc<dyn PassthroughDevice> = fake.clone();
+    let mut f = VfioPciFunction::with_bypass(device, sink.clone(), Some(bypass.clone())).unwrap();
+    // INTx goes to KVM at once, with a resample eventfd.
+    let calls = bypass.take();
+    assert!(
+        matches!(calls[..], [BypassCall::AttachIntx(_)]),
+        "{calls:?}"
+    );
+    let msi = capability_ids(&mut f)[1].1;
+    f.config_write(msi + 4, 4, 0xfee0_0000);
+    f.config_write(msi + 0x0c, 2, 0x30);
+    // Nothing is routed while MSI is off.
+    assert_eq!(bypass.take(), []);
+    f.config_write(msi + 2, 2, 1 | 1 << 4);
+    let messages: Vec<u32> = bypass
+        .take()
+        .iter()
+        .map(|c| match c {
+            BypassCall::AttachMsi(_, m) => {
+                assert_eq!(m.address, 0xfee0_0000);
+                m.data
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(messages, [0x30, 0x31], "the two enabled vectors");
+    assert_eq!(f.interrupts().routed_vectors(), 2);
+    // A new data value re-routes both; nothing is delivered by the VMM.
+    f.config_write(msi + 0x0c, 2, 0x50);
+    assert_eq!(bypass.take().len(), 2);
+    assert_eq!(f.interrupts().delivered_by_vmm(), 0);
+    // Disabling takes the routes down, so later signals come back to the
+    // VMM (and are dropped, since MSI is off).
+    f.config_write(msi + 2, 2, 0);
+    let calls = bypass.take();
+    assert!(
+        calls.len() == 2 && calls.iter().all(|c| matches!(c, BypassCall::DetachMsi(_))),
+        "{calls:?}"
+    );
+    assert_eq!(f.interrupts().routed_vectors(), 0);
+    assert_eq!(f.interrupts().routes_made(), 5);
+    drop(f);
+    let calls = bypass.take();
+    assert!(
+        calls.iter().any(|c| matches!(c, BypassCall::DetachIntx(_))),
+        "{calls:?}"
+    );
+    assert!(sink.take().is_empty());
 }

@@ -205,11 +205,14 @@ pub fn run_with_native(
             irq.clone(),
         )));
     }
+    let mut pci_platform: Option<Arc<PciPlatform>> = None;
     if !config.devices.is_empty() {
         let pci = PciPlatform::build(&vm, config.mem_bytes, &config.devices)?;
         // Before any policy's init, which may ask (`dma-mappings`).
         shared.set_dma_mappings(pci.dma_mappings().to_vec());
-        builtins.push(Arc::new(pci));
+        let pci = Arc::new(pci);
+        pci_platform = Some(Arc::clone(&pci));
+        builtins.push(pci);
     }
     let env = PolicyEnv {
         engine,
@@ -318,6 +321,9 @@ pub fn run_with_native(
     drop(services);
     drop(vm);
     let mut report = outcome?;
+    if let Some(pci) = &pci_platform {
+        report.stats.devices = pci.device_stats();
+    }
     report.recording = shared
         .recorder()
         .map(|r| r.finish().map_err(|e| e.to_string()));

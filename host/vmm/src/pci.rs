@@ -6,27 +6,31 @@
 //! to a device's ECAM page or a BAR range can audit, answer or veto
 //! them before the device does (`docs/pci.md`).
 
+use std::collections::HashMap;
 use std::ops::RangeInclusive;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 use wasmvisor_exit::{
     size_mask, Completion, Direction, ExitEvent, ExitKind, GpaRange, InterruptLines,
 };
-use wasmvisor_kvm::Vm;
+use wasmvisor_kvm::{IrqRoutes, Vm};
 use wasmvisor_pci::{
-    DmaError, DmaMemory, InterruptError, InterruptSink, IntxPin, MsiMessage, PciBus, PciLayout,
-    TestDevice, CONFIG_PORTS,
+    DmaError, DmaMemory, InterruptError, InterruptSink, IntxPin, MsiMessage, PciBus, PciDevice,
+    PciLayout, TestDevice, CONFIG_PORTS,
 };
 
 use wasmvisor_vfio::{
-    dma_map_guest_memory, missing_support, sysfs_path, InterruptThread, KernelVfio,
-    PassthroughDevice, VfioPciFunction, VfioUserDevice,
+    dma_map_guest_memory, missing_support, sysfs_path, InterruptThread, Interrupts, IrqBypass,
+    KernelVfio, PassthroughDevice, VfioPciFunction, VfioUserDevice,
 };
 
 use crate::builtin::BuiltinDevice;
 use crate::config::DeviceSpec;
 use crate::error::VmmError;
+use crate::stats::DeviceStats;
 
 /// Guest RAM as the devices' DMA sees it (IOVA = GPA).
 pub struct GuestDma {
@@ -79,6 +83,69 @@ impl InterruptSink for KvmInterrupts {
     }
 }
 
+/// KVM's interrupt bypass for a passthrough function: each routed MSI
+/// eventfd is an irqfd on a GSI of its own whose route carries the
+/// guest's message; INTx is an irqfd with a resample eventfd on the
+/// function's IOAPIC line.
+pub struct KvmBypass {
+    routes: Arc<IrqRoutes>,
+    intx_line: u32,
+    /// Raw eventfd → its GSI, for the eventfds now attached.
+    gsis: Mutex<HashMap<i32, u32>>,
+}
+
+fn kvm_error(e: wasmvisor_kvm::KvmError) -> InterruptError {
+    InterruptError {
+        reason: e.to_string(),
+    }
+}
+
+impl IrqBypass for KvmBypass {
+    fn attach_msi(&self, fd: &EventFd, message: MsiMessage) -> Result<(), InterruptError> {
+        let mut gsis = self.gsis.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(&gsi) = gsis.get(&fd.as_raw_fd()) {
+            // KVM re-reads the route for irqfds already bound to it.
+            return self
+                .routes
+                .set_msi(gsi, message.address, message.data)
+                .map_err(kvm_error);
+        }
+        let gsi = self.routes.allocate().map_err(kvm_error)?;
+        let bound = self
+            .routes
+            .set_msi(gsi, message.address, message.data)
+            .and_then(|()| self.routes.register_irqfd(fd, gsi));
+        if let Err(e) = bound {
+            let _ = self.routes.free(gsi);
+            return Err(kvm_error(e));
+        }
+        gsis.insert(fd.as_raw_fd(), gsi);
+        Ok(())
+    }
+
+    fn detach_msi(&self, fd: &EventFd) -> Result<(), InterruptError> {
+        let mut gsis = self.gsis.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(gsi) = gsis.remove(&fd.as_raw_fd()) else {
+            return Ok(());
+        };
+        let unbound = self.routes.unregister_irqfd(fd, gsi);
+        self.routes.free(gsi).map_err(kvm_error)?;
+        unbound.map_err(kvm_error)
+    }
+
+    fn attach_intx(&self, fd: &EventFd, resample: &EventFd) -> Result<(), InterruptError> {
+        self.routes
+            .register_irqfd_with_resample(fd, resample, self.intx_line)
+            .map_err(kvm_error)
+    }
+
+    fn detach_intx(&self, fd: &EventFd) -> Result<(), InterruptError> {
+        self.routes
+            .unregister_irqfd(fd, self.intx_line)
+            .map_err(kvm_error)
+    }
+}
+
 /// The PCI segment as a built-in device.
 pub struct PciPlatform {
     bus: Mutex<PciBus>,
@@ -88,6 +155,8 @@ pub struct PciPlatform {
     _interrupt_threads: Vec<InterruptThread>,
     /// What was DMA-mapped for passthrough devices (`dma-mappings`).
     dma_mapped: Vec<GpaRange>,
+    /// Each passthrough device's `--device` label and interrupt path.
+    passthrough: Vec<(String, Arc<Interrupts>)>,
 }
 
 impl PciPlatform {
@@ -99,6 +168,7 @@ impl PciPlatform {
             .map_err(|e| VmmError::Usage(format!("PCI layout: {e}")))?;
         let mut bus = PciBus::new(layout);
         let mut threads = Vec::new();
+        let mut passthrough_irqs = Vec::new();
         for spec in specs {
             let slot = bus
                 .free_slot()
@@ -112,16 +182,23 @@ impl PciPlatform {
                         vm: Arc::clone(vm),
                         intx_line: bus.intx_line(slot, IntxPin::A),
                     });
-                    Box::new(TestDevice::new(dma, Some(irq)))
+                    Box::new(TestDevice::new(dma, Some(irq))) as Box<dyn PciDevice>
                 }
                 DeviceSpec::Vfio(_) | DeviceSpec::VfioUser(_) => {
+                    let intx_line = bus.intx_line(slot, IntxPin::A);
                     let irq = Arc::new(KvmInterrupts {
                         vm: Arc::clone(vm),
-                        intx_line: bus.intx_line(slot, IntxPin::A),
+                        intx_line,
                     });
-                    let (function, thread) = passthrough(vm, spec, irq)?;
+                    let bypass = Arc::new(KvmBypass {
+                        routes: vm.irq_routes(),
+                        intx_line,
+                        gsis: Mutex::new(HashMap::new()),
+                    });
+                    let (label, function, thread) = passthrough(vm, spec, irq, bypass)?;
+                    passthrough_irqs.push((label, function.interrupts()));
                     threads.push(thread);
-                    function
+                    Box::new(function)
                 }
             };
             bus.add_at(slot, device)
@@ -146,7 +223,21 @@ impl PciPlatform {
             layout,
             _interrupt_threads: threads,
             dma_mapped,
+            passthrough: passthrough_irqs,
         })
+    }
+
+    /// What each passthrough device's interrupts and BARs did so far.
+    pub fn device_stats(&self) -> Vec<DeviceStats> {
+        self.passthrough
+            .iter()
+            .map(|(label, irqs)| DeviceStats {
+                device: label.clone(),
+                irq_routes: irqs.routes_made(),
+                irqs_by_vmm: irqs.delivered_by_vmm(),
+                mapped_bar_bytes: 0,
+            })
+            .collect()
     }
 
     /// The guest-physical ranges passthrough devices can reach by DMA.
@@ -163,7 +254,8 @@ fn passthrough(
     vm: &Arc<Vm>,
     spec: &DeviceSpec,
     irq: Arc<KvmInterrupts>,
-) -> Result<(Box<dyn wasmvisor_pci::PciDevice>, InterruptThread), VmmError> {
+    bypass: Arc<KvmBypass>,
+) -> Result<(String, VfioPciFunction, InterruptThread), VmmError> {
     let (label, device): (String, Result<Arc<dyn PassthroughDevice>, String>) = match spec {
         DeviceSpec::Vfio(target) => {
             let label = format!("vfio={target}");
@@ -192,13 +284,13 @@ fn passthrough(
     let device = device.map_err(|e| err("", e))?;
     dma_map_guest_memory(device.as_ref(), vm.memory())
         .map_err(|e| err("cannot DMA-map guest RAM: ", e.to_string()))?;
-    let function = VfioPciFunction::new(device, irq)
+    let function = VfioPciFunction::with_bypass(device, irq, Some(bypass))
         .map_err(|e| err("cannot set up the device: ", e.to_string()))?;
     let thread = function
         .interrupts()
         .spawn()
         .map_err(|e| err("cannot start its interrupt thread: ", e.to_string()))?;
-    Ok((Box::new(function), thread))
+    Ok((label, function, thread))
 }
 
 fn to_range(w: &wasmvisor_pci::Window) -> GpaRange {

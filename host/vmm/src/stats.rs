@@ -47,6 +47,19 @@ pub struct PolicyStats {
     pub max_call_ns: u64,
 }
 
+/// Counters of one passthrough device, for the whole run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeviceStats {
+    /// As given to `--device`.
+    pub device: String,
+    /// Interrupt routes made through KVM irqfds (MSI vectors and INTx).
+    pub irq_routes: u64,
+    /// Interrupts the VMM delivered itself instead.
+    pub irqs_by_vmm: u64,
+    /// Bytes of BARs mapped into the guest as memslots, at most at once.
+    pub mapped_bar_bytes: u64,
+}
+
 /// Counters for one vCPU, or merged for the VM.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
@@ -54,6 +67,8 @@ pub struct Stats {
     pub policies: Vec<PolicyStats>,
     pub builtin: u64,
     pub default: u64,
+    /// Passthrough devices (VM-wide; empty on per-vCPU counters).
+    pub devices: Vec<DeviceStats>,
     /// Wall time from the first vCPU start to the last vCPU stop.
     pub wall: Duration,
 }
@@ -158,6 +173,12 @@ impl Stats {
             "built-in devices: {}, default handler: {}\n",
             self.builtin, self.default
         ));
+        for d in &self.devices {
+            out.push_str(&format!(
+                "device {}: {} interrupt routes through KVM irqfds, {} interrupts delivered by the VMM, {} bytes of BARs mapped\n",
+                d.device, d.irq_routes, d.irqs_by_vmm, d.mapped_bar_bytes
+            ));
+        }
         out
     }
 }
