@@ -75,6 +75,52 @@ fn served_device(name: &str) -> (Server, String) {
     (server, format!("vfio-user={socket}"))
 }
 
+/// What the guest's BAR 2 sum must be: dword i is i * 0x9e3779b1, for
+/// the 16384 dwords of 64 KiB.
+fn bar2_sum() -> u32 {
+    (0..0x4000u32).fold(0, |sum, i| sum.wrapping_add(i.wrapping_mul(0x9e37_79b1)))
+}
+
+/// The MMIO exit count in a run's summary line.
+fn mmio_exits(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("exits: "))
+        .unwrap_or_else(|| panic!("no exit summary in:\n{stderr}"));
+    line.split(", ")
+        .chain(line.split(": "))
+        .find_map(|part| part.trim().strip_prefix("mmio "))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// The `pci` guest with `device` under the policy `guard`, its events
+/// written to `events`.
+fn run_guarded(device: &str, guard: &str, events: &std::path::Path) -> Run {
+    run_protected_guest(
+        "pci.bin",
+        &[
+            "--device",
+            device,
+            "--policy",
+            guard,
+            "--events",
+            events.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Waits for the server's report of a client that has gone.
+fn server_log(server: &Server, last_line: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
+        if log.contains(last_line) || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// What the device's DMA SUM of its own FILL pattern must be: the sum of
 /// `0xa5 ^ i` over the 64 bytes (`wasmvisor_pci::dma_pattern`).
 fn expected_sum() -> u32 {
@@ -206,36 +252,37 @@ fn the_guest_drives_a_vfio_user_device_server_which_sees_its_dma() {
         &r.stdout,
         &[
             "pci: 00:01.0 5741:0002 class ff000001".to_string(),
-            "pci: bar0 e8000000 size 00001000".to_string(),
+            // BAR 2 (64 KiB) is placed first, being the larger.
+            "pci: bar0 e8010000 size 00001000".to_string(),
             "pci: id WVTD".to_string(),
             "pci: msi vector 0x40 delivered 01".to_string(),
             "pci: dma fill status 01, every byte ok".to_string(),
             format!("pci: dma sum {:08x}", expected_sum()),
+            "pci: bar2 e8000000".to_string(),
+            format!("pci: bar2 sum {:08x}", bar2_sum()),
         ],
     );
-    // MSI and INTx went to KVM irqfds; the VMM delivered nothing itself.
+    // MSI and INTx went to KVM irqfds, the VMM delivered nothing itself,
+    // and BAR 2 was a memslot: its 32768 accesses made no MMIO exit (the
+    // 9 left are BAR 0's registers).
     assert!(
         r.stderr.contains(&format!(
-            "device {device}: 2 interrupt routes through KVM irqfds, 0 interrupts delivered by the VMM"
+            "device {device}: 2 interrupt routes through KVM irqfds, 0 interrupts delivered by the VMM, 65536 bytes of BARs mapped"
         )),
         "{}",
         r.stderr
     );
+    assert_eq!(mmio_exits(&r.stderr), 9, "{}", r.stderr);
     // The server reports once the VM has gone away.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let log = loop {
-        let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
-        if log.contains("device dma read") || Instant::now() > deadline {
-            break log;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let log = server_log(&server, "bar2 sum");
     assert_has_lines(
         &log,
         &[
             "wasmvisor-vfio-user-testdev: dma map iova 0x0 size 0x4000000",
             "wasmvisor-vfio-user-testdev: device dma write of 64 bytes at 0x60000",
             "wasmvisor-vfio-user-testdev: device dma read of 64 bytes at 0x60000",
+            // What the guest wrote through the mapping is the server's.
+            &format!("wasmvisor-vfio-user-testdev: bar2 sum {:08x}", bar2_sum()),
         ],
     );
 }
@@ -248,17 +295,7 @@ fn a_policy_vetoes_a_config_write_to_a_vfio_user_device_and_learns_its_dma_mappi
     let (_server, device) = served_device("pci-vfio-user-veto");
     let events = scratch("pci-vfio-user-veto-events").join("events.jsonl");
     let guard = format!("{}:lock=0x04", policy("pci-guard"));
-    let r = run_protected_guest(
-        "pci.bin",
-        &[
-            "--device",
-            &device,
-            "--policy",
-            &guard,
-            "--events",
-            events.to_str().unwrap(),
-        ],
-    );
+    let r = run_guarded(&device, &guard, &events);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
         r.stdout
@@ -286,5 +323,46 @@ fn a_vfio_user_socket_nobody_serves_is_one_clear_error() {
     assert!(
         line.contains(&format!("--device {device}: cannot connect")),
         "{line}"
+    );
+}
+
+#[test]
+fn a_policy_subscribed_to_one_page_of_a_mapped_bar_traps_only_that_page() {
+    if !kvm_available() {
+        return;
+    }
+    let (server, device) = served_device("pci-vfio-user-trap");
+    let events = scratch("pci-vfio-user-trap-events").join("events.jsonl");
+    // The fourth page of BAR 2, audited as if it were a doorbell page.
+    let guard = format!(
+        "{}:bar=0xe8003000+0x1000,doorbell=0x08",
+        policy("pci-guard")
+    );
+    let r = run_guarded(&device, &guard, &events);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_has_lines(&r.stdout, &[format!("pci: bar2 sum {:08x}", bar2_sum())]);
+    // Fifteen pages stayed mapped; the trapped one made 1024 writes and
+    // 1024 reads exit, on top of BAR 0's 9 accesses.
+    assert!(
+        r.stderr.contains("61440 bytes of BARs mapped"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(mmio_exits(&r.stderr), 9 + 2048, "{}", r.stderr);
+    // The policy saw the write at offset 8 of its page: dword 0xc02.
+    let doorbells = events_of(&events, "doorbell");
+    assert_eq!(doorbells.len(), 1, "{doorbells:?}");
+    assert_eq!(
+        doorbells[0]["data"]["value"],
+        u64::from(0xc02u32.wrapping_mul(0x9e37_79b1))
+    );
+    // Trapped or mapped, every byte reached the server.
+    let log = server_log(&server, "bar2 sum");
+    assert_has_lines(
+        &log,
+        &[format!(
+            "wasmvisor-vfio-user-testdev: bar2 sum {:08x}",
+            bar2_sum()
+        )],
     );
 }

@@ -11,6 +11,8 @@
 #     it by DMA and prints the device's sum;
 #   - writes the command register a second time with a value a policy may
 #     veto, and prints what the register holds afterwards;
+#   - if the device has a BAR 2 (the vfio-user test server's shared
+#     memory), fills its 64 KiB, reads it back and prints the sum;
 #
 # then resets the machine through the i8042, which ends the run cleanly
 # (with the irqchip --device brings, HLT waits in the kernel for ever).
@@ -30,6 +32,7 @@
     .equ PCI_DATA, 0xcfc
     .equ TEST_ID, 0x00025741        # device << 16 | vendor
     .equ REG_ID, 0x00
+    .equ BAR2_DWORDS, 0x4000        # 64 KiB
     .equ REG_SCRATCH, 0x04
     .equ REG_DOORBELL, 0x08
     .equ REG_DMA_ADDR_LO, 0x10
@@ -252,6 +255,38 @@ dma:
     call print_hex16
     call newline
 
+    # --- BAR 2, if the device has one: memory shared with the device ------
+    # Fill its 64 KiB with dword i = i * 0x9e3779b1, then read it all back
+    # and print the sum. Mapped as a memslot these are plain memory
+    # accesses; trapped, each one is an exit.
+    mov eax, 0x18
+    call cfg_read
+    and eax, 0xfffffff0
+    jz reset
+    mov esi, offset s_bar2
+    call puts
+    call print_hex32
+    call newline
+    mov edi, eax
+    xor ecx, ecx
+1:  mov eax, ecx
+    imul eax, eax, 0x9e3779b1
+    mov dword ptr [edi + ecx * 4], eax
+    inc ecx
+    cmp ecx, BAR2_DWORDS
+    jb 1b
+    xor ecx, ecx
+    xor edx, edx
+2:  add edx, dword ptr [edi + ecx * 4]
+    inc ecx
+    cmp ecx, BAR2_DWORDS
+    jb 2b
+    mov esi, offset s_bar2_sum
+    call puts
+    mov eax, edx
+    call print_hex32
+    call newline
+
 reset:
     mov esi, offset s_done
     call puts
@@ -372,6 +407,8 @@ s_fill_bad: .asciz ", wrong byte at "
 s_sum:      .asciz "pci: dma sum "
 s_cmd:      .asciz "pci: command after the second write "
 s_done:     .asciz "pci: done\n"
+s_bar2:     .asciz "pci: bar2 "
+s_bar2_sum: .asciz "pci: bar2 sum "
 
     .data
     .balign 4

@@ -58,6 +58,15 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
+    // The libraries (passthrough devices, mostly) report what they work
+    // around as tracing warnings: one plain line each on stderr.
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_ansi(false)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(*args),

@@ -21,6 +21,6 @@ pub use cpuid::CpuidEntry;
 pub use error::KvmError;
 pub use irq_routes::{IrqRoutes, FIRST_MSI_GSI};
 pub use kick::{install_kick_handler, KickList, Kicker};
-pub use memslots::MemSlots;
+pub use memslots::{DeviceSlot, MemSlots};
 pub use vcpu::{FatalExit, RunOutcome, Vcpu};
 pub use vm::{Vm, MMIO_HOLE_START};

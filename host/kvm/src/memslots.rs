@@ -20,12 +20,15 @@ struct Slots {
     installed: HashMap<(u64, u64, Option<Protection>), u32>,
     free: Vec<u32>,
     next: u32,
+    /// Device memory slots, by slot number.
+    devices: HashMap<u32, DeviceSlot>,
 }
 
 /// The memslot layout of one VM; shared by its vCPU threads.
 pub struct MemSlots {
     fd: Arc<VmFd>,
     host_base: u64,
+    ram_size: u64,
     slots: Mutex<Slots>,
 }
 
@@ -37,11 +40,13 @@ impl MemSlots {
         MemSlots {
             fd,
             host_base,
+            ram_size,
             slots: Mutex::new(Slots {
                 map: ProtectionMap::new(ram_size),
                 installed,
                 free: Vec::new(),
                 next: 1,
+                devices: HashMap::new(),
             }),
         }
     }
@@ -112,6 +117,87 @@ impl MemSlots {
             s.installed.insert(key, slot);
         }
         Ok(())
+    }
+}
+
+/// Device memory mapped into the guest outside RAM (a passthrough BAR):
+/// `size` bytes at `gpa` are the VMM's memory at `host_addr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceSlot {
+    /// The guest-physical address.
+    pub gpa: u64,
+    /// Bytes, whole pages.
+    pub size: u64,
+    /// Where the VMM has the memory mapped.
+    pub host_addr: u64,
+}
+
+impl MemSlots {
+    /// Maps device memory into the guest as a memslot of its own, so guest
+    /// accesses to it no longer exit; returns the slot.
+    ///
+    /// The caller keeps `host_addr..host_addr + size` mapped until it has
+    /// removed the slot with [`MemSlots::unmap_device`]; the range must
+    /// not overlap RAM or another slot.
+    pub fn map_device(&self, device: DeviceSlot) -> Result<u32, ProtectError> {
+        let ram = self.ram_size;
+        let page_aligned = [device.gpa, device.size, device.host_addr]
+            .iter()
+            .all(|v| v.is_multiple_of(4096));
+        if !page_aligned || device.size == 0 || device.gpa < ram {
+            return Err(ProtectError::Backend(format!(
+                "device memory of {:#x} bytes at GPA {:#x} must be whole pages above RAM",
+                device.size, device.gpa
+            )));
+        }
+        let mut s = self.lock();
+        let slot = s.free.pop().unwrap_or_else(|| {
+            s.next += 1;
+            s.next - 1
+        });
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: device.gpa,
+            memory_size: device.size,
+            userspace_addr: device.host_addr,
+        };
+        // SAFETY: the caller keeps `host_addr..+size` mapped until the slot
+        // is deleted (the contract above); KVM checks that it is mapped
+        // user memory and that the slot overlaps no other.
+        let result = unsafe { self.fd.set_user_memory_region(region) };
+        if let Err(e) = result {
+            s.free.push(slot);
+            return Err(ProtectError::Backend(e.to_string()));
+        }
+        s.devices.insert(slot, device);
+        Ok(slot)
+    }
+
+    /// Removes a slot made by [`MemSlots::map_device`]; guest accesses to
+    /// that range exit again.
+    pub fn unmap_device(&self, slot: u32) -> Result<(), ProtectError> {
+        let mut s = self.lock();
+        let Some(device) = s.devices.remove(&slot) else {
+            return Ok(());
+        };
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: device.gpa,
+            memory_size: 0,
+            userspace_addr: device.host_addr,
+        };
+        // SAFETY: a size of 0 deletes the slot; no memory is touched.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(|e| ProtectError::Backend(e.to_string()))?;
+        s.free.push(slot);
+        Ok(())
+    }
+
+    /// The device memory mapped now.
+    pub fn device_slots(&self) -> Vec<DeviceSlot> {
+        self.lock().devices.values().copied().collect()
     }
 }
 

@@ -16,7 +16,7 @@ use crate::all_ones;
 use crate::bar::{AddressSpace, AllocError, BarAllocator, BarRegion};
 use crate::bdf::Bdf;
 use crate::config::{reg, Command, IntxPin};
-use crate::device::PciDevice;
+use crate::device::{GuestMapping, PciDevice};
 use crate::ecam;
 use crate::host_bridge::{ConfigAddress, HostBridge, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
 use crate::layout::{PciLayout, Window};
@@ -249,6 +249,41 @@ impl PciBus {
     /// The BARs accesses are routed to now.
     pub fn routes(&self) -> &[BarRoute] {
         &self.routes
+    }
+
+    /// Where the devices' [`DirectMap`]s are decoded now: the parts of
+    /// memory BARs with memory decoding on and an address assigned, which
+    /// the VMM maps as memslots. Follows [`PciBus::generation`].
+    pub fn direct_maps(&self) -> Vec<GuestMapping> {
+        let mut maps = Vec::new();
+        for (slot, device) in self.slots() {
+            let parts = device.direct_maps();
+            if parts.is_empty() {
+                continue;
+            }
+            let decoded = self
+                .routes
+                .iter()
+                .filter(|r| r.device == slot && r.space == AddressSpace::Memory);
+            for route in decoded {
+                maps.extend(
+                    parts
+                        .iter()
+                        .filter(|p| p.bar == route.bar)
+                        .filter(|p| {
+                            p.offset
+                                .checked_add(p.size)
+                                .is_some_and(|e| e <= route.size)
+                        })
+                        .map(|p| GuestMapping {
+                            gpa: route.base + p.offset,
+                            size: p.size,
+                            host_addr: p.host_addr,
+                        }),
+                );
+            }
+        }
+        maps
     }
 
     /// Counts the changes to [`PciBus::routes`], so that the VMM can tell

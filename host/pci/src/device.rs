@@ -41,6 +41,40 @@ pub trait PciDevice: Send {
     /// Puts the device back in its power-on state: registers, pending
     /// interrupts (a raised INTx is lowered) and any work in flight.
     fn reset(&mut self);
+
+    /// Parts of BARs backed by memory the VMM has mapped and shares with
+    /// the device, which the VMM may map into the guest instead of
+    /// trapping each access (passthrough BARs). None by default: every
+    /// access comes through [`PciDevice::bar_read`] and
+    /// [`PciDevice::bar_write`].
+    fn direct_maps(&self) -> Vec<DirectMap> {
+        Vec::new()
+    }
+}
+
+/// A part of a BAR that can be mapped into the guest: `size` bytes at
+/// `offset` in BAR `bar` are the VMM's memory at `host_addr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DirectMap {
+    /// The BAR index.
+    pub bar: u8,
+    /// Where the part starts in the BAR, page-aligned.
+    pub offset: u64,
+    /// Bytes, whole pages.
+    pub size: u64,
+    /// Where the VMM has it mapped.
+    pub host_addr: u64,
+}
+
+/// A [`DirectMap`] where the guest has placed it, as the VMM maps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GuestMapping {
+    /// The guest-physical address.
+    pub gpa: u64,
+    /// Bytes.
+    pub size: u64,
+    /// The VMM's address of the first byte.
+    pub host_addr: u64,
 }
 
 /// Where a device's interrupts go. The VMM implements it per device: MSI

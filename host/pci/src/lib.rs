@@ -42,7 +42,8 @@ pub use config::{
     EXTENDED_CONFIG_SPACE_SIZE,
 };
 pub use device::{
-    DmaError, DmaMemory, Interrupt, InterruptError, InterruptSink, PciDevice, RecordedInterrupts,
+    DirectMap, DmaError, DmaMemory, GuestMapping, Interrupt, InterruptError, InterruptSink,
+    PciDevice, RecordedInterrupts,
 };
 pub use ecam::{decode as ecam_decode, EcamAccess, ECAM_BUS_SIZE};
 pub use host_bridge::{

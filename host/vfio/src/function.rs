@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use thiserror::Error;
 use tracing::warn;
-use wasmvisor_pci::{reg, BarRegion, ConfigSpace, InterruptSink, Msi, PciDevice};
+use wasmvisor_pci::{
+    reg, AddressSpace, BarRegion, ConfigSpace, DirectMap, InterruptSink, Msi, PciDevice,
+};
 
 use crate::bypass::IrqBypass;
 use crate::interrupts::Interrupts;
-use crate::passthrough::{IrqKind, PassthroughDevice, CONFIG_REGION};
+use crate::passthrough::{IrqKind, PassthroughDevice, RegionMapping, CONFIG_REGION};
 use crate::shadow::{self, ShadowError, MSI_CONTROL};
 
 /// Why a function could not be set up.
@@ -39,6 +41,9 @@ pub struct VfioPciFunction {
     /// MSI vectors now enabled on the device (0: MSI off there).
     msi_on_device: u32,
     hidden: Vec<u8>,
+    /// BAR areas the backend mapped into the VMM, which the VMM may map
+    /// into the guest (`PciDevice::direct_maps`).
+    mappings: Vec<RegionMapping>,
 }
 
 impl VfioPciFunction {
@@ -92,6 +97,11 @@ impl VfioPciFunction {
                 .map_err(FunctionError::Intx)?;
             interrupts.attach_intx();
         }
+        let bars = config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bar_regions();
+        let mappings = map_bars(device.as_ref(), &bars);
         Ok(VfioPciFunction {
             device,
             config,
@@ -99,6 +109,7 @@ impl VfioPciFunction {
             interrupts: Arc::new(interrupts),
             msi_on_device: 0,
             hidden: shadow.hidden,
+            mappings,
         })
     }
 
@@ -164,6 +175,25 @@ impl VfioPciFunction {
             warn!("passthrough device reset: {e}");
         }
     }
+}
+
+/// Maps what the backend can map of each memory BAR; whatever fails to
+/// map stays trapped, which is slower but correct.
+fn map_bars(device: &dyn PassthroughDevice, bars: &[BarRegion]) -> Vec<RegionMapping> {
+    let mut mappings = Vec::new();
+    for bar in bars
+        .iter()
+        .filter(|b| b.bar.space() == AddressSpace::Memory)
+    {
+        let index = u32::from(bar.index);
+        for area in device.mmap_areas(index) {
+            match device.mmap(index, area) {
+                Ok(mapping) => mappings.push(mapping),
+                Err(e) => warn!("passthrough BAR {index} stays trapped: {e}"),
+            }
+        }
+    }
+    mappings
 }
 
 /// True if `offset..offset + size` overlaps `start..start + len`.
@@ -239,6 +269,18 @@ impl PciDevice for VfioPciFunction {
             warn!("passthrough BAR {bar} write at {offset:#x}: {e}");
         }
         self.interrupts.end_of_intx();
+    }
+
+    fn direct_maps(&self) -> Vec<DirectMap> {
+        self.mappings
+            .iter()
+            .map(|m| DirectMap {
+                bar: m.index() as u8,
+                offset: m.area().offset,
+                size: m.area().size,
+                host_addr: m.host_addr(),
+            })
+            .collect()
     }
 
     fn reset(&mut self) {

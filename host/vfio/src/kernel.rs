@@ -1,15 +1,25 @@
-//! Kernel VFIO (`--device vfio=...`): a [`PassthroughDevice`] over
-//! vfio-ioctls' `VfioContainer` (legacy type-1 IOMMU container) and
-//! `VfioDevice`. The only code here that needs `/dev/vfio`; everything
-//! above it is what the vfio-user backend already runs.
+//! Kernel VFIO (`--device vfio=...`): a [`PassthroughDevice`] over the
+//! VFIO syscalls, behind [`VfioSys`] so that all of its logic (bounds,
+//! interrupt counts, mmap areas, DMA sizes, errors) is tested against
+//! [`FakeVfio`]. Only [`IoctlSys`], the syscalls through vfio-ioctls,
+//! needs `/dev/vfio`.
+
+mod fake;
+mod sys;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::passthrough::{DmaRange, IrqKind, PassthroughDevice, PassthroughError, RegionInfo};
+pub use fake::{FakeRegion, FakeVfio, SysCall, SysOp};
+pub use sys::{IoctlSys, IrqAction, SetIrqs, SysRegion, VfioSys};
+
+use crate::passthrough::{
+    usable_areas, DmaRange, IrqKind, MmapArea, PassthroughDevice, PassthroughError, RegionInfo,
+    RegionMapping,
+};
 
 /// The sysfs directory of a PCI device given as `0000:01:00.0` or as a
 /// path.
@@ -56,8 +66,7 @@ pub fn missing_support(device: &Path) -> Option<String> {
 
 /// A device passed through with kernel VFIO.
 pub struct KernelVfio {
-    device: VfioDevice,
-    container: Arc<VfioContainer>,
+    sys: Box<dyn VfioSys>,
 }
 
 fn kernel(op: &'static str, e: impl std::fmt::Display) -> PassthroughError {
@@ -71,70 +80,111 @@ impl KernelVfio {
     /// Opens the VFIO container and the device at `sysfs` (its group must
     /// be viable: every device in it bound to vfio-pci).
     pub fn open(sysfs: &Path) -> Result<KernelVfio, PassthroughError> {
-        let container =
-            Arc::new(VfioContainer::new(None).map_err(|e| kernel("open container", e))?);
-        let ops: Arc<dyn VfioOps> = container.clone();
-        let device = VfioDevice::new(sysfs, ops, false).map_err(|e| kernel("open device", e))?;
-        Ok(KernelVfio { device, container })
+        Ok(KernelVfio::with_sys(IoctlSys::open(sysfs)?))
     }
-}
 
-impl KernelVfio {
-    /// Refuses an access that does not fit in the region: vfio-ioctls
-    /// logs a failed `pread`/`pwrite` instead of returning it.
-    fn check(&self, index: u32, offset: u64, len: usize) -> Result<(), PassthroughError> {
-        let size = self.region_info(index).map_or(0, |r| r.size);
+    /// The device behind `sys`: [`IoctlSys`], or [`FakeVfio`] in tests
+    /// (an `Arc<FakeVfio>` too, to keep inspecting it).
+    pub fn with_sys(sys: impl VfioSys + 'static) -> KernelVfio {
+        KernelVfio { sys: Box::new(sys) }
+    }
+
+    /// Where `len` bytes at `offset` of region `index` are in the device
+    /// fd, if they are all in the region: checked here, before any
+    /// syscall, so a bad access fails the same way whatever the kernel
+    /// would have done with it.
+    fn locate(&self, index: u32, offset: u64, len: usize) -> Result<u64, PassthroughError> {
+        let out = || PassthroughError::OutOfRegion { index, offset, len };
+        let region = self.region_info(index).ok_or_else(out)?;
         match offset.checked_add(len as u64) {
-            Some(end) if end <= size => Ok(()),
-            _ => Err(PassthroughError::OutOfRegion { index, offset, len }),
+            Some(end) if end <= region.size => region.offset.checked_add(offset).ok_or_else(out),
+            _ => Err(out()),
         }
     }
 }
 
 impl PassthroughDevice for KernelVfio {
     fn region_info(&self, index: u32) -> Option<RegionInfo> {
-        let size = self.device.get_region_size(index);
-        (size > 0).then(|| RegionInfo {
-            flags: self.device.get_region_flags(index),
-            size,
-            offset: self.device.get_region_offset(index),
-        })
+        self.sys
+            .region_info(index)
+            .map(|r| r.info)
+            .filter(|info| info.size > 0)
     }
 
     fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), PassthroughError> {
-        self.check(index, offset, buf.len())?;
-        self.device.region_read(index, buf, offset);
-        Ok(())
+        let at = self.locate(index, offset, buf.len())?;
+        self.sys
+            .pread(at, buf)
+            .map_err(|e| kernel("region read", e))
     }
 
     fn region_write(&self, index: u32, offset: u64, buf: &[u8]) -> Result<(), PassthroughError> {
-        self.check(index, offset, buf.len())?;
-        self.device.region_write(index, buf, offset);
-        Ok(())
+        let at = self.locate(index, offset, buf.len())?;
+        self.sys
+            .pwrite(at, buf)
+            .map_err(|e| kernel("region write", e))
+    }
+
+    /// The sparse-mmap areas if the region has them, else the whole
+    /// region, if it is mmappable at all; an area that is not whole pages
+    /// or runs past the region is left out, since it could not back a
+    /// memslot without exposing what lies beside it.
+    fn mmap_areas(&self, index: u32) -> Vec<MmapArea> {
+        let Some(region) = self.sys.region_info(index) else {
+            return Vec::new();
+        };
+        let info = region.info;
+        if info.size == 0 || !info.mmappable() {
+            return Vec::new();
+        }
+        let areas = region.sparse_mmap.unwrap_or_else(|| {
+            vec![MmapArea {
+                offset: 0,
+                size: info.size,
+            }]
+        });
+        usable_areas(areas, info.size)
+    }
+
+    fn mmap(&self, index: u32, area: MmapArea) -> Result<RegionMapping, PassthroughError> {
+        let fail = |reason: String| PassthroughError::Map {
+            index,
+            offset: area.offset,
+            reason,
+        };
+        if !self.mmap_areas(index).contains(&area) {
+            return Err(fail(format!(
+                "{:#x} bytes at {:#x} is not an mmap area of the region",
+                area.size, area.offset
+            )));
+        }
+        let region = self
+            .region_info(index)
+            .ok_or_else(|| fail("the region is gone".into()))?;
+        let file = self.sys.device_file().map_err(|e| fail(e.to_string()))?;
+        RegionMapping::map(file, region.offset, index, area)
     }
 
     fn irq_count(&self, kind: IrqKind) -> u32 {
-        self.device
-            .get_irq_info(kind.vfio_index())
-            .map_or(0, |i| i.count)
+        self.sys.irq_count(kind.vfio_index())
     }
 
     fn enable_irq(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), PassthroughError> {
         PassthroughError::check_irq_count(kind, self.irq_count(kind), fds.len())?;
-        self.device
-            .enable_irq(kind.vfio_index(), fds.to_vec())
+        self.sys
+            .set_irqs(kind.vfio_index(), SetIrqs::Trigger(fds))
             .map_err(|e| kernel("enable interrupts", e))
     }
 
     fn disable_irq(&self, kind: IrqKind) -> Result<(), PassthroughError> {
-        self.device
-            .disable_irq(kind.vfio_index())
+        self.sys
+            .set_irqs(kind.vfio_index(), SetIrqs::Disable)
             .map_err(|e| kernel("disable interrupts", e))
     }
 
     fn unmask_irq(&self, kind: IrqKind) -> Result<(), PassthroughError> {
-        self.device
-            .unmask_irq(kind.vfio_index())
+        self.sys
+            .set_irqs(kind.vfio_index(), SetIrqs::Unmask)
             .map_err(|e| kernel("unmask interrupts", e))
     }
 
@@ -145,73 +195,18 @@ impl PassthroughDevice for KernelVfio {
         // memory's own regions); the IOMMU pins it until `dma_unmap` or
         // the container is closed, which happens before that memory is
         // unmapped since the VM owns both.
-        unsafe {
-            self.container
-                .vfio_dma_map(range.iova, size, range.host_addr as *mut u8)
-        }
-        .map_err(|e| kernel("DMA map", e))
+        unsafe { self.sys.dma_map(range.iova, size, range.host_addr) }
+            .map_err(|e| kernel("DMA map", e))
     }
 
     fn dma_unmap(&self, iova: u64, size: u64) -> Result<(), PassthroughError> {
         let size = usize::try_from(size).map_err(|e| kernel("DMA unmap", e))?;
-        self.container
-            .vfio_dma_unmap(iova, size)
+        self.sys
+            .dma_unmap(iova, size)
             .map_err(|e| kernel("DMA unmap", e))
     }
 
     fn reset(&self) -> Result<(), PassthroughError> {
-        self.device.reset();
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_become_sysfs_paths() {
-        assert_eq!(
-            sysfs_path("0000:01:00.0"),
-            Path::new("/sys/bus/pci/devices/0000:01:00.0")
-        );
-        assert_eq!(sysfs_path("/sys/devices/x"), Path::new("/sys/devices/x"));
-    }
-
-    #[test]
-    fn a_host_without_vfio_is_named_first() {
-        if Path::new("/dev/vfio/vfio").exists() {
-            return;
-        }
-        let why = missing_support(Path::new("/sys/bus/pci/devices/0000:01:00.0")).unwrap();
-        assert!(why.starts_with("/dev/vfio/vfio is missing"), "{why}");
-        let err = KernelVfio::open(Path::new("/sys/bus/pci/devices/0000:01:00.0"))
-            .err()
-            .expect("no container without /dev/vfio");
-        assert!(err.to_string().contains("open container"), "{err}");
-    }
-
-    /// Real passthrough: config space and BAR sizes of a device bound to
-    /// vfio-pci, through the same function the vfio-user backend uses.
-    #[test]
-    #[ignore = "needs /dev/vfio and a device bound to vfio-pci: set WASMVISOR_VFIO_BDF"]
-    fn a_bound_device_shows_its_config_space_through_the_function() {
-        let bdf = std::env::var("WASMVISOR_VFIO_BDF").expect("WASMVISOR_VFIO_BDF=0000:BB:DD.F");
-        let path = sysfs_path(&bdf);
-        if let Some(why) = missing_support(&path) {
-            panic!("{why}");
-        }
-        let device: Arc<dyn PassthroughDevice> = Arc::new(KernelVfio::open(&path).unwrap());
-        let mut id = [0u8; 4];
-        device
-            .region_read(crate::passthrough::CONFIG_REGION, 0, &mut id)
-            .unwrap();
-        let vendor = std::fs::read_to_string(path.join("vendor")).unwrap();
-        let vendor = u16::from_str_radix(vendor.trim().trim_start_matches("0x"), 16).unwrap();
-        assert_eq!(u16::from_le_bytes([id[0], id[1]]), vendor);
-        let sink = Arc::new(wasmvisor_pci::RecordedInterrupts::default());
-        let mut function = crate::VfioPciFunction::new(device, sink).unwrap();
-        use wasmvisor_pci::PciDevice;
-        assert_eq!(function.config_read(0, 2), u32::from(vendor));
+        self.sys.reset().map_err(|e| kernel("reset", e))
     }
 }

@@ -37,10 +37,16 @@ pub use fake::{FakeCall, FakeDevice};
 pub use function::{FunctionError, VfioPciFunction};
 pub use interrupts::{InterruptThread, Interrupts};
 pub use kernel::{missing_support, sysfs_path, KernelVfio};
-pub use memory::{dma_map_guest_memory, dma_ranges, memfd_guest_memory, MappedDma, MemoryError};
-pub use passthrough::{
-    DmaRange, IrqKind, PassthroughDevice, PassthroughError, RegionInfo, CONFIG_REGION,
+pub use kernel::{
+    FakeRegion, FakeVfio, IoctlSys, IrqAction, SetIrqs, SysCall, SysOp, SysRegion, VfioSys,
 };
-pub use server::{ServerError, TestDeviceBackend, TestDeviceServer};
+pub use memory::{
+    dma_map_guest_memory, dma_ranges, memfd, memfd_guest_memory, MappedDma, MemoryError,
+};
+pub use passthrough::{
+    usable_areas, DmaRange, IrqKind, MmapArea, PassthroughDevice, PassthroughError, RegionInfo,
+    RegionMapping, CONFIG_REGION,
+};
+pub use server::{ServerError, TestDeviceBackend, TestDeviceServer, SHARED_BAR, SHARED_BAR_SIZE};
 pub use shadow::ShadowError;
 pub use user::VfioUserDevice;

@@ -28,6 +28,21 @@ pub enum MemoryError {
     Map(String),
 }
 
+/// A new memfd of `size` zero bytes: memory another process can map.
+pub fn memfd(name: &CStr, size: u64) -> std::io::Result<File> {
+    // SAFETY: `name` is a NUL-terminated string that outlives the call,
+    // and the flags are valid; the kernel returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create, is open, and nothing
+    // else owns it.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size)?;
+    Ok(file)
+}
+
 /// Guest RAM for the `ranges` (address, bytes; sorted, not overlapping),
 /// backed by one memfd, each range at the next offset in it. A vfio-user
 /// device needs this: the server maps guest RAM from the fd it is sent
@@ -35,18 +50,8 @@ pub enum MemoryError {
 pub fn memfd_guest_memory(
     ranges: &[(GuestAddress, usize)],
 ) -> Result<GuestMemoryMmap, MemoryError> {
-    const NAME: &CStr = c"wasmvisor-guest-ram";
-    // SAFETY: NAME is a NUL-terminated string that outlives the call, and
-    // the flags are valid; the kernel returns a new fd or -1.
-    let fd = unsafe { libc::memfd_create(NAME.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` was just returned by memfd_create, is open, and nothing
-    // else owns it.
-    let file = Arc::new(unsafe { File::from_raw_fd(fd) });
     let total: u64 = ranges.iter().map(|&(_, len)| len as u64).sum();
-    file.set_len(total).map_err(MemoryError::Memfd)?;
+    let file = Arc::new(memfd(c"wasmvisor-guest-ram", total).map_err(MemoryError::Memfd)?);
     let mut offset = 0;
     let with_files: Vec<_> = ranges
         .iter()

@@ -5,6 +5,7 @@
 //! and tested once.
 
 use std::fmt;
+use std::fs::File;
 use std::os::fd::BorrowedFd;
 
 use thiserror::Error;
@@ -12,6 +13,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX,
     VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
+use vm_memory::{FileOffset, MmapRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 /// The region index of configuration space, as VFIO numbers regions:
@@ -41,8 +43,8 @@ impl RegionInfo {
         self.flags & VFIO_REGION_INFO_FLAG_WRITE != 0
     }
 
-    /// It could be mapped into the guest instead of trapped. This version
-    /// always traps, so policies see every BAR access.
+    /// Parts of it can be mapped into the guest instead of trapped (see
+    /// [`PassthroughDevice::mmap_areas`]).
     pub fn mmappable(&self) -> bool {
         self.flags & VFIO_REGION_INFO_FLAG_MMAP != 0
     }
@@ -99,6 +101,104 @@ pub struct DmaRange<'a> {
     pub fd_offset: u64,
 }
 
+/// A part of a region, relative to the region's start, that the backend
+/// can map into the VMM (a sparse mmap area, or the whole region).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmapArea {
+    /// Where the area starts in the region.
+    pub offset: u64,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// An area of a region mapped into the VMM's address space, shared with
+/// the device (its BAR memory, or the server's memory behind it), so it
+/// can back a KVM memslot. Unmapped on drop.
+pub struct RegionMapping {
+    mmap: MmapRegion<()>,
+    index: u32,
+    area: MmapArea,
+}
+
+impl fmt::Debug for RegionMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegionMapping")
+            .field("index", &self.index)
+            .field("area", &self.area)
+            .field("host_addr", &format_args!("{:#x}", self.host_addr()))
+            .finish()
+    }
+}
+
+impl RegionMapping {
+    /// Maps `area` of region `index`, found at `region_offset` in `file`,
+    /// shared and read-write.
+    pub fn map(
+        file: File,
+        region_offset: u64,
+        index: u32,
+        area: MmapArea,
+    ) -> Result<RegionMapping, PassthroughError> {
+        let fail = |reason: String| PassthroughError::Map {
+            index,
+            offset: area.offset,
+            reason,
+        };
+        let size = usize::try_from(area.size).map_err(|e| fail(e.to_string()))?;
+        if size == 0 || !area.size.is_multiple_of(PAGE) || !area.offset.is_multiple_of(PAGE) {
+            return Err(fail(format!(
+                "{:#x} bytes at {:#x} is not whole pages",
+                area.size, area.offset
+            )));
+        }
+        let start = region_offset
+            .checked_add(area.offset)
+            .ok_or_else(|| fail("offset overflows".into()))?;
+        let mmap = MmapRegion::build(
+            Some(FileOffset::new(file, start)),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        Ok(RegionMapping { mmap, index, area })
+    }
+
+    /// Where the mapping starts in the VMM.
+    pub fn host_addr(&self) -> u64 {
+        self.mmap.as_ptr() as u64
+    }
+
+    /// The region it maps.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The part of the region it maps.
+    pub fn area(&self) -> MmapArea {
+        self.area
+    }
+}
+
+/// Mappings are whole host pages.
+const PAGE: u64 = 4096;
+
+/// The areas a backend offers that can really be mapped: whole pages,
+/// inside the region of `region_size` bytes. The others stay trapped.
+pub fn usable_areas(areas: Vec<MmapArea>, region_size: u64) -> Vec<MmapArea> {
+    areas
+        .into_iter()
+        .filter(|a| {
+            a.size > 0
+                && a.offset.is_multiple_of(PAGE)
+                && a.size.is_multiple_of(PAGE)
+                && a.offset
+                    .checked_add(a.size)
+                    .is_some_and(|end| end <= region_size)
+        })
+        .collect()
+}
+
 /// A device a PCI function is passed through from. Object-safe, so the
 /// function holds an `Arc<dyn PassthroughDevice>` whatever the backend.
 /// Accesses take `&self`: backends serialize internally, and interrupt
@@ -113,6 +213,23 @@ pub trait PassthroughDevice: Send + Sync {
 
     /// Writes `buf` at `offset` of region `index`.
     fn region_write(&self, index: u32, offset: u64, buf: &[u8]) -> Result<(), PassthroughError>;
+
+    /// The parts of region `index` that [`PassthroughDevice::mmap`] can
+    /// map, page-aligned; empty if every access must be trapped.
+    fn mmap_areas(&self, index: u32) -> Vec<MmapArea> {
+        let _ = index;
+        Vec::new()
+    }
+
+    /// Maps `area` (one of [`PassthroughDevice::mmap_areas`]) of region
+    /// `index` into the VMM.
+    fn mmap(&self, index: u32, area: MmapArea) -> Result<RegionMapping, PassthroughError> {
+        Err(PassthroughError::Map {
+            index,
+            offset: area.offset,
+            reason: "the backend maps nothing".into(),
+        })
+    }
 
     /// How many vectors of `kind` the device has (0: none).
     fn irq_count(&self, kind: IrqKind) -> u32;
@@ -160,6 +277,16 @@ pub enum PassthroughError {
         available: u32,
         /// The vectors asked for.
         requested: usize,
+    },
+    /// A region area could not be mapped.
+    #[error("cannot map region {index} at {offset:#x}: {reason}")]
+    Map {
+        /// The region.
+        index: u32,
+        /// Where the area starts in it.
+        offset: u64,
+        /// Why.
+        reason: String,
     },
     /// vfio-user maps DMA by file descriptor.
     #[error(

@@ -1,30 +1,44 @@
 //! A vfio-user server for [`TestDevice`]: the emulated test device served
 //! to another process as if it were hardware. Configuration space is
-//! region [`CONFIG_REGION`], BAR 0 region 0; the device's DMA goes to the
-//! memory the client maps, and its interrupts to the eventfds the client
-//! sets. It is the other end of [`crate::VfioUserDevice`] in tests and
+//! region [`CONFIG_REGION`], BAR 0 (the registers) region 0; the device's
+//! DMA goes to the memory the client maps, and its interrupts to the
+//! eventfds the client sets. BAR 2 is plain memory shared with the
+//! client through a memfd (a sparse mmap area covering the region), as a
+//! device's on-board memory or a doorbell page would be, so the client can
+//! map it into its guest instead of trapping every access. It is the other end of [`crate::VfioUserDevice`] in tests and
 //! the example for writing other device servers.
 
 use std::fs::File;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use thiserror::Error;
+use tracing::warn;
 use vfio_bindings::bindings::vfio::{
-    vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER,
-    VFIO_IRQ_SET_ACTION_TYPE_MASK, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_PCI_NUM_IRQS,
-    VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    vfio_region_info, vfio_region_sparse_mmap_area, VFIO_IRQ_INFO_EVENTFD,
+    VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_TYPE_MASK,
+    VFIO_IRQ_SET_ACTION_UNMASK, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
-use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
+use vfio_user::{
+    DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion, SparseArea,
+};
 use vmm_sys_util::eventfd::EventFd;
 use wasmvisor_pci::{
     reg, InterruptError, InterruptSink, MsiMessage, PciDevice, TestDevice, CAP_ID_MSI,
     CONFIG_SPACE_SIZE,
 };
 
-use crate::memory::MappedDma;
+use crate::memory::{memfd, MappedDma};
 use crate::passthrough::{IrqKind, CONFIG_REGION};
+
+/// The region of the shared-memory BAR.
+pub const SHARED_BAR: u32 = 2;
+/// Its size: 64 KiB, sixteen pages, so a policy can trap one of them and
+/// leave the others mapped.
+pub const SHARED_BAR_SIZE: u64 = 0x1_0000;
 
 /// Why the server stopped.
 #[derive(Debug, Error)]
@@ -97,30 +111,29 @@ impl InterruptSink for EventFdSink {
 /// The test device as a vfio-user backend.
 pub struct TestDeviceBackend {
     device: TestDevice,
+    /// BAR 2's memory, shared with the client.
+    shared: File,
     dma: Arc<MappedDma>,
     irqs: Arc<EventFdSink>,
     /// Every DMA map received, as (IOVA, bytes), across clients.
     dma_history: Vec<(u64, u64)>,
 }
 
-impl Default for TestDeviceBackend {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl TestDeviceBackend {
-    /// A test device at power-on, with no memory mapped.
-    pub fn new() -> TestDeviceBackend {
+    /// A test device at power-on, with no memory mapped; fails only if
+    /// BAR 2's memfd cannot be made.
+    pub fn new() -> std::io::Result<TestDeviceBackend> {
         let dma = Arc::new(MappedDma::default());
         let irqs = Arc::new(EventFdSink::default());
         let device = TestDevice::new(dma.clone(), Some(irqs.clone()));
-        TestDeviceBackend {
+        let shared = memfd(c"wasmvisor-testdev-bar2", SHARED_BAR_SIZE)?;
+        Ok(TestDeviceBackend {
             device,
+            shared,
             dma,
             irqs,
             dma_history: Vec::new(),
-        }
+        })
     }
 
     /// The memory the client has mapped, as (IOVA, bytes).
@@ -139,21 +152,45 @@ impl TestDeviceBackend {
         &self.dma_history
     }
 
-    /// The regions it serves: BAR 0 and configuration space; the others
-    /// exist with size 0, since the protocol indexes regions by position.
-    pub fn regions() -> Vec<ServerRegion> {
+    /// The sum of BAR 2's little-endian dwords: what the guest left in
+    /// the shared memory, in one number for the server's report.
+    pub fn shared_sum(&self) -> std::io::Result<u32> {
+        let mut bytes = vec![0u8; SHARED_BAR_SIZE as usize];
+        self.shared.read_exact_at(&mut bytes, 0)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|d| u32::from_le_bytes([d[0], d[1], d[2], d[3]]))
+            .fold(0u32, u32::wrapping_add))
+    }
+
+    /// The regions it serves: BAR 0, BAR 2 (mappable, by the memfd) and
+    /// configuration space; the others exist with size 0, since the
+    /// protocol indexes regions by position.
+    pub fn regions(&self) -> Vec<ServerRegion> {
         (0..VFIO_PCI_NUM_REGIONS)
             .map(|index| {
                 let size = match index {
                     0 => TestDevice::BAR_SIZE,
+                    SHARED_BAR => SHARED_BAR_SIZE,
                     CONFIG_REGION => CONFIG_SPACE_SIZE as u64,
                     _ => 0,
                 };
-                let flags = if size > 0 {
+                let mut flags = if size > 0 {
                     VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
                 } else {
                     0
                 };
+                let mut sparse_areas = Vec::new();
+                let mut mmap_fd = None;
+                if index == SHARED_BAR {
+                    flags |= VFIO_REGION_INFO_FLAG_MMAP;
+                    // The protocol only sends the fd with a sparse mmap
+                    // capability, so the whole region is one area.
+                    sparse_areas.push(SparseArea {
+                        area: vfio_region_sparse_mmap_area { offset: 0, size },
+                    });
+                    mmap_fd = Some(self.shared.as_raw_fd());
+                }
                 ServerRegion {
                     region_info: vfio_region_info {
                         argsz: std::mem::size_of::<vfio_region_info>() as u32,
@@ -163,8 +200,8 @@ impl TestDeviceBackend {
                         size,
                         offset: 0,
                     },
-                    sparse_areas: Vec::new(),
-                    mmap_fd: None,
+                    sparse_areas,
+                    mmap_fd,
                 }
             })
             .collect()
@@ -239,8 +276,20 @@ fn out_of_range() -> std::io::Error {
     std::io::Error::from(std::io::ErrorKind::InvalidInput)
 }
 
+/// Refuses a trapped access to BAR 2 that is not inside it.
+fn check_shared(offset: u64, len: usize) -> std::io::Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= SHARED_BAR_SIZE => Ok(()),
+        _ => Err(out_of_range()),
+    }
+}
+
 impl ServerBackend for TestDeviceBackend {
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        if region == SHARED_BAR {
+            check_shared(offset, data.len())?;
+            return self.shared.read_exact_at(data, offset);
+        }
         let mut pos = 0;
         for (o, size) in chunks(offset, data.len(), if region == 0 { 8 } else { 4 }) {
             let value = match region {
@@ -258,6 +307,10 @@ impl ServerBackend for TestDeviceBackend {
     }
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if region == SHARED_BAR {
+            check_shared(offset, data.len())?;
+            return self.shared.write_all_at(data, offset);
+        }
         let mut pos = 0;
         for (o, size) in chunks(offset, data.len(), if region == 0 { 8 } else { 4 }) {
             let mut bytes = [0u8; 8];
@@ -356,23 +409,29 @@ pub struct TestDeviceServer {
 }
 
 impl TestDeviceServer {
-    /// Listens on `socket`, which must not exist yet.
-    pub fn bind(socket: &Path) -> Result<TestDeviceServer, ServerError> {
-        let server = Server::new(
-            socket,
-            true,
-            TestDeviceBackend::irqs(),
-            TestDeviceBackend::regions(),
-        )
-        .map_err(|source| ServerError::Bind {
-            path: socket.display().to_string(),
-            source,
-        })?;
+    /// Listens on `socket`, which must not exist yet, for `backend`
+    /// (whose shared memory the regions name).
+    pub fn bind(
+        socket: &Path,
+        backend: &TestDeviceBackend,
+    ) -> Result<TestDeviceServer, ServerError> {
+        let server = Server::new(socket, true, TestDeviceBackend::irqs(), backend.regions())
+            .map_err(|source| ServerError::Bind {
+                path: socket.display().to_string(),
+                source,
+            })?;
         Ok(TestDeviceServer { server })
     }
 
-    /// Serves one client until it disconnects.
+    /// Serves one client until it disconnects. The client finds BAR 2
+    /// zeroed, as at power-on.
     pub fn serve_one(&self, backend: &mut TestDeviceBackend) -> Result<(), ServerError> {
+        if let Err(e) = backend
+            .shared
+            .write_all_at(&[0; SHARED_BAR_SIZE as usize], 0)
+        {
+            warn!("cannot clear BAR 2: {e}");
+        }
         let result = self.server.run(backend).map_err(ServerError::Connection);
         // The next client starts from a device at power-on.
         backend.dma.clear();

@@ -10,12 +10,15 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD,
-    VFIO_IRQ_SET_DATA_NONE,
+    VFIO_IRQ_SET_DATA_NONE, VFIO_REGION_INFO_FLAG_MMAP,
 };
 use vfio_user::Client;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::passthrough::{DmaRange, IrqKind, PassthroughDevice, PassthroughError, RegionInfo};
+use crate::passthrough::{
+    usable_areas, DmaRange, IrqKind, MmapArea, PassthroughDevice, PassthroughError, RegionInfo,
+    RegionMapping,
+};
 
 /// A vfio-user device, connected.
 pub struct VfioUserDevice {
@@ -81,6 +84,57 @@ impl PassthroughDevice for VfioUserDevice {
         self.client()
             .region_write(index, offset, buf)
             .map_err(user("region write"))
+    }
+
+    fn mmap_areas(&self, index: u32) -> Vec<MmapArea> {
+        let client = self.client();
+        let Some(region) = client.region(index) else {
+            return Vec::new();
+        };
+        // Only a region the server sent an fd for can be mapped.
+        if region.flags & VFIO_REGION_INFO_FLAG_MMAP == 0 || region.file_offset.is_none() {
+            return Vec::new();
+        }
+        let areas: Vec<MmapArea> = if region.sparse_areas.is_empty() {
+            vec![MmapArea {
+                offset: 0,
+                size: region.size,
+            }]
+        } else {
+            region
+                .sparse_areas
+                .iter()
+                .map(|a| MmapArea {
+                    offset: a.offset,
+                    size: a.size,
+                })
+                .collect()
+        };
+        usable_areas(areas, region.size)
+    }
+
+    fn mmap(&self, index: u32, area: MmapArea) -> Result<RegionMapping, PassthroughError> {
+        if !self.mmap_areas(index).contains(&area) {
+            return Err(PassthroughError::Map {
+                index,
+                offset: area.offset,
+                reason: "not an area the server offers for mapping".into(),
+            });
+        }
+        let client = self.client();
+        let file_offset = client
+            .region(index)
+            .and_then(|r| r.file_offset.as_ref())
+            .expect("mmap_areas checked the fd");
+        let file = file_offset
+            .file()
+            .try_clone()
+            .map_err(|e| PassthroughError::Map {
+                index,
+                offset: area.offset,
+                reason: e.to_string(),
+            })?;
+        RegionMapping::map(file, file_offset.start(), index, area)
     }
 
     fn irq_count(&self, kind: IrqKind) -> u32 {

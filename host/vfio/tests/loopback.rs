@@ -35,9 +35,9 @@ fn loopback(name: &str) -> Loopback {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("testdev.sock");
-    let server = TestDeviceServer::bind(&socket).unwrap();
+    let mut backend = TestDeviceBackend::new().unwrap();
+    let server = TestDeviceServer::bind(&socket, &backend).unwrap();
     let handle = std::thread::spawn(move || {
-        let mut backend = TestDeviceBackend::new();
         server.serve_one(&mut backend).unwrap();
         backend.dma_history().to_vec()
     });

@@ -13,4 +13,11 @@ pub trait BuiltinDevice: Send + Sync {
     fn claims(&self) -> (Vec<RangeInclusive<u16>>, Vec<GpaRange>);
     /// Answers one access in its ranges.
     fn handle(&self, event: &ExitEvent, completion: &mut Completion);
+    /// Learns the MMIO ranges the loaded policies subscribe to (at start
+    /// and after each hot swap, with the vCPUs held): a device that maps
+    /// memory into the guest keeps those ranges trapped so the policies
+    /// see them.
+    fn set_policy_mmio(&self, ranges: &[GpaRange]) {
+        let _ = ranges;
+    }
 }

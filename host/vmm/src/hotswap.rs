@@ -19,6 +19,7 @@ use serde::Serialize;
 use wasmvisor_exit::{GpaRange, Routes, Subscriptions};
 use wasmvisor_kvm::{CpuidEntry, Vm};
 
+use crate::builtin::BuiltinDevice;
 use crate::config::PolicySpec;
 use crate::cpuid::{ask, entries_of};
 use crate::policy_set::{unique_name, PolicyEnv, Prepared, Slot};
@@ -90,6 +91,8 @@ pub struct HotSwap {
     quiesce: Arc<Quiesce>,
     kick: Box<dyn Fn() + Send + Sync>,
     builtin_claims: Vec<(Vec<RangeInclusive<u16>>, Vec<GpaRange>)>,
+    /// Told of the policies' MMIO ranges after each change.
+    builtins: Vec<Arc<dyn BuiltinDevice>>,
     /// The CPUID table the vCPUs were started with (before per-vCPU APIC
     /// IDs): fixed from the first KVM_RUN on.
     cpuid: Vec<CpuidEntry>,
@@ -104,6 +107,7 @@ pub(crate) struct HotSwapParts {
     pub quiesce: Arc<Quiesce>,
     pub kick: Box<dyn Fn() + Send + Sync>,
     pub builtin_claims: Vec<(Vec<RangeInclusive<u16>>, Vec<GpaRange>)>,
+    pub builtins: Vec<Arc<dyn BuiltinDevice>>,
     pub cpuid: Vec<CpuidEntry>,
     pub default_deadline: Option<Duration>,
     pub slots: Vec<Slot>,
@@ -118,6 +122,7 @@ impl HotSwap {
             quiesce: parts.quiesce,
             kick: parts.kick,
             builtin_claims: parts.builtin_claims,
+            builtins: parts.builtins,
             cpuid: parts.cpuid,
             default_deadline: parts.default_deadline,
             state: Mutex::new(State {
@@ -229,6 +234,7 @@ impl HotSwap {
             .collect();
         let routes =
             Arc::new(Routes::build(&subs, &self.builtin_claims).map_err(|e| e.to_string())?);
+        let policy_mmio: Vec<GpaRange> = subs.iter().flat_map(|s| s.mmio.iter().copied()).collect();
         let prepare_us = started.elapsed().as_micros() as u64;
         let cache = prepared
             .as_ref()
@@ -264,6 +270,11 @@ impl HotSwap {
         if let Err(e) = self.commit_vm_state(&state, index, prepared.as_ref(), &routes) {
             self.quiesce.resume(Vec::new());
             return Err(e);
+        }
+        // Mapped device memory the new policies subscribe to is trapped
+        // (and what they dropped is mapped) before any vCPU runs again.
+        for b in &self.builtins {
+            b.set_policy_mmio(&policy_mmio);
         }
         if index == state.names.len() {
             state.names.push(name.clone());

@@ -2,6 +2,7 @@
 //! go through the policy pipeline, and reports how it ended.
 
 pub mod acpi;
+mod bar_maps;
 mod builtin;
 pub mod config;
 pub mod control;

@@ -238,6 +238,13 @@ pub fn run_with_native(
     for p in &prepared {
         p.activate()?;
     }
+    let policy_mmio: Vec<GpaRange> = prepared
+        .iter()
+        .flat_map(|p| p.slot.subs.mmio.iter().copied())
+        .collect();
+    for b in &builtins {
+        b.set_policy_mmio(&policy_mmio);
+    }
     let names: Vec<String> = prepared.iter().map(|p| p.slot.name.clone()).collect();
 
     let builtin_claims: Vec<(Vec<std::ops::RangeInclusive<u16>>, Vec<GpaRange>)> =
@@ -305,6 +312,7 @@ pub fn run_with_native(
             quiesce,
             kick: Box::new(move || kicks.kick_all()),
             builtin_claims,
+            builtins: builtins.clone(),
             cpuid,
             default_deadline: config.policy_deadline,
             slots,

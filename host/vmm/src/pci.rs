@@ -27,6 +27,7 @@ use wasmvisor_vfio::{
     KernelVfio, PassthroughDevice, VfioPciFunction, VfioUserDevice,
 };
 
+use crate::bar_maps::BarMaps;
 use crate::builtin::BuiltinDevice;
 use crate::config::DeviceSpec;
 use crate::error::VmmError;
@@ -157,6 +158,9 @@ pub struct PciPlatform {
     dma_mapped: Vec<GpaRange>,
     /// Each passthrough device's `--device` label and interrupt path.
     passthrough: Vec<(String, Arc<Interrupts>)>,
+    /// Passthrough BAR memory mapped into the guest, and the bus route
+    /// generation it was computed for. Locked after `bus`.
+    maps: Mutex<(BarMaps, u64)>,
 }
 
 impl PciPlatform {
@@ -218,7 +222,11 @@ impl PciPlatform {
                 })
                 .collect()
         };
+        let mut maps = BarMaps::new(vm.memslots());
+        maps.sync(&bus.direct_maps());
+        let generation = bus.generation();
         Ok(PciPlatform {
+            maps: Mutex::new((maps, generation)),
             bus: Mutex::new(bus),
             layout,
             _interrupt_threads: threads,
@@ -235,9 +243,23 @@ impl PciPlatform {
                 device: label.clone(),
                 irq_routes: irqs.routes_made(),
                 irqs_by_vmm: irqs.delivered_by_vmm(),
-                mapped_bar_bytes: 0,
+                mapped_bar_bytes: self.lock_maps().0.peak_bytes(),
             })
             .collect()
+    }
+
+    fn lock_maps(&self) -> std::sync::MutexGuard<'_, (BarMaps, u64)> {
+        self.maps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remaps passthrough BAR memory if the guest moved, enabled or
+    /// disabled a BAR since the last look.
+    fn follow_bars(&self, bus: &PciBus) {
+        let mut maps = self.lock_maps();
+        if maps.1 != bus.generation() {
+            maps.0.sync(&bus.direct_maps());
+            maps.1 = bus.generation();
+        }
     }
 
     /// The guest-physical ranges passthrough devices can reach by DMA.
@@ -301,6 +323,14 @@ fn to_range(w: &wasmvisor_pci::Window) -> GpaRange {
 }
 
 impl BuiltinDevice for PciPlatform {
+    fn set_policy_mmio(&self, ranges: &[GpaRange]) {
+        let bus = self.bus.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut maps = self.lock_maps();
+        maps.0.set_trapped(ranges.to_vec());
+        maps.0.sync(&bus.direct_maps());
+        maps.1 = bus.generation();
+    }
+
     fn claims(&self) -> (Vec<RangeInclusive<u16>>, Vec<GpaRange>) {
         let io = &self.layout.io;
         let ports = vec![
@@ -324,6 +354,7 @@ impl BuiltinDevice for PciPlatform {
                 }
                 Direction::Write => {
                     bus.pio_write(io.port, io.size, io.data);
+                    self.follow_bars(&bus);
                 }
             },
             ExitKind::Mmio(m) => match m.direction {
@@ -333,6 +364,7 @@ impl BuiltinDevice for PciPlatform {
                 }
                 Direction::Write => {
                     bus.mmio_write(m.gpa, m.size, m.data);
+                    self.follow_bars(&bus);
                 }
             },
             _ => {}

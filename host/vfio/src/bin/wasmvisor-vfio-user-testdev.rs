@@ -18,14 +18,20 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let server = match TestDeviceServer::bind(&args.socket) {
+    let mut backend = match TestDeviceBackend::new() {
+        Ok(backend) => backend,
+        Err(e) => {
+            eprintln!("wasmvisor-vfio-user-testdev: cannot create the device: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = match TestDeviceServer::bind(&args.socket, &backend) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("wasmvisor-vfio-user-testdev: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let mut backend = TestDeviceBackend::new();
     loop {
         let served = server.serve_one(&mut backend);
         // What the client gave the device and what the device did with
@@ -36,6 +42,10 @@ fn main() -> ExitCode {
         for (write, gpa, len) in backend.take_dma_accesses() {
             let what = if write { "write" } else { "read" };
             eprintln!("wasmvisor-vfio-user-testdev: device dma {what} of {len} bytes at {gpa:#x}");
+        }
+        match backend.shared_sum() {
+            Ok(sum) => eprintln!("wasmvisor-vfio-user-testdev: bar2 sum {sum:08x}"),
+            Err(e) => eprintln!("wasmvisor-vfio-user-testdev: cannot read BAR 2: {e}"),
         }
         if let Err(e) = served {
             eprintln!("wasmvisor-vfio-user-testdev: {e}");
