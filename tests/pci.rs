@@ -142,6 +142,7 @@ fn the_guest_enumerates_sizes_and_drives_the_test_device() {
             "pci: bar0 e8000000 size 00001000".to_string(),
             "pci: id WVTD".to_string(),
             "pci: msi vector 0x40 delivered 01".to_string(),
+            "pci: msix vector 0x41 delivered 01".to_string(),
             "pci: dma fill status 01, every byte ok".to_string(),
             format!("pci: dma sum {:08x}", expected_sum()),
             "pci: command after the second write 0002".to_string(),
@@ -216,8 +217,12 @@ fn a_policy_keeps_device_dma_inside_its_window_and_audits_the_doorbell() {
         .filter(|e| e["policy"] == "pci-guard")
         .collect();
     let kinds: Vec<&str> = ours.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["doorbell", "dma-denied"], "{ours:?}");
-    assert_eq!(ours[1]["data"]["address"], 393216);
+    // The MSI doorbell (vector 0), the MSI-X one (vector 1), then the
+    // refused DMA address.
+    assert_eq!(kinds, ["doorbell", "doorbell", "dma-denied"], "{ours:?}");
+    assert_eq!(ours[0]["data"]["value"], 0);
+    assert_eq!(ours[1]["data"]["value"], 1);
+    assert_eq!(ours[2]["data"]["address"], 393216);
 }
 
 #[test]
@@ -256,23 +261,24 @@ fn the_guest_drives_a_vfio_user_device_server_which_sees_its_dma() {
             "pci: bar0 e8010000 size 00001000".to_string(),
             "pci: id WVTD".to_string(),
             "pci: msi vector 0x40 delivered 01".to_string(),
+            "pci: msix vector 0x41 delivered 01".to_string(),
             "pci: dma fill status 01, every byte ok".to_string(),
             format!("pci: dma sum {:08x}", expected_sum()),
             "pci: bar2 e8000000".to_string(),
             format!("pci: bar2 sum {:08x}", bar2_sum()),
         ],
     );
-    // MSI and INTx went to KVM irqfds, the VMM delivered nothing itself,
-    // and BAR 2 was a memslot: its 32768 accesses made no MMIO exit (the
-    // 9 left are BAR 0's registers).
+    // INTx, MSI and then MSI-X went to KVM irqfds, the VMM delivered
+    // nothing itself, and BAR 2 was a memslot: its 32768 accesses made no
+    // MMIO exit (the 14 left are BAR 0's registers and MSI-X table).
     assert!(
         r.stderr.contains(&format!(
-            "device {device}: 2 interrupt routes through KVM irqfds, 0 interrupts delivered by the VMM, 65536 bytes of BARs mapped"
+            "device {device}: 3 interrupt routes through KVM irqfds, 0 interrupts delivered by the VMM, 65536 bytes of BARs mapped"
         )),
         "{}",
         r.stderr
     );
-    assert_eq!(mmio_exits(&r.stderr), 9, "{}", r.stderr);
+    assert_eq!(mmio_exits(&r.stderr), 14, "{}", r.stderr);
     // The server reports once the VM has gone away.
     let log = server_log(&server, "bar2 sum");
     assert_has_lines(
@@ -342,13 +348,13 @@ fn a_policy_subscribed_to_one_page_of_a_mapped_bar_traps_only_that_page() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_has_lines(&r.stdout, &[format!("pci: bar2 sum {:08x}", bar2_sum())]);
     // Fifteen pages stayed mapped; the trapped one made 1024 writes and
-    // 1024 reads exit, on top of BAR 0's 9 accesses.
+    // 1024 reads exit, on top of BAR 0's 14 accesses.
     assert!(
         r.stderr.contains("61440 bytes of BARs mapped"),
         "{}",
         r.stderr
     );
-    assert_eq!(mmio_exits(&r.stderr), 9 + 2048, "{}", r.stderr);
+    assert_eq!(mmio_exits(&r.stderr), 14 + 2048, "{}", r.stderr);
     // The policy saw the write at offset 8 of its page: dword 0xc02.
     let doorbells = events_of(&events, "doorbell");
     assert_eq!(doorbells.len(), 1, "{doorbells:?}");

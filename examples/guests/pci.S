@@ -7,6 +7,8 @@
 #   - enables memory decoding and bus mastering, reads the ID register;
 #   - finds the MSI capability, points it at LAPIC 0 with vector 0x40,
 #     enables the LAPIC, rings the doorbell and waits in HLT for the MSI;
+#   - turns MSI off, finds the MSI-X capability, aims table entry 1 at
+#     vector 0x41, enables MSI-X, rings doorbell 1 and waits for it;
 #   - has the device FILL a buffer by DMA and checks every byte, then SUM
 #     it by DMA and prints the device's sum;
 #   - writes the command register a second time with a value a policy may
@@ -49,10 +51,11 @@
     .equ LAPIC_EOI, 0xfee000b0
     .equ LAPIC_SVR, 0xfee000f0
     .equ MSI_VECTOR, 0x40
+    .equ MSIX_VECTOR, 0x41
 
     .equ SEL_CODE32, 0x08
     .equ GATE_INT32, 0x8e00
-    .equ IDT_ENTRIES, MSI_VECTOR + 1
+    .equ IDT_ENTRIES, MSIX_VECTOR + 1
 
     .section .text.entry, "ax"
     .globl _start
@@ -63,6 +66,12 @@ _start:
     mov word ptr [idt + MSI_VECTOR*8 + 4], GATE_INT32
     shr eax, 16
     mov word ptr [idt + MSI_VECTOR*8 + 6], ax
+    mov eax, offset msix_handler
+    mov word ptr [idt + MSIX_VECTOR*8], ax
+    mov word ptr [idt + MSIX_VECTOR*8 + 2], SEL_CODE32
+    mov word ptr [idt + MSIX_VECTOR*8 + 4], GATE_INT32
+    shr eax, 16
+    mov word ptr [idt + MSIX_VECTOR*8 + 6], ax
     lidt [idtr]
 
     mov esi, offset s_scan
@@ -210,6 +219,48 @@ msi_found:
     call print_hex8
     call newline
 
+    # --- MSI-X: MSI off, table entry 1 aimed at vector 0x41 ---------------
+    mov eax, edx
+    call cfg_read
+    and eax, 0xfffeffff             # message control bit 0: disable
+    mov ecx, eax
+    mov eax, edx
+    call cfg_write
+    mov eax, 0x34
+    call cfg_read
+    and eax, 0xfc
+1:  test eax, eax
+    jz dma                          # no MSI-X capability
+    mov edx, eax
+    call cfg_read
+    cmp al, 0x11                    # MSI-X
+    je 2f
+    shr eax, 8
+    and eax, 0xfc
+    jmp 1b
+2:  mov ebx, eax                    # EBX = id/next/message control
+    lea eax, [edx + 4]
+    call cfg_read                   # table offset | BIR (the test device: BAR 0)
+    and eax, 0xfffffff8
+    add eax, edi
+    mov dword ptr [eax + 16], 0xfee00000    # entry 1: LAPIC 0, physical
+    mov dword ptr [eax + 20], 0
+    mov dword ptr [eax + 24], MSIX_VECTOR   # data: vector, fixed, edge
+    mov dword ptr [eax + 28], 0             # vector control: unmasked
+    mov eax, edx
+    mov ecx, ebx
+    or ecx, 0x80000000              # message control bit 15: enable
+    call cfg_write
+    mov dword ptr [edi + REG_DOORBELL], 1   # raise MSI-X vector 1
+    sti
+    hlt
+    cli
+    mov esi, offset s_msix
+    call puts
+    mov eax, dword ptr [msix_count]
+    call print_hex8
+    call newline
+
     # --- DMA: FILL a buffer, check it, SUM it -----------------------------
 dma:
     mov dword ptr [edi + REG_DMA_ADDR_LO], DMA_BUF
@@ -349,6 +400,17 @@ msi_handler:
     add esp, 8
     ret
 
+# msix_handler: the MSI-X on vector 0x41; as msi_handler.
+msix_handler:
+    add dword ptr [msix_count], 1
+    mov dword ptr [LAPIC_EOI], 0
+    push eax
+    mov eax, dword ptr [esp + 4]
+    mov dword ptr [esp + 12], eax
+    pop eax
+    add esp, 8
+    ret
+
 # print_hex8 / print_hex16: the low 2 or 4 hex digits of EAX.
 print_hex8:
     push eax
@@ -401,6 +463,7 @@ s_size:     .asciz " size "
 s_id:       .asciz "pci: id "
 s_no_msi:   .asciz "pci: no MSI capability\n"
 s_msi:      .asciz "pci: msi vector 0x40 delivered "
+s_msix:     .asciz "pci: msix vector 0x41 delivered "
 s_fill:     .asciz "pci: dma fill status "
 s_fill_ok:  .asciz ", every byte ok\n"
 s_fill_bad: .asciz ", wrong byte at "
@@ -415,6 +478,7 @@ s_bar2_sum: .asciz "pci: bar2 sum "
 test_dev:   .long 0xffffffff
 bar0:       .long 0
 msi_count:  .long 0
+msix_count: .long 0
     .balign 8
 idt:
     .fill IDT_ENTRIES * 8, 1, 0

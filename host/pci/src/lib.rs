@@ -52,7 +52,7 @@ pub use host_bridge::{
 };
 pub use layout::{LayoutError, PciLayout, Window, PLATFORM_RESERVED};
 pub use msi::{DeliveryMode, Msi, MsiError, MsiMessage, MsiRoute, MsiSignal};
-pub use msix::{Msix, MsixTable};
+pub use msix::{Msix, MsixEmulation, MsixTable};
 pub use testdev::{dma_pattern, TestDevice, TEST_DEVICE_ID};
 
 /// The vendor ID of wasmvisor's own devices (the host bridge and the test

@@ -278,6 +278,111 @@ fn read_dwords(first: usize, size: u8, dword: impl Fn(usize) -> u32) -> u64 {
     }
 }
 
+/// MSI-X as a device emulates it: the capability view and the table and
+/// PBA behind it, answering the BAR accesses that land in them. Emulated
+/// devices and passthrough functions (whose guest-visible table is the
+/// VMM's, not the device's) both use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MsixEmulation {
+    msix: Msix,
+    table: MsixTable,
+}
+
+/// Where `offset..offset + size` lies inside `range` (bar, start, len) of
+/// BAR `bar`: its offset from the range's start.
+fn inside(range: (u8, u64, u64), bar: u8, offset: u64, size: u8) -> Option<u64> {
+    let (range_bar, start, len) = range;
+    let rel = offset.checked_sub(start)?;
+    (range_bar == bar && rel.checked_add(u64::from(size))? <= len).then_some(rel)
+}
+
+impl MsixEmulation {
+    /// The table for the capability `msix` of `config`, in its reset state.
+    pub fn new(config: &ConfigSpace, msix: Msix) -> MsixEmulation {
+        MsixEmulation {
+            msix,
+            table: MsixTable::new(msix.info(config).table_size),
+        }
+    }
+
+    /// The capability.
+    pub fn msix(&self) -> Msix {
+        self.msix
+    }
+
+    /// The table.
+    pub fn table(&self) -> &MsixTable {
+        &self.table
+    }
+
+    /// The BAR byte ranges, as (bar, offset, len), that must stay trapped:
+    /// the table and the PBA.
+    pub fn trapped(&self, config: &ConfigSpace) -> [(u8, u64, u64); 2] {
+        let info = self.msix.info(config);
+        [info.table_range(), info.pba_range()]
+    }
+
+    /// A guest read of BAR `bar`: the value, if it lands in the table or
+    /// the PBA.
+    pub fn bar_read(&self, config: &ConfigSpace, bar: u8, offset: u64, size: u8) -> Option<u64> {
+        let [table, pba] = self.trapped(config);
+        if let Some(rel) = inside(table, bar, offset, size) {
+            return Some(self.table.table_read(rel, size));
+        }
+        inside(pba, bar, offset, size).map(|rel| self.table.pba_read(rel, size))
+    }
+
+    /// A guest write of BAR `bar`: true if it landed in the table or the
+    /// PBA (whose writes are dropped). Deliver
+    /// [`MsixEmulation::take_unmasked`] after it.
+    pub fn bar_write(
+        &mut self,
+        config: &ConfigSpace,
+        bar: u8,
+        offset: u64,
+        size: u8,
+        value: u64,
+    ) -> bool {
+        let [table, pba] = self.trapped(config);
+        if let Some(rel) = inside(table, bar, offset, size) {
+            self.table.table_write(rel, size, value);
+            return true;
+        }
+        inside(pba, bar, offset, size).is_some()
+    }
+
+    /// True once the guest set the enable bit.
+    pub fn is_enabled(&self, config: &ConfigSpace) -> bool {
+        self.msix.is_enabled(config)
+    }
+
+    /// True if `vector` is masked, by itself or by the function mask.
+    pub fn is_masked(&self, config: &ConfigSpace, vector: u32) -> bool {
+        self.table.is_masked(&self.msix.info(config), vector)
+    }
+
+    /// The message of `vector`, if the table has it.
+    pub fn message(&self, vector: u32) -> Option<MsiMessage> {
+        self.table.message(vector)
+    }
+
+    /// Raises `vector`; see [`MsixTable::signal`].
+    pub fn signal(&mut self, config: &ConfigSpace, vector: u32) -> MsiSignal {
+        self.table.signal(&self.msix.info(config), vector)
+    }
+
+    /// The pending vectors no longer masked; see
+    /// [`MsixTable::take_unmasked`].
+    pub fn take_unmasked(&mut self, config: &ConfigSpace) -> Vec<MsiMessage> {
+        self.table.take_unmasked(&self.msix.info(config))
+    }
+
+    /// Back to the reset state: every entry masked, nothing pending.
+    pub fn reset(&mut self) {
+        self.table.reset();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,10 @@
 //! real device exists.
 //!
 //! Identity: vendor [`VENDOR_ID`] (0x5741), device [`TEST_DEVICE_ID`],
-//! class 0xFF ("unclassified"), INTA#, and an MSI capability with 4
-//! vectors, 64-bit addresses and per-vector masking.
+//! class 0xFF ("unclassified"), INTA#, an MSI capability with 4
+//! vectors, 64-bit addresses and per-vector masking, and an MSI-X
+//! capability with 2 vectors whose table is at 0x800 in BAR 0 and PBA at
+//! 0xC00.
 //!
 //! BAR 0 is 4 KiB of 32-bit registers, little-endian:
 //!
@@ -12,7 +14,7 @@
 //! |---|---|---|
 //! | 0x00 | ID: "WVTD" (0x4454_5657) | read |
 //! | 0x04 | SCRATCH | read, write |
-//! | 0x08 | DOORBELL: writing N raises MSI vector N, or INTx while MSI is off | write (reads 0) |
+//! | 0x08 | DOORBELL: writing N raises MSI-X vector N if MSI-X is on, else MSI vector N, or INTx while both are off | write (reads 0) |
 //! | 0x0C | IRQ_STATUS: bit 0 = INTx raised by the doorbell; write 1 to clear and lower INTx | read, write 1 to clear |
 //! | 0x10, 0x14 | DMA_ADDR low and high: guest-physical address | read, write |
 //! | 0x18 | DMA_LEN: bytes, 1 to 64 KiB | read, write |
@@ -31,10 +33,11 @@ use std::sync::Arc;
 
 use crate::all_ones;
 use crate::bar::{Bar, BarRegion};
-use crate::capability::MsiConfig;
+use crate::capability::{MsiConfig, MsixConfig};
 use crate::config::{ClassCode, ConfigSpace, Header, IntxPin};
 use crate::device::{DmaMemory, InterruptSink, PciDevice};
 use crate::msi::{Msi, MsiMessage, MsiSignal};
+use crate::msix::{Msix, MsixEmulation};
 use crate::VENDOR_ID;
 
 /// The test device's device ID (under [`VENDOR_ID`]).
@@ -65,6 +68,7 @@ struct Regs {
 pub struct TestDevice {
     config: ConfigSpace,
     msi: Msi,
+    msix: MsixEmulation,
     regs: Regs,
     /// The INTx level last given to the sink.
     intx: bool,
@@ -118,6 +122,12 @@ impl TestDevice {
     pub const MAX_DMA_LEN: u32 = 64 << 10;
     /// MSI vectors the device supports.
     pub const MSI_VECTORS: u8 = 4;
+    /// MSI-X vectors (table entries) the device supports.
+    pub const MSIX_VECTORS: u16 = 2;
+    /// Where BAR 0 holds the MSI-X table.
+    pub const MSIX_TABLE: u64 = 0x800;
+    /// Where BAR 0 holds the MSI-X pending bit array.
+    pub const MSIX_PBA: u64 = 0xc00;
 
     /// A test device that reaches guest memory through `dma` and
     /// interrupts through `interrupts` (none: interrupts are dropped).
@@ -146,9 +156,20 @@ impl TestDevice {
             })
             .expect("an MSI capability fits in a new configuration space");
         let msi = Msi::at(&config, msi_at);
+        let msix_at = config
+            .add_msix(MsixConfig {
+                table_size: Self::MSIX_VECTORS,
+                table_bar: 0,
+                table_offset: Self::MSIX_TABLE as u32,
+                pba_bar: 0,
+                pba_offset: Self::MSIX_PBA as u32,
+            })
+            .expect("an MSI-X capability fits after MSI");
+        let msix = MsixEmulation::new(&config, Msix::at(msix_at));
         TestDevice {
             config,
             msi,
+            msix,
             regs: Regs::default(),
             intx: false,
             dma,
@@ -192,9 +213,15 @@ impl TestDevice {
         }
     }
 
-    /// The doorbell: MSI vector `vector` if MSI is on, INTx otherwise.
+    /// True if MSI or MSI-X is on, which turns INTx off.
+    fn message_signalled(&self) -> bool {
+        self.msi.is_enabled(&self.config) || self.msix.is_enabled(&self.config)
+    }
+
+    /// The doorbell: MSI-X or MSI vector `vector` if either is on, INTx
+    /// otherwise.
     fn ring(&mut self, vector: u32) {
-        if !self.msi.is_enabled(&self.config) {
+        if !self.message_signalled() {
             self.regs.irq_status |= IRQ_DOORBELL;
             self.update_intx();
             return;
@@ -202,8 +229,24 @@ impl TestDevice {
         if !self.config.command().bus_master() {
             return;
         }
-        if let MsiSignal::Send(message) = self.msi.signal(&mut self.config, vector) {
+        let signal = if self.msix.is_enabled(&self.config) {
+            self.msix.signal(&self.config, vector)
+        } else {
+            self.msi.signal(&mut self.config, vector)
+        };
+        if let MsiSignal::Send(message) = signal {
             self.send_msi(message);
+        }
+    }
+
+    /// Sends what unmasking released, if the device may write memory.
+    fn send_unmasked(&mut self) {
+        if self.config.command().bus_master() {
+            let mut messages = self.msi.take_unmasked(&mut self.config);
+            messages.extend(self.msix.take_unmasked(&self.config));
+            for message in messages {
+                self.send_msi(message);
+            }
         }
     }
 
@@ -220,8 +263,7 @@ impl TestDevice {
     fn update_intx(&mut self) {
         let pending = self.regs.irq_status != 0;
         self.config.set_interrupt_status(pending);
-        let level =
-            pending && !self.config.command().intx_disabled() && !self.msi.is_enabled(&self.config);
+        let level = pending && !self.config.command().intx_disabled() && !self.message_signalled();
         if level == self.intx {
             return;
         }
@@ -283,11 +325,7 @@ impl PciDevice for TestDevice {
         self.config.write(offset, size, value);
         // The write may have unmasked a pending vector, enabled MSI or
         // flipped INTx disable.
-        if self.config.command().bus_master() {
-            for message in self.msi.take_unmasked(&mut self.config) {
-                self.send_msi(message);
-            }
-        }
+        self.send_unmasked();
         self.update_intx();
     }
 
@@ -298,6 +336,9 @@ impl PciDevice for TestDevice {
     fn bar_read(&mut self, bar: u8, offset: u64, size: u8) -> u64 {
         if bar != 0 {
             return all_ones(size);
+        }
+        if let Some(value) = self.msix.bar_read(&self.config, bar, offset, size) {
+            return value;
         }
         let lane = offset & 3;
         match size {
@@ -316,6 +357,10 @@ impl PciDevice for TestDevice {
         if bar != 0 {
             return;
         }
+        if self.msix.bar_write(&self.config, bar, offset, size, value) {
+            self.send_unmasked();
+            return;
+        }
         match size {
             4 if offset.is_multiple_of(4) => self.write_register(offset, value as u32),
             8 if offset.is_multiple_of(8) => {
@@ -328,6 +373,7 @@ impl PciDevice for TestDevice {
 
     fn reset(&mut self) {
         self.config.reset();
+        self.msix.reset();
         self.regs = Regs::default();
         self.update_intx();
     }

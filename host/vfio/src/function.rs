@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use thiserror::Error;
 use tracing::warn;
 use wasmvisor_pci::{
-    reg, AddressSpace, BarRegion, ConfigSpace, DirectMap, InterruptSink, Msi, PciDevice,
+    reg, AddressSpace, BarRegion, ConfigSpace, DirectMap, InterruptSink, Msi, Msix, MsixEmulation,
+    PciDevice,
 };
 
 use crate::bypass::IrqBypass;
 use crate::interrupts::Interrupts;
-use crate::passthrough::{IrqKind, PassthroughDevice, RegionMapping, CONFIG_REGION};
+use crate::passthrough::{IrqKind, MmapArea, PassthroughDevice, RegionMapping, CONFIG_REGION};
 use crate::shadow::{self, ShadowError, MSI_CONTROL};
 
 /// Why a function could not be set up.
@@ -40,6 +41,9 @@ pub struct VfioPciFunction {
     interrupts: Arc<Interrupts>,
     /// MSI vectors now enabled on the device (0: MSI off there).
     msi_on_device: u32,
+    msix: Option<Msix>,
+    /// MSI-X is enabled on the device, every vector on its eventfd.
+    msix_on_device: bool,
     hidden: Vec<u8>,
     /// BAR areas the backend mapped into the VMM, which the VMM may map
     /// into the guest (`PciDevice::direct_maps`).
@@ -81,10 +85,23 @@ impl VfioPciFunction {
             .interrupt_pin()
             .is_some();
         let intx = has_pin && device.irq_count(IrqKind::Intx) > 0;
+        let (msix, msix_vectors, msix_trapped) = match shadow.msix {
+            Some(msix) => {
+                let config = config.lock().unwrap_or_else(PoisonError::into_inner);
+                let emulation = MsixEmulation::new(&config, msix);
+                let vectors =
+                    u32::from(emulation.table().table_size()).min(device.irq_count(IrqKind::Msix));
+                let trapped = emulation.trapped(&config).to_vec();
+                (Some(emulation), vectors, trapped)
+            }
+            None => (None, 0, Vec::new()),
+        };
         let interrupts = Interrupts::new(
             Arc::clone(&config),
             shadow.msi,
             msi_vectors,
+            msix,
+            msix_vectors,
             intx,
             Arc::clone(&device),
             sink,
@@ -101,13 +118,15 @@ impl VfioPciFunction {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .bar_regions();
-        let mappings = map_bars(device.as_ref(), &bars);
+        let mappings = map_bars(device.as_ref(), &bars, &msix_trapped);
         Ok(VfioPciFunction {
             device,
             config,
             msi: shadow.msi,
+            msix: shadow.msix,
             interrupts: Arc::new(interrupts),
             msi_on_device: 0,
+            msix_on_device: false,
             hidden: shadow.hidden,
             mappings,
         })
@@ -161,6 +180,39 @@ impl VfioPciFunction {
         }
     }
 
+    /// Runs `f` on the MSI-X table with the shadow, if the function has
+    /// one; `None` also when `f` says the access is not the table's.
+    fn msix_access<T>(
+        &self,
+        f: impl FnOnce(&ConfigSpace, &mut MsixEmulation) -> Option<T>,
+    ) -> Option<T> {
+        let msix = self.interrupts.msix.as_ref()?;
+        let config = self.config();
+        let mut msix = msix.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&config, &mut msix)
+    }
+
+    /// Brings MSI-X on the device in line with the shadow's enable bit.
+    /// All vectors are enabled at once; masking is the VMM's, in its own
+    /// table, so the device never needs reprogramming for it.
+    fn sync_msix(&mut self) {
+        let Some(msix) = self.msix else { return };
+        let wanted = msix.is_enabled(&self.config()) && !self.interrupts.msix_fds.is_empty();
+        if wanted == self.msix_on_device {
+            return;
+        }
+        let result = if wanted {
+            let fds: Vec<_> = self.interrupts.msix_fds.iter().collect();
+            self.device.enable_irq(IrqKind::Msix, &fds)
+        } else {
+            self.device.disable_irq(IrqKind::Msix)
+        };
+        match result {
+            Ok(()) => self.msix_on_device = wanted,
+            Err(e) => warn!("passthrough MSI-X: {e}"),
+        }
+    }
+
     /// Stops the device's interrupts and resets it: on guest reset and
     /// when the VM shuts down, so the device does not DMA into memory the
     /// host reuses.
@@ -170,6 +222,10 @@ impl VfioPciFunction {
             let _ = self.device.disable_irq(IrqKind::Msi);
             self.msi_on_device = 0;
         }
+        if self.msix_on_device {
+            let _ = self.device.disable_irq(IrqKind::Msix);
+            self.msix_on_device = false;
+        }
         self.interrupts.clear();
         if let Err(e) = self.device.reset() {
             warn!("passthrough device reset: {e}");
@@ -178,15 +234,26 @@ impl VfioPciFunction {
 }
 
 /// Maps what the backend can map of each memory BAR; whatever fails to
-/// map stays trapped, which is slower but correct.
-fn map_bars(device: &dyn PassthroughDevice, bars: &[BarRegion]) -> Vec<RegionMapping> {
+/// map stays trapped, which is slower but correct. Areas holding any of
+/// the `trapped` (bar, offset, len) ranges (the MSI-X table and PBA, which
+/// the VMM emulates) are not mapped at all.
+fn map_bars(
+    device: &dyn PassthroughDevice,
+    bars: &[BarRegion],
+    trapped: &[(u8, u64, u64)],
+) -> Vec<RegionMapping> {
     let mut mappings = Vec::new();
     for bar in bars
         .iter()
         .filter(|b| b.bar.space() == AddressSpace::Memory)
     {
         let index = u32::from(bar.index);
-        for area in device.mmap_areas(index) {
+        let clear = |area: &MmapArea| {
+            !trapped.iter().any(|&(b, start, len)| {
+                b == bar.index && start < area.offset + area.size && area.offset < start + len
+            })
+        };
+        for area in device.mmap_areas(index).into_iter().filter(clear) {
             match device.mmap(index, area) {
                 Ok(mapping) => mappings.push(mapping),
                 Err(e) => warn!("passthrough BAR {index} stays trapped: {e}"),
@@ -225,12 +292,17 @@ impl PciDevice for VfioPciFunction {
                 warn!("passthrough command register: {e}");
             }
         }
-        if let Some(msi) = self.msi {
-            if overlaps(offset, size, msi.offset(), 24) {
-                self.sync_msi();
-                self.interrupts.send_unmasked();
-                self.interrupts.sync_routes();
-            }
+        let msi = self
+            .msi
+            .is_some_and(|m| overlaps(offset, size, m.offset(), 24));
+        let msix = self
+            .msix
+            .is_some_and(|m| overlaps(offset, size, m.offset(), 12));
+        if msi || msix {
+            self.sync_msi();
+            self.sync_msix();
+            self.interrupts.send_unmasked();
+            self.interrupts.sync_routes();
         }
     }
 
@@ -239,6 +311,11 @@ impl PciDevice for VfioPciFunction {
     }
 
     fn bar_read(&mut self, bar: u8, offset: u64, size: u8) -> u64 {
+        if let Some(value) =
+            self.msix_access(|config, msix| msix.bar_read(config, bar, offset, size))
+        {
+            return value;
+        }
         let mut buf = [0u8; 8];
         let Some(buf) = buf
             .get_mut(..usize::from(size))
@@ -258,6 +335,16 @@ impl PciDevice for VfioPciFunction {
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, size: u8, value: u64) {
+        let table = self.msix_access(|config, msix| {
+            msix.bar_write(config, bar, offset, size, value)
+                .then_some(())
+        });
+        if table.is_some() {
+            // The write may have unmasked or re-aimed a vector.
+            self.interrupts.send_unmasked();
+            self.interrupts.sync_routes();
+            return;
+        }
         if !matches!(size, 1 | 2 | 4 | 8) {
             return;
         }
@@ -286,6 +373,9 @@ impl PciDevice for VfioPciFunction {
     fn reset(&mut self) {
         self.shutdown();
         self.config().reset();
+        if let Some(msix) = &self.interrupts.msix {
+            msix.lock().unwrap_or_else(PoisonError::into_inner).reset();
+        }
         if let Some(fd) = &self.interrupts.intx_fd {
             if let Err(e) = self.device.enable_irq(IrqKind::Intx, &[fd]) {
                 warn!("passthrough INTx after reset: {e}");

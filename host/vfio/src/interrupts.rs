@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use tracing::warn;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use wasmvisor_pci::{ConfigSpace, InterruptSink, Msi, MsiMessage, MsiSignal};
+use wasmvisor_pci::{ConfigSpace, InterruptSink, Msi, MsiMessage, MsiSignal, MsixEmulation};
 
 use crate::bypass::IrqBypass;
 use crate::passthrough::{IrqKind, PassthroughDevice};
@@ -27,13 +27,17 @@ pub struct Interrupts {
     pub(crate) config: Arc<Mutex<ConfigSpace>>,
     pub(crate) msi: Option<Msi>,
     pub(crate) msi_fds: Vec<EventFd>,
+    /// MSI-X as the guest sees it: the VMM's table, not the device's.
+    pub(crate) msix: Option<Mutex<MsixEmulation>>,
+    pub(crate) msix_fds: Vec<EventFd>,
     pub(crate) intx_fd: Option<EventFd>,
     /// Signalled by KVM at the guest's EOI of a routed INTx.
     intx_resample: Option<EventFd>,
     device: Arc<dyn PassthroughDevice>,
     sink: Arc<dyn InterruptSink>,
     bypass: Option<Arc<dyn IrqBypass>>,
-    /// What each MSI vector's eventfd is routed to now (None: the VMM).
+    /// What each MSI and then each MSI-X vector's eventfd is routed to
+    /// now (None: the VMM).
     routed: Mutex<Vec<Option<MsiMessage>>>,
     intx_routed: AtomicBool,
     intx_asserted: AtomicBool,
@@ -48,12 +52,17 @@ impl Interrupts {
         config: Arc<Mutex<ConfigSpace>>,
         msi: Option<Msi>,
         msi_vectors: u32,
+        msix: Option<MsixEmulation>,
+        msix_vectors: u32,
         intx: bool,
         device: Arc<dyn PassthroughDevice>,
         sink: Arc<dyn InterruptSink>,
         bypass: Option<Arc<dyn IrqBypass>>,
     ) -> std::io::Result<Interrupts> {
         let msi_fds: Vec<EventFd> = (0..msi_vectors)
+            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .collect::<Result<_, _>>()?;
+        let msix_fds: Vec<EventFd> = (0..msix_vectors)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<Result<_, _>>()?;
         let intx_fd = intx.then(|| EventFd::new(EFD_NONBLOCK)).transpose()?;
@@ -63,8 +72,10 @@ impl Interrupts {
         Ok(Interrupts {
             config,
             msi,
-            routed: Mutex::new(vec![None; msi_fds.len()]),
+            routed: Mutex::new(vec![None; msi_fds.len() + msix_fds.len()]),
             msi_fds,
+            msix: msix.map(Mutex::new),
+            msix_fds,
             intx_fd,
             intx_resample,
             device,
@@ -107,18 +118,10 @@ impl Interrupts {
     /// and it is unmasked; routing follows the guest's message.
     pub(crate) fn sync_routes(&self) {
         let Some(bypass) = &self.bypass else { return };
-        let wanted: Vec<Option<MsiMessage>> = {
-            let config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
-            (0..self.msi_fds.len() as u32)
-                .map(|v| {
-                    let msi = self.msi.filter(|m| m.is_enabled(&config))?;
-                    (v < msi.vectors(&config) && !msi.is_masked(&config, v))
-                        .then(|| msi.message(&config, v))
-                })
-                .collect()
-        };
+        let wanted = self.wanted_routes();
         let mut routed = self.routed.lock().unwrap_or_else(PoisonError::into_inner);
-        for (vector, (want, fd)) in wanted.into_iter().zip(&self.msi_fds).enumerate() {
+        let fds = self.msi_fds.iter().chain(&self.msix_fds);
+        for (vector, (want, fd)) in wanted.into_iter().zip(fds).enumerate() {
             let now = &mut routed[vector];
             if *now == want {
                 continue;
@@ -136,7 +139,7 @@ impl Interrupts {
                 }
                 Err(e) => {
                     // Unrouted, the vector still works through `poll`.
-                    warn!("passthrough MSI vector {vector} route: {e}");
+                    warn!("passthrough interrupt vector {vector} route: {e}");
                     if now.is_some() && want.is_none() {
                         *now = None;
                     }
@@ -145,12 +148,39 @@ impl Interrupts {
         }
     }
 
+    /// Where each MSI, then each MSI-X, vector should be routed now.
+    fn wanted_routes(&self) -> Vec<Option<MsiMessage>> {
+        let config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut wanted: Vec<Option<MsiMessage>> = (0..self.msi_fds.len() as u32)
+            .map(|v| {
+                let msi = self.msi.filter(|m| m.is_enabled(&config))?;
+                (v < msi.vectors(&config) && !msi.is_masked(&config, v))
+                    .then(|| msi.message(&config, v))
+            })
+            .collect();
+        let msix = self
+            .msix
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(PoisonError::into_inner));
+        wanted.extend((0..self.msix_fds.len() as u32).map(|v| {
+            let msix = msix.as_ref().filter(|m| m.is_enabled(&config))?;
+            if msix.is_masked(&config, v) {
+                return None;
+            }
+            msix.message(v)
+        }));
+        wanted
+    }
+
     /// Takes every route down, so signals come back to the VMM (shutdown,
     /// reset).
     pub(crate) fn detach_all(&self) {
         let Some(bypass) = &self.bypass else { return };
         let mut routed = self.routed.lock().unwrap_or_else(PoisonError::into_inner);
-        for (now, fd) in routed.iter_mut().zip(&self.msi_fds) {
+        for (now, fd) in routed
+            .iter_mut()
+            .zip(self.msi_fds.iter().chain(&self.msix_fds))
+        {
             if now.take().is_some() {
                 if let Err(e) = bypass.detach_msi(fd) {
                     warn!("passthrough MSI route: {e}");
@@ -178,7 +208,7 @@ impl Interrupts {
         self.routes_made.load(Ordering::Relaxed)
     }
 
-    /// The MSI vectors routed through the bypass now.
+    /// The MSI and MSI-X vectors routed through the bypass now.
     pub fn routed_vectors(&self) -> usize {
         let routed = self.routed.lock().unwrap_or_else(PoisonError::into_inner);
         routed.iter().filter(|r| r.is_some()).count()
@@ -194,6 +224,12 @@ impl Interrupts {
             if fd.read().is_ok() {
                 found += 1;
                 self.signal_msi(vector as u32);
+            }
+        }
+        for (vector, fd) in self.msix_fds.iter().enumerate() {
+            if fd.read().is_ok() {
+                found += 1;
+                self.signal_msix(vector as u32);
             }
         }
         if let Some(fd) = &self.intx_fd {
@@ -230,11 +266,36 @@ impl Interrupts {
         }
     }
 
+    /// A signal on MSI-X vector `vector`: the message the guest put in
+    /// the VMM's table, or a pending bit there while it is masked.
+    fn signal_msix(&self, vector: u32) {
+        let Some(msix) = &self.msix else { return };
+        let signal = {
+            let config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut msix = msix.lock().unwrap_or_else(PoisonError::into_inner);
+            msix.signal(&config, vector)
+        };
+        if let MsiSignal::Send(message) = signal {
+            self.by_vmm.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.sink.send_msi(message) {
+                warn!("passthrough MSI-X vector {vector}: {e}");
+            }
+        }
+    }
+
+    /// Sends what the guest's last write unmasked, MSI and MSI-X.
     pub(crate) fn send_unmasked(&self) {
-        let Some(msi) = self.msi else { return };
         let messages = {
             let mut config = self.config.lock().unwrap_or_else(PoisonError::into_inner);
-            msi.take_unmasked(&mut config)
+            let mut messages = match self.msi {
+                Some(msi) => msi.take_unmasked(&mut config),
+                None => Vec::new(),
+            };
+            if let Some(msix) = &self.msix {
+                let mut msix = msix.lock().unwrap_or_else(PoisonError::into_inner);
+                messages.extend(msix.take_unmasked(&config));
+            }
+            messages
         };
         for message in messages {
             self.by_vmm.fetch_add(1, Ordering::Relaxed);
@@ -301,7 +362,11 @@ impl Interrupts {
                 EpollEvent::new(EventSet::IN, 0),
             )
         };
-        let fds = self.msi_fds.iter().chain(&self.intx_fd);
+        let fds = self
+            .msi_fds
+            .iter()
+            .chain(&self.msix_fds)
+            .chain(&self.intx_fd);
         for fd in fds.chain(&self.intx_resample).chain([&stop]) {
             watch(fd)?;
         }

@@ -27,7 +27,7 @@ use vfio_user::{
 };
 use vmm_sys_util::eventfd::EventFd;
 use wasmvisor_pci::{
-    reg, InterruptError, InterruptSink, MsiMessage, PciDevice, TestDevice, CAP_ID_MSI,
+    reg, InterruptError, InterruptSink, MsiMessage, PciDevice, TestDevice, CAP_ID_MSI, CAP_ID_MSIX,
     CONFIG_SPACE_SIZE,
 };
 
@@ -62,6 +62,8 @@ pub enum ServerError {
 #[derive(Default)]
 struct IrqFds {
     msi: Vec<EventFd>,
+    /// MSI-X vectors' eventfds; while set, messages go to these.
+    msix: Vec<EventFd>,
     intx: Option<EventFd>,
     intx_level: bool,
     intx_masked: bool,
@@ -92,8 +94,13 @@ impl EventFdSink {
 impl InterruptSink for EventFdSink {
     fn send_msi(&self, message: MsiMessage) -> Result<(), InterruptError> {
         let fds = self.lock();
-        let fd = fds.msi.get(message.data as usize).ok_or(InterruptError {
-            reason: format!("no eventfd for MSI vector {}", message.data),
+        let vectors = if fds.msix.is_empty() {
+            &fds.msi
+        } else {
+            &fds.msix
+        };
+        let fd = vectors.get(message.data as usize).ok_or(InterruptError {
+            reason: format!("no eventfd for vector {}", message.data),
         })?;
         fd.write(1).map_err(|e| InterruptError {
             reason: e.to_string(),
@@ -216,6 +223,7 @@ impl TestDeviceBackend {
                 count: match index {
                     i if i == IrqKind::Intx.vfio_index() => 1,
                     i if i == IrqKind::Msi.vfio_index() => TestDevice::MSI_VECTORS.into(),
+                    i if i == IrqKind::Msix.vfio_index() => TestDevice::MSIX_VECTORS.into(),
                     _ => 0,
                 },
             })
@@ -240,13 +248,37 @@ impl TestDeviceBackend {
         self.device.config_write(at + 2, 2, 1 | mme << 4);
     }
 
+    /// Programs the device's own MSI-X table for `vectors` (0: off): entry
+    /// i sends data i, which the sink turns back into eventfd i.
+    fn program_msix(&mut self, vectors: u32) {
+        let Some(at) = self.capability(CAP_ID_MSIX) else {
+            return;
+        };
+        if vectors == 0 {
+            self.device.config_write(at + 2, 2, 0);
+            return;
+        }
+        for vector in 0..vectors.min(TestDevice::MSIX_VECTORS.into()) {
+            let entry = TestDevice::MSIX_TABLE + 16 * u64::from(vector);
+            self.device.bar_write(0, entry, 8, 0xfee0_0000);
+            self.device.bar_write(0, entry + 8, 4, vector.into());
+            self.device.bar_write(0, entry + 12, 4, 0);
+        }
+        self.device.config_write(at + 2, 2, 0x8000);
+    }
+
     fn msi_offset(&mut self) -> Option<u16> {
+        self.capability(CAP_ID_MSI)
+    }
+
+    /// Where the device's capability `id` is.
+    fn capability(&mut self, id: u8) -> Option<u16> {
         let mut at = self.device.config_read(reg::CAPABILITIES, 1) as u16 & 0xfc;
         for _ in 0..48 {
             if at < 0x40 {
                 return None;
             }
-            if self.device.config_read(at, 1) as u8 == CAP_ID_MSI {
+            if self.device.config_read(at, 1) as u8 == id {
                 return Some(at);
             }
             at = self.device.config_read(at + 1, 1) as u16 & 0xfc;
@@ -382,6 +414,14 @@ impl ServerBackend for TestDeviceBackend {
                 let vectors = if fds.is_empty() { 0 } else { count };
                 self.irqs.lock().msi = fds;
                 self.program_msi(vectors);
+            }
+            (i, VFIO_IRQ_SET_ACTION_TRIGGER) if i == IrqKind::Msix.vfio_index() => {
+                if start != 0 {
+                    return Err(out_of_range());
+                }
+                let vectors = if fds.is_empty() { 0 } else { count };
+                self.irqs.lock().msix = fds;
+                self.program_msix(vectors);
             }
             (i, VFIO_IRQ_SET_ACTION_TRIGGER) if i == IrqKind::Intx.vfio_index() => {
                 let mut irqs = self.irqs.lock();

@@ -7,11 +7,11 @@
 
 use thiserror::Error;
 use wasmvisor_pci::{
-    reg, Bar, BarError, ClassCode, ConfigError, ConfigSpace, Header, IntxPin, Msi, Status,
-    CAP_ID_MSI, CAP_ID_VENDOR, CONFIG_SPACE_SIZE,
+    reg, Bar, BarError, ClassCode, ConfigError, ConfigSpace, Header, IntxPin, Msi, Msix, Status,
+    CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_VENDOR, CONFIG_SPACE_SIZE,
 };
 
-use crate::passthrough::{PassthroughDevice, PassthroughError, CONFIG_REGION};
+use crate::passthrough::{IrqKind, PassthroughDevice, PassthroughError, CONFIG_REGION};
 
 /// MSI control register, relative to the capability.
 pub(crate) const MSI_CONTROL: u16 = 2;
@@ -21,6 +21,12 @@ const MSI_ENABLE: u16 = 1 << 0;
 const MSI_MME: u16 = 0x7 << 4;
 /// MSI control: 64-bit address.
 const MSI_64BIT: u16 = 1 << 7;
+/// MSI-X control: enable.
+const MSIX_ENABLE: u16 = 1 << 15;
+/// MSI-X control: every vector masked.
+const MSIX_FUNCTION_MASK: u16 = 1 << 14;
+/// The MSI-X capability: ID, next, control, table and PBA registers.
+const MSIX_LEN: usize = 12;
 /// MSI control: per-vector masking.
 const MSI_PER_VECTOR_MASK: u16 = 1 << 8;
 /// BAR register bit 0: I/O.
@@ -31,10 +37,11 @@ const BAR_TYPE_64: u32 = 0x4;
 const BAR_PREFETCHABLE: u32 = 0x8;
 /// The capabilities passed to the guest: MSI (emulated here, enabled on
 /// the device through the backend's interrupt calls) and vendor-specific
-/// ones (read-only copies). Everything else, MSI-X and power management
-/// and PCI Express included, is unlinked from the list: the VMM would
-/// have to virtualize it, and a guest that sees it would program the real
-/// registers.
+/// ones (read-only copies), plus MSI-X when the backend has MSI-X vectors
+/// (emulated the same way, its table and PBA by the function). Everything
+/// else, power management and PCI Express included, is unlinked from the
+/// list: the VMM would have to virtualize it, and a guest that sees it
+/// would program the real registers.
 const KEPT_CAPABILITIES: [u8; 2] = [CAP_ID_MSI, CAP_ID_VENDOR];
 
 /// Why the shadow could not be built.
@@ -70,6 +77,8 @@ pub enum ShadowError {
 pub(crate) struct Shadow {
     pub config: ConfigSpace,
     pub msi: Option<Msi>,
+    /// Where its MSI-X capability is, if the guest sees one.
+    pub msix: Option<Msix>,
     /// The capability IDs the device has and the guest does not see.
     pub hidden: Vec<u8>,
 }
@@ -113,17 +122,21 @@ pub(crate) fn build(device: &dyn PassthroughDevice) -> Result<Shadow, ShadowErro
     }
     let mut kept = Vec::new();
     let mut hidden = Vec::new();
+    // MSI-X is kept only if the backend can signal its vectors.
+    let msix_capable = device.irq_count(IrqKind::Msix) > 0;
     for cap in original.capabilities() {
-        if KEPT_CAPABILITIES.contains(&cap.id) {
+        if KEPT_CAPABILITIES.contains(&cap.id) || (cap.id == CAP_ID_MSIX && msix_capable) {
             kept.push(cap);
         } else {
             hidden.push(cap.id);
         }
     }
     let mut msi = None;
+    let mut msix = None;
     for (i, cap) in kept.iter().enumerate() {
         let len = match cap.id {
             CAP_ID_MSI => msi_len(word(cap.offset + MSI_CONTROL)),
+            CAP_ID_MSIX => MSIX_LEN,
             _ => usize::from(byte(cap.offset + 2)).max(3),
         };
         let end = (usize::from(cap.offset) + len).min(CONFIG_SPACE_SIZE);
@@ -136,6 +149,20 @@ pub(crate) fn build(device: &dyn PassthroughDevice) -> Result<Shadow, ShadowErro
         if cap.id == CAP_ID_MSI {
             define_msi(&mut config, cap.offset, word(cap.offset + MSI_CONTROL));
             msi = Some(Msi::at(&config, cap.offset));
+        }
+        if cap.id == CAP_ID_MSIX {
+            // Off and unmasked at power-on; the guest writes only enable
+            // and the function mask. Table size and locations are the
+            // device's, read-only.
+            let control = word(cap.offset + MSI_CONTROL) & !(MSIX_ENABLE | MSIX_FUNCTION_MASK);
+            config.define(
+                cap.offset + MSI_CONTROL,
+                2,
+                control.into(),
+                (MSIX_ENABLE | MSIX_FUNCTION_MASK).into(),
+                0,
+            );
+            msix = Some(Msix::at(cap.offset));
         }
     }
     if let Some(first) = kept.first() {
@@ -152,6 +179,7 @@ pub(crate) fn build(device: &dyn PassthroughDevice) -> Result<Shadow, ShadowErro
     Ok(Shadow {
         config,
         msi,
+        msix,
         hidden,
     })
 }

@@ -2,7 +2,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::bus::PciBus;
-use crate::capability::CAP_ID_MSI;
+use crate::capability::{CAP_ID_MSI, CAP_ID_MSIX};
 use crate::config::{reg, Command, Status};
 use crate::device::{DmaError, Interrupt, RecordedInterrupts};
 use crate::layout::PciLayout;
@@ -119,7 +119,7 @@ fn it_identifies_itself_and_declares_a_4_kib_bar_and_msi() {
     dev.config_write(reg::BAR0, 4, 0xffff_ffff);
     assert_eq!(dev.config_read(reg::BAR0, 4), 0xffff_f000);
     let caps: Vec<u8> = dev.config.capabilities().map(|c| c.id).collect();
-    assert_eq!(caps, [CAP_ID_MSI]);
+    assert_eq!(caps, [CAP_ID_MSI, CAP_ID_MSIX]);
     assert_eq!(dev.msi.vectors(&dev.config), 1);
     assert_eq!(dev.bar_regions().len(), 1);
 }
@@ -309,4 +309,33 @@ fn a_guest_reaches_it_through_the_bus() {
     );
     assert!(bus.mmio_write(bar + TestDevice::DOORBELL, 4, 0));
     assert_eq!(r.irq.take(), [Interrupt::Intx(true)]);
+}
+
+#[test]
+fn with_msix_the_doorbell_sends_the_table_entry_and_masking_holds_it() {
+    let mut r = rig();
+    r.command(Command::MEMORY_SPACE | Command::BUS_MASTER);
+    let at = r.dev.config.find_capability(CAP_ID_MSIX).unwrap();
+    // Entry 1: vector 0x41 to LAPIC 0, still masked.
+    let entry = TestDevice::MSIX_TABLE + 16;
+    r.dev.bar_write(0, entry, 8, 0xfee0_0000);
+    r.write(entry + 8, 0x41);
+    // MSI-X on: the doorbell finds the entry masked and sets its PBA bit.
+    r.dev.config_write(at + 2, 2, 0x8000);
+    r.write(TestDevice::DOORBELL, 1);
+    assert!(r.irq.take().is_empty());
+    assert_eq!(r.read(TestDevice::MSIX_PBA), 0b10);
+    // Unmasking the entry releases it once.
+    r.write(entry + 12, 0);
+    assert_eq!(r.irq.take(), [msi(0x41)]);
+    assert_eq!(r.read(TestDevice::MSIX_PBA), 0);
+    r.write(TestDevice::DOORBELL, 1);
+    assert_eq!(r.irq.take(), [msi(0x41)]);
+    // The function mask holds it until cleared; INTx stays low throughout.
+    r.dev.config_write(at + 2, 2, 0xc000);
+    r.write(TestDevice::DOORBELL, 1);
+    assert!(r.irq.take().is_empty());
+    r.dev.config_write(at + 2, 2, 0x8000);
+    assert_eq!(r.irq.take(), [msi(0x41)]);
+    assert_eq!(r.read(TestDevice::IRQ_STATUS), 0);
 }
