@@ -66,6 +66,7 @@ struct State {
     regions: Vec<Vec<u8>>,
     calls: Vec<FakeCall>,
     msi: Vec<EventFd>,
+    msix: Vec<EventFd>,
     intx: Option<EventFd>,
 }
 
@@ -108,14 +109,20 @@ impl FakeDevice {
         self.state().regions[index as usize].clone()
     }
 
-    /// Fires MSI vector `vector` (or INTx for `IrqKind::Intx`) as the
-    /// device would; false if no eventfd is set for it.
+    /// The same device with `vectors` MSI-X vectors to signal.
+    pub fn with_msix_vectors(mut self, vectors: u32) -> FakeDevice {
+        self.irq_counts[IrqKind::Msix.vfio_index() as usize] = vectors;
+        self
+    }
+
+    /// Fires vector `vector` of `kind` (INTx: the line) as the device
+    /// would; false if no eventfd is set for it.
     pub fn fire(&self, kind: IrqKind, vector: usize) -> bool {
         let state = self.state();
         let fd = match kind {
             IrqKind::Msi => state.msi.get(vector),
             IrqKind::Intx => state.intx.as_ref(),
-            IrqKind::Msix => None,
+            IrqKind::Msix => state.msix.get(vector),
         };
         fd.is_some_and(|fd| fd.write(1).is_ok())
     }
@@ -187,7 +194,7 @@ impl PassthroughDevice for FakeDevice {
         match kind {
             IrqKind::Msi => state.msi = clones,
             IrqKind::Intx => state.intx = clones.into_iter().next(),
-            IrqKind::Msix => {}
+            IrqKind::Msix => state.msix = clones,
         }
         state.calls.push(FakeCall::EnableIrq(kind, fds.len()));
         Ok(())
@@ -197,8 +204,8 @@ impl PassthroughDevice for FakeDevice {
         let mut state = self.state();
         match kind {
             IrqKind::Msi => state.msi.clear(),
+            IrqKind::Msix => state.msix.clear(),
             IrqKind::Intx => state.intx = None,
-            IrqKind::Msix => {}
         }
         state.calls.push(FakeCall::DisableIrq(kind));
         Ok(())

@@ -15,7 +15,7 @@ use wasmvisor_pci::{
 };
 
 use crate::bypass::IrqBypass;
-use crate::interrupts::Interrupts;
+use crate::interrupts::{Interrupts, Targets, Vectors};
 use crate::passthrough::{IrqKind, MmapArea, PassthroughDevice, RegionMapping, CONFIG_REGION};
 use crate::shadow::{self, ShadowError, MSI_CONTROL};
 
@@ -98,14 +98,18 @@ impl VfioPciFunction {
         };
         let interrupts = Interrupts::new(
             Arc::clone(&config),
-            shadow.msi,
-            msi_vectors,
-            msix,
-            msix_vectors,
-            intx,
-            Arc::clone(&device),
-            sink,
-            bypass,
+            Vectors {
+                msi: shadow.msi,
+                msi_vectors,
+                msix,
+                msix_vectors,
+                intx,
+            },
+            Targets {
+                device: Arc::clone(&device),
+                sink,
+                bypass,
+            },
         )
         .map_err(FunctionError::EventFd)?;
         if let Some(fd) = &interrupts.intx_fd {

@@ -47,18 +47,40 @@ pub struct Interrupts {
     routes_made: AtomicU64,
 }
 
+/// The interrupts a function has, as its shadow and backend allow.
+pub(crate) struct Vectors {
+    pub msi: Option<Msi>,
+    pub msi_vectors: u32,
+    pub msix: Option<MsixEmulation>,
+    pub msix_vectors: u32,
+    pub intx: bool,
+}
+
+/// Where a function's interrupts go.
+pub(crate) struct Targets {
+    pub device: Arc<dyn PassthroughDevice>,
+    pub sink: Arc<dyn InterruptSink>,
+    pub bypass: Option<Arc<dyn IrqBypass>>,
+}
+
 impl Interrupts {
     pub(crate) fn new(
         config: Arc<Mutex<ConfigSpace>>,
-        msi: Option<Msi>,
-        msi_vectors: u32,
-        msix: Option<MsixEmulation>,
-        msix_vectors: u32,
-        intx: bool,
-        device: Arc<dyn PassthroughDevice>,
-        sink: Arc<dyn InterruptSink>,
-        bypass: Option<Arc<dyn IrqBypass>>,
+        vectors: Vectors,
+        targets: Targets,
     ) -> std::io::Result<Interrupts> {
+        let Vectors {
+            msi,
+            msi_vectors,
+            msix,
+            msix_vectors,
+            intx,
+        } = vectors;
+        let Targets {
+            device,
+            sink,
+            bypass,
+        } = targets;
         let msi_fds: Vec<EventFd> = (0..msi_vectors)
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<Result<_, _>>()?;

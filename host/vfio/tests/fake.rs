@@ -16,6 +16,11 @@ use wasmvisor_vfio::{
 /// A device 1234:5678 with a 4 KiB BAR 0, a 1 MiB 64-bit BAR 2, and
 /// capabilities MSI-X, vendor, MSI in that order.
 fn device() -> Arc<FakeDevice> {
+    Arc::new(device_with(0))
+}
+
+/// [`device`] whose backend signals `msix` MSI-X vectors.
+fn device_with(msix: u32) -> FakeDevice {
     let mut config = ConfigSpace::new(&Header {
         vendor_id: 0x1234,
         device_id: 0x5678,
@@ -54,7 +59,7 @@ fn device() -> Arc<FakeDevice> {
         })
         .unwrap();
     let bytes: Vec<u8> = (0..256).map(|o| config.read(o, 1) as u8).collect();
-    Arc::new(FakeDevice::new(&bytes, [0x1000, 0, 0x10_0000, 0, 0, 0], 4))
+    FakeDevice::new(&bytes, [0x1000, 0, 0x10_0000, 0, 0, 0], 4).with_msix_vectors(msix)
 }
 
 fn function(fake: &Arc<FakeDevice>) -> (VfioPciFunction, Arc<RecordedInterrupts>) {
@@ -96,7 +101,7 @@ fn setup_reads_config_and_wires_intx_only() {
 }
 
 #[test]
-fn msix_is_unlinked_and_the_rest_kept() {
+fn msix_is_unlinked_when_the_backend_has_no_msix_vectors() {
     let fake = device();
     let (mut f, _) = function(&fake);
     let caps = capability_ids(&mut f);
@@ -312,4 +317,62 @@ fn with_a_bypass_enabled_vectors_are_routed_and_follow_the_guest() {
         "{calls:?}"
     );
     assert!(sink.take().is_empty());
+}
+
+#[test]
+fn msix_is_kept_when_the_backend_signals_it_and_its_table_is_the_vmms() {
+    let fake = Arc::new(device_with(8));
+    let bypass = Arc::new(RecordedBypass::default());
+    let sink = Arc::new(RecordedInterrupts::default());
+    let device: Arc<dyn PassthroughDevice> = fake.clone();
+    let mut f = VfioPciFunction::with_bypass(device, sink.clone(), Some(bypass.clone())).unwrap();
+    let caps = capability_ids(&mut f);
+    let ids: Vec<u8> = caps.iter().map(|c| c.0).collect();
+    assert_eq!(ids, [CAP_ID_MSIX, CAP_ID_VENDOR, CAP_ID_MSI]);
+    assert!(f.hidden_capabilities().is_empty());
+    let msix = caps[0].1;
+    // Table size 8, table at 0x800 and PBA at 0xc00 of BAR 0, as the
+    // device has them; off at power-on.
+    assert_eq!(f.config_read(msix + 2, 2), 7);
+    assert_eq!(f.config_read(msix + 4, 4), 0x800);
+    fake.take_calls();
+    bypass.take();
+    // Entry 3 to vector 0x45: the VMM's table, nothing reaches the device.
+    f.bar_write(0, 0x830, 8, 0xfee0_0000);
+    f.bar_write(0, 0x838, 4, 0x45);
+    f.bar_write(0, 0x83c, 4, 0);
+    assert_eq!(f.bar_read(0, 0x838, 4), 0x45);
+    assert_eq!(fake.take_calls(), []);
+    // Enabling puts all 8 vectors on the device and routes entry 3 only.
+    f.config_write(msix + 2, 2, 0x8000);
+    assert_eq!(fake.take_calls(), [FakeCall::EnableIrq(IrqKind::Msix, 8)]);
+    let routed = bypass.take();
+    assert!(
+        matches!(routed[..], [BypassCall::AttachMsi(_, m)] if m.data == 0x45),
+        "{routed:?}"
+    );
+    // A signal on masked vector 5 becomes its pending bit in the PBA...
+    assert!(fake.fire(IrqKind::Msix, 5));
+    assert_eq!(f.interrupts().poll(), 1);
+    assert!(sink.take().is_empty());
+    assert_eq!(f.bar_read(0, 0xc00, 8), 1 << 5);
+    // ...and unmasking entry 5 delivers it once and routes it.
+    f.bar_write(0, 0x850, 8, 0xfee0_0000);
+    f.bar_write(0, 0x858, 4, 0x46);
+    f.bar_write(0, 0x85c, 4, 0);
+    assert_eq!(
+        sink.take(),
+        [Interrupt::Msi(MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x46
+        })]
+    );
+    assert_eq!(f.bar_read(0, 0xc00, 8), 0);
+    assert_eq!(f.interrupts().routed_vectors(), 2);
+    // The function mask takes every route down; disabling turns the
+    // device's MSI-X off.
+    f.config_write(msix + 2, 2, 0xc000);
+    assert_eq!(f.interrupts().routed_vectors(), 0);
+    f.config_write(msix + 2, 2, 0);
+    assert_eq!(fake.take_calls(), [FakeCall::DisableIrq(IrqKind::Msix)]);
 }
