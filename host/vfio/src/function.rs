@@ -1,9 +1,11 @@
 //! [`VfioPciFunction`]: a device behind [`PassthroughDevice`] as a
 //! [`PciDevice`] on wasmvisor's bus. The guest sees a shadow of the
 //! device's configuration space (see `shadow`); of its writes only the
-//! command register reaches the device. BAR accesses are trapped and
-//! forwarded as region reads and writes, so every one of them can go
-//! through the VMM's policies; none is mapped in this version.
+//! command register reaches the device. BAR areas the backend can mmap
+//! are offered to the VMM as direct maps (memslots, except where policies
+//! subscribe); the rest is trapped and forwarded as region reads and
+//! writes. MSI and MSI-X are emulated here (the MSI-X table and PBA
+//! included) and the device's vectors enabled to match.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 

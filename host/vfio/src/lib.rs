@@ -6,11 +6,14 @@
 //! [`VfioUserDevice`] (a device server in another process, over the
 //! vfio-user protocol) and [`FakeDevice`] (tests). [`VfioPciFunction`]
 //! virtualizes the device for the guest: a shadow configuration space
-//! (BAR sizing and addresses emulated, capabilities filtered to MSI and
-//! vendor-specific ones, only the command register forwarded), trapped
-//! BAR accesses forwarded as region reads and writes, MSI emulated in the
-//! shadow and delivered from the device's eventfds through an
-//! `InterruptSink`, and reset on shutdown.
+//! (BAR sizing and addresses emulated, capabilities filtered to MSI,
+//! MSI-X and vendor-specific ones, only the command register forwarded),
+//! mappable BAR areas offered for memslots and the rest trapped and
+//! forwarded as region reads and writes, MSI and MSI-X emulated and
+//! delivered from the device's eventfds through an [`IrqBypass`] (KVM
+//! irqfds) or an `InterruptSink`, and reset on shutdown. [`KernelVfio`]
+//! runs over [`VfioSys`], one method per VFIO ioctl, which [`FakeVfio`]
+//! fakes in tests.
 //!
 //! [`TestDeviceServer`] serves `wasmvisor_pci::TestDevice` over vfio-user
 //! (also as the `wasmvisor-vfio-user-testdev` binary), so the whole path,

@@ -57,8 +57,8 @@ pub enum IrqKind {
     Intx,
     /// MSI: up to 32 vectors, programmed in configuration space.
     Msi,
-    /// MSI-X: vectors programmed in a BAR table (hidden from guests in
-    /// this version).
+    /// MSI-X: vectors programmed in a BAR table (which the VMM emulates
+    /// for passthrough devices).
     Msix,
 }
 

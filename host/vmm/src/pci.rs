@@ -1,8 +1,9 @@
 //! The PCI segment on KVM (`--device`): `wasmvisor-pci`'s bus behind config
-//! mechanism #1 (ports 0xCF8-0xCFF), ECAM and the BAR windows, with MSI
-//! through `KVM_SIGNAL_MSI`, INTx through `KVM_IRQ_LINE` and DMA into
-//! guest RAM; the emulated test device, or a vfio-user device through
-//! `wasmvisor-vfio`. Policies see the same accesses first: one that subscribes
+//! mechanism #1 (ports 0xCF8-0xCFF), ECAM and the BAR windows; the
+//! emulated test device (MSI through `KVM_SIGNAL_MSI`, INTx through
+//! `KVM_IRQ_LINE`, DMA into guest RAM), or a VFIO or vfio-user device
+//! through `wasmvisor-vfio` (interrupts as irqfds with GSI routes, BAR
+//! memory as memslots, `bar_maps`). Policies see the same accesses first: one that subscribes
 //! to a device's ECAM page or a BAR range can audit, answer or veto
 //! them before the device does (`docs/pci.md`).
 
