@@ -3,6 +3,7 @@ use std::sync::{Arc, Mutex};
 use super::*;
 use crate::bar::Bar;
 use crate::config::{test_header, ConfigSpace};
+use crate::device::DirectMap;
 use crate::ecam::ECAM_BUS_SIZE;
 use crate::layout::PciLayout;
 
@@ -62,6 +63,25 @@ impl PciDevice for Probe {
 
     fn reset(&mut self) {
         self.config.reset();
+    }
+
+    /// BAR 2's second page is host memory at 0x7000_0000 (and a part that
+    /// would run past the BAR is offered too, to be left out).
+    fn direct_maps(&self) -> Vec<DirectMap> {
+        vec![
+            DirectMap {
+                bar: 2,
+                offset: 0x1000,
+                size: 0x1000,
+                host_addr: 0x7000_0000,
+            },
+            DirectMap {
+                bar: 2,
+                offset: 0x3000,
+                size: 0x2000,
+                host_addr: 0x7100_0000,
+            },
+        ]
     }
 }
 
@@ -443,4 +463,24 @@ fn the_bus_can_be_shared_between_vcpu_threads() {
     // Behind a Mutex, which needs only Send.
     shareable::<PciBus>();
     shareable::<std::sync::Mutex<PciBus>>();
+}
+
+#[test]
+fn direct_maps_follow_decoding_and_moves_of_their_bar() {
+    let (mut bus, _) = assigned();
+    let bdf = probe_bdf();
+    assert!(bus.direct_maps().is_empty(), "memory decoding is off");
+    bus.config_write(bdf, reg::COMMAND, 2, Command::MEMORY_SPACE.into());
+    let at = |gpa| GuestMapping {
+        gpa,
+        size: 0x1000,
+        host_addr: 0x7000_0000,
+    };
+    assert_eq!(bus.direct_maps(), [at(BAR2 + 0x1000)]);
+    // The guest moves BAR 2 (a 64-bit BAR: low dword, then high).
+    bus.config_write(bdf, reg::BAR0 + 8, 4, 0xE810_0000);
+    bus.config_write(bdf, reg::BAR0 + 12, 4, 0);
+    assert_eq!(bus.direct_maps(), [at(0xE810_1000)]);
+    bus.config_write(bdf, reg::COMMAND, 2, 0);
+    assert!(bus.direct_maps().is_empty());
 }
