@@ -61,17 +61,11 @@
     .globl _start
 _start:
     mov eax, offset msi_handler
-    mov word ptr [idt + MSI_VECTOR*8], ax
-    mov word ptr [idt + MSI_VECTOR*8 + 2], SEL_CODE32
-    mov word ptr [idt + MSI_VECTOR*8 + 4], GATE_INT32
-    shr eax, 16
-    mov word ptr [idt + MSI_VECTOR*8 + 6], ax
+    mov ecx, MSI_VECTOR
+    call set_gate
     mov eax, offset msix_handler
-    mov word ptr [idt + MSIX_VECTOR*8], ax
-    mov word ptr [idt + MSIX_VECTOR*8 + 2], SEL_CODE32
-    mov word ptr [idt + MSIX_VECTOR*8 + 4], GATE_INT32
-    shr eax, 16
-    mov word ptr [idt + MSIX_VECTOR*8 + 6], ax
+    mov ecx, MSIX_VECTOR
+    call set_gate
     lidt [idtr]
 
     mov esi, offset s_scan
@@ -392,6 +386,7 @@ cfg_select:
 # IF still 0 (the RET of fault32.inc, without an error code to drop).
 msi_handler:
     add dword ptr [msi_count], 1
+irq_return:
     mov dword ptr [LAPIC_EOI], 0
     push eax
     mov eax, dword ptr [esp + 4]    # EIP into the EFLAGS slot
@@ -403,12 +398,16 @@ msi_handler:
 # msix_handler: the MSI-X on vector 0x41; as msi_handler.
 msix_handler:
     add dword ptr [msix_count], 1
-    mov dword ptr [LAPIC_EOI], 0
-    push eax
-    mov eax, dword ptr [esp + 4]
-    mov dword ptr [esp + 12], eax
-    pop eax
-    add esp, 8
+    jmp irq_return
+
+# set_gate: makes IDT entry ECX a 32-bit interrupt gate to EAX.
+# Clobbers EAX.
+set_gate:
+    mov word ptr [idt + ecx*8], ax
+    mov word ptr [idt + ecx*8 + 2], SEL_CODE32
+    mov word ptr [idt + ecx*8 + 4], GATE_INT32
+    shr eax, 16
+    mov word ptr [idt + ecx*8 + 6], ax
     ret
 
 # print_hex8 / print_hex16: the low 2 or 4 hex digits of EAX.

@@ -24,6 +24,16 @@ struct Slots {
     devices: HashMap<u32, DeviceSlot>,
 }
 
+impl Slots {
+    /// A free slot number: RAM runs and device memory share them.
+    fn take_slot(&mut self) -> u32 {
+        self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+}
+
 /// The memslot layout of one VM; shared by its vCPU threads.
 pub struct MemSlots {
     fd: Arc<VmFd>,
@@ -109,10 +119,7 @@ impl MemSlots {
             if s.installed.contains_key(&key) {
                 continue;
             }
-            let slot = s.free.pop().unwrap_or_else(|| {
-                s.next += 1;
-                s.next - 1
-            });
+            let slot = s.take_slot();
             self.set_region(slot, &run, run.len)?;
             s.installed.insert(key, slot);
         }
@@ -151,10 +158,7 @@ impl MemSlots {
             )));
         }
         let mut s = self.lock();
-        let slot = s.free.pop().unwrap_or_else(|| {
-            s.next += 1;
-            s.next - 1
-        });
+        let slot = s.take_slot();
         let region = kvm_userspace_memory_region {
             slot,
             flags: 0,

@@ -127,18 +127,17 @@ impl FakeDevice {
         fd.is_some_and(|fd| fd.write(1).is_ok())
     }
 
+    /// The bytes of region `index` an access covers, once checked.
     fn access(
         &self,
         index: u32,
         offset: u64,
         len: usize,
     ) -> Result<std::ops::Range<usize>, PassthroughError> {
-        let size = self.state().regions.get(index as usize).map_or(0, Vec::len);
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match start.checked_add(len) {
-            Some(end) if end <= size => Ok(start..end),
-            _ => Err(PassthroughError::OutOfRegion { index, offset, len }),
-        }
+        self.check_access(index, offset, len)?;
+        // Inside a region held in memory, so it fits in usize.
+        let start = offset as usize;
+        Ok(start..start + len)
     }
 }
 

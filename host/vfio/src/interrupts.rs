@@ -81,12 +81,11 @@ impl Interrupts {
             sink,
             bypass,
         } = targets;
-        let msi_fds: Vec<EventFd> = (0..msi_vectors)
-            .map(|_| EventFd::new(EFD_NONBLOCK))
-            .collect::<Result<_, _>>()?;
-        let msix_fds: Vec<EventFd> = (0..msix_vectors)
-            .map(|_| EventFd::new(EFD_NONBLOCK))
-            .collect::<Result<_, _>>()?;
+        let eventfds = |n: u32| -> std::io::Result<Vec<EventFd>> {
+            (0..n).map(|_| EventFd::new(EFD_NONBLOCK)).collect()
+        };
+        let msi_fds = eventfds(msi_vectors)?;
+        let msix_fds = eventfds(msix_vectors)?;
         let intx_fd = intx.then(|| EventFd::new(EFD_NONBLOCK)).transpose()?;
         let intx_resample = (intx && bypass.is_some())
             .then(|| EventFd::new(EFD_NONBLOCK))

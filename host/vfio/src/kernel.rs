@@ -90,16 +90,13 @@ impl KernelVfio {
     }
 
     /// Where `len` bytes at `offset` of region `index` are in the device
-    /// fd, if they are all in the region: checked here, before any
-    /// syscall, so a bad access fails the same way whatever the kernel
-    /// would have done with it.
+    /// fd, if they are all in the region.
     fn locate(&self, index: u32, offset: u64, len: usize) -> Result<u64, PassthroughError> {
-        let out = || PassthroughError::OutOfRegion { index, offset, len };
-        let region = self.region_info(index).ok_or_else(out)?;
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= region.size => region.offset.checked_add(offset).ok_or_else(out),
-            _ => Err(out()),
-        }
+        let region = self.check_access(index, offset, len)?;
+        region
+            .offset
+            .checked_add(offset)
+            .ok_or(PassthroughError::OutOfRegion { index, offset, len })
     }
 }
 

@@ -221,6 +221,25 @@ pub trait PassthroughDevice: Send + Sync {
         Vec::new()
     }
 
+    /// The region's info if `len` bytes at `offset` all lie in region
+    /// `index`. Backends check before any access reaches the device: a
+    /// bad access fails the same way whatever the device would have done
+    /// with it (vfio-ioctls only logs, and the vfio-user protocol has no
+    /// error reply the client can parse).
+    fn check_access(
+        &self,
+        index: u32,
+        offset: u64,
+        len: usize,
+    ) -> Result<RegionInfo, PassthroughError> {
+        let out = || PassthroughError::OutOfRegion { index, offset, len };
+        let region = self.region_info(index).ok_or_else(out)?;
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= region.size => Ok(region),
+            _ => Err(out()),
+        }
+    }
+
     /// Maps `area` (one of [`PassthroughDevice::mmap_areas`]) of region
     /// `index` into the VMM.
     fn mmap(&self, index: u32, area: MmapArea) -> Result<RegionMapping, PassthroughError> {

@@ -51,14 +51,6 @@ impl VfioUserDevice {
     fn client(&self) -> MutexGuard<'_, Client> {
         self.client.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    fn check(&self, index: u32, offset: u64, len: usize) -> Result<(), PassthroughError> {
-        let size = self.region_info(index).map_or(0, |r| r.size);
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= size => Ok(()),
-            _ => Err(PassthroughError::OutOfRegion { index, offset, len }),
-        }
-    }
 }
 
 impl PassthroughDevice for VfioUserDevice {
@@ -73,14 +65,14 @@ impl PassthroughDevice for VfioUserDevice {
     fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), PassthroughError> {
         // The protocol has no error reply the client can parse for a bad
         // region access, so bad accesses never go out.
-        self.check(index, offset, buf.len())?;
+        self.check_access(index, offset, buf.len())?;
         self.client()
             .region_read(index, offset, buf)
             .map_err(user("region read"))
     }
 
     fn region_write(&self, index: u32, offset: u64, buf: &[u8]) -> Result<(), PassthroughError> {
-        self.check(index, offset, buf.len())?;
+        self.check_access(index, offset, buf.len())?;
         self.client()
             .region_write(index, offset, buf)
             .map_err(user("region write"))

@@ -223,11 +223,10 @@ impl PciPlatform {
                 })
                 .collect()
         };
-        let mut maps = BarMaps::new(vm.memslots());
-        maps.sync(&bus.direct_maps());
-        let generation = bus.generation();
+        let mut maps = (BarMaps::new(vm.memslots()), 0);
+        Self::remap(&mut maps, &bus);
         Ok(PciPlatform {
-            maps: Mutex::new((maps, generation)),
+            maps: Mutex::new(maps),
             bus: Mutex::new(bus),
             layout,
             _interrupt_threads: threads,
@@ -258,9 +257,14 @@ impl PciPlatform {
     fn follow_bars(&self, bus: &PciBus) {
         let mut maps = self.lock_maps();
         if maps.1 != bus.generation() {
-            maps.0.sync(&bus.direct_maps());
-            maps.1 = bus.generation();
+            Self::remap(&mut maps, bus);
         }
+    }
+
+    /// Installs the memslots the bus's BAR routes call for now.
+    fn remap(maps: &mut (BarMaps, u64), bus: &PciBus) {
+        maps.0.sync(&bus.direct_maps());
+        maps.1 = bus.generation();
     }
 
     /// The guest-physical ranges passthrough devices can reach by DMA.
@@ -328,8 +332,7 @@ impl BuiltinDevice for PciPlatform {
         let bus = self.bus.lock().unwrap_or_else(PoisonError::into_inner);
         let mut maps = self.lock_maps();
         maps.0.set_trapped(ranges.to_vec());
-        maps.0.sync(&bus.direct_maps());
-        maps.1 = bus.generation();
+        Self::remap(&mut maps, &bus);
     }
 
     fn claims(&self) -> (Vec<RangeInclusive<u16>>, Vec<GpaRange>) {
