@@ -1,6 +1,7 @@
 //! The PCI segment (`--device test`): the `pci` guest enumerates bus 0
 //! through config mechanism #1, sizes the test device's BAR, takes its MSI
-//! through the in-kernel LAPIC and checks its DMA; the pci-guard policy
+//! and MSI-X through the in-kernel LAPIC and its INTx through the IOAPIC,
+//! and checks its DMA; the pci-guard policy
 //! vetoes a config write and a DMA address outside its window. The same
 //! guest drives the same device served by another process over vfio-user
 //! (`--device vfio-user=SOCKET`), whose server sees the DMA. Without
@@ -143,6 +144,8 @@ fn the_guest_enumerates_sizes_and_drives_the_test_device() {
             "pci: id WVTD".to_string(),
             "pci: msi vector 0x40 delivered 01".to_string(),
             "pci: msix vector 0x41 delivered 01".to_string(),
+            // Slot 1's INTA# is IOAPIC pin 17; both rounds arrived.
+            "pci: intx line 11 vector 0x42 delivered 02".to_string(),
             "pci: dma fill status 01, every byte ok".to_string(),
             format!("pci: dma sum {:08x}", expected_sum()),
             "pci: command after the second write 0002".to_string(),
@@ -217,12 +220,19 @@ fn a_policy_keeps_device_dma_inside_its_window_and_audits_the_doorbell() {
         .filter(|e| e["policy"] == "pci-guard")
         .collect();
     let kinds: Vec<&str> = ours.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    // The MSI doorbell (vector 0), the MSI-X one (vector 1), then the
-    // refused DMA address.
-    assert_eq!(kinds, ["doorbell", "doorbell", "dma-denied"], "{ours:?}");
-    assert_eq!(ours[0]["data"]["value"], 0);
-    assert_eq!(ours[1]["data"]["value"], 1);
-    assert_eq!(ours[2]["data"]["address"], 393216);
+    // The MSI doorbell (vector 0), the MSI-X one (vector 1), the two INTx
+    // rounds, then the refused DMA address.
+    assert_eq!(
+        kinds,
+        ["doorbell", "doorbell", "doorbell", "doorbell", "dma-denied"],
+        "{ours:?}"
+    );
+    let rung: Vec<u64> = ours[..4]
+        .iter()
+        .map(|e| e["data"]["value"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rung, [0, 1, 0, 0]);
+    assert_eq!(ours[4]["data"]["address"], 393216);
 }
 
 #[test]
@@ -262,15 +272,19 @@ fn the_guest_drives_a_vfio_user_device_server_which_sees_its_dma() {
             "pci: id WVTD".to_string(),
             "pci: msi vector 0x40 delivered 01".to_string(),
             "pci: msix vector 0x41 delivered 01".to_string(),
+            // Slot 1's INTA# is IOAPIC pin 17; both rounds arrived.
+            "pci: intx line 11 vector 0x42 delivered 02".to_string(),
             "pci: dma fill status 01, every byte ok".to_string(),
             format!("pci: dma sum {:08x}", expected_sum()),
             "pci: bar2 e8000000".to_string(),
             format!("pci: bar2 sum {:08x}", bar2_sum()),
         ],
     );
-    // INTx, MSI and then MSI-X went to KVM irqfds, the VMM delivered
-    // nothing itself, and BAR 2 was a memslot: its 32768 accesses made no
-    // MMIO exit (the 14 left are BAR 0's registers and MSI-X table).
+    // MSI, MSI-X and INTx went to KVM irqfds, the VMM delivered nothing
+    // itself, and BAR 2 was a memslot: its 32768 accesses made no MMIO
+    // exit (the 18 left are BAR 0's registers and MSI-X table). The
+    // second INTx round only arrives if the EOI's resample eventfd made
+    // the VMM unmask the line, which VFIO (and the server) mask on firing.
     assert!(
         r.stderr.contains(&format!(
             "device {device}: 3 interrupt routes through KVM irqfds, 0 interrupts delivered by the VMM, 65536 bytes of BARs mapped"
@@ -278,7 +292,7 @@ fn the_guest_drives_a_vfio_user_device_server_which_sees_its_dma() {
         "{}",
         r.stderr
     );
-    assert_eq!(mmio_exits(&r.stderr), 14, "{}", r.stderr);
+    assert_eq!(mmio_exits(&r.stderr), 18, "{}", r.stderr);
     // The server reports once the VM has gone away.
     let log = server_log(&server, "bar2 sum");
     assert_has_lines(
@@ -348,13 +362,13 @@ fn a_policy_subscribed_to_one_page_of_a_mapped_bar_traps_only_that_page() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_has_lines(&r.stdout, &[format!("pci: bar2 sum {:08x}", bar2_sum())]);
     // Fifteen pages stayed mapped; the trapped one made 1024 writes and
-    // 1024 reads exit, on top of BAR 0's 14 accesses.
+    // 1024 reads exit, on top of BAR 0's 18 accesses.
     assert!(
         r.stderr.contains("61440 bytes of BARs mapped"),
         "{}",
         r.stderr
     );
-    assert_eq!(mmio_exits(&r.stderr), 14 + 2048, "{}", r.stderr);
+    assert_eq!(mmio_exits(&r.stderr), 18 + 2048, "{}", r.stderr);
     // The policy saw the write at offset 8 of its page: dword 0xc02.
     let doorbells = events_of(&events, "doorbell");
     assert_eq!(doorbells.len(), 1, "{doorbells:?}");

@@ -9,6 +9,9 @@
 #     enables the LAPIC, rings the doorbell and waits in HLT for the MSI;
 #   - turns MSI off, finds the MSI-X capability, aims table entry 1 at
 #     vector 0x41, enables MSI-X, rings doorbell 1 and waits for it;
+#   - turns MSI-X off, aims the IOAPIC pin named by the interrupt line
+#     register at vector 0x42 (level-triggered) and takes INTx twice,
+#     acknowledging the device in the handler before the EOI;
 #   - has the device FILL a buffer by DMA and checks every byte, then SUM
 #     it by DMA and prints the device's sum;
 #   - writes the command register a second time with a value a policy may
@@ -37,6 +40,7 @@
     .equ BAR2_DWORDS, 0x4000        # 64 KiB
     .equ REG_SCRATCH, 0x04
     .equ REG_DOORBELL, 0x08
+    .equ REG_IRQ_STATUS, 0x0c
     .equ REG_DMA_ADDR_LO, 0x10
     .equ REG_DMA_ADDR_HI, 0x14
     .equ REG_DMA_LEN, 0x18
@@ -52,10 +56,15 @@
     .equ LAPIC_SVR, 0xfee000f0
     .equ MSI_VECTOR, 0x40
     .equ MSIX_VECTOR, 0x41
+    .equ INTX_VECTOR, 0x42
+    .equ INTX_ROUNDS, 2
+    .equ IOAPIC_SEL, 0xfec00000
+    .equ IOAPIC_WIN, 0xfec00010
+    .equ IOAPIC_LEVEL, 0x8000       # redirection entry: level-triggered
 
     .equ SEL_CODE32, 0x08
     .equ GATE_INT32, 0x8e00
-    .equ IDT_ENTRIES, MSIX_VECTOR + 1
+    .equ IDT_ENTRIES, INTX_VECTOR + 1
 
     .section .text.entry, "ax"
     .globl _start
@@ -65,6 +74,9 @@ _start:
     call set_gate
     mov eax, offset msix_handler
     mov ecx, MSIX_VECTOR
+    call set_gate
+    mov eax, offset intx_handler
+    mov ecx, INTX_VECTOR
     call set_gate
     lidt [idtr]
 
@@ -163,6 +175,7 @@ found:
     mov eax, dword ptr [edi + REG_ID]
     call print_chars4
     call newline
+    mov dword ptr [LAPIC_SVR], 0x1ff   # LAPIC software enable, spurious 0xff
 
     # --- MSI: find the capability, aim it at LAPIC 0, vector 0x40 --------
     mov eax, 0x34
@@ -181,7 +194,7 @@ cap:
 no_msi:
     mov esi, offset s_no_msi
     call puts
-    jmp dma
+    jmp intx
 
 msi_found:
     mov ebx, eax                    # EBX = id/next/message control
@@ -199,7 +212,6 @@ msi_found:
     or ecx, 0x00010000              # message control bit 0: enable
     call cfg_write
 
-    mov dword ptr [LAPIC_SVR], 0x1ff   # LAPIC software enable, spurious 0xff
     mov dword ptr [edi + REG_DOORBELL], 0   # raise MSI vector 0
     # The MSI waits in the LAPIC while IF=0. STI's one-instruction shadow
     # makes STI;HLT atomic: it is delivered in the HLT, and the handler
@@ -224,7 +236,7 @@ msi_found:
     call cfg_read
     and eax, 0xfc
 1:  test eax, eax
-    jz dma                          # no MSI-X capability
+    jz intx                         # no MSI-X capability
     mov edx, eax
     call cfg_read
     cmp al, 0x11                    # MSI-X
@@ -252,6 +264,45 @@ msi_found:
     mov esi, offset s_msix
     call puts
     mov eax, dword ptr [msix_count]
+    call print_hex8
+    call newline
+    mov eax, edx
+    call cfg_read
+    and eax, 0x7fffffff             # message control bit 15: disable
+    mov ecx, eax
+    mov eax, edx
+    call cfg_write
+
+    # --- INTx: MSI and MSI-X off, the device's line through the IOAPIC ---
+    # The line is level-triggered: the handler clears IRQ_STATUS (the
+    # device lowers INTx) before its EOI. Two rounds, because VFIO masks a
+    # passed-through device's INTx each time it fires and only the EOI's
+    # resample unmasks it: the second round arrives only if that works.
+intx:
+    mov eax, 0x3c
+    call cfg_read
+    and eax, 0xff                   # interrupt line = IOAPIC pin
+    mov ebx, eax
+    lea eax, [ebx * 2 + 0x10]       # the pin's redirection entry, low half
+    mov dword ptr [IOAPIC_SEL], eax
+    mov dword ptr [IOAPIC_WIN], INTX_VECTOR | IOAPIC_LEVEL  # fixed, physical, high
+    add eax, 1
+    mov dword ptr [IOAPIC_SEL], eax
+    mov dword ptr [IOAPIC_WIN], 0   # destination: LAPIC 0
+    mov ecx, INTX_ROUNDS
+1:  mov dword ptr [edi + REG_DOORBELL], 0   # MSI and MSI-X off: INTx
+    sti
+    hlt
+    cli
+    sub ecx, 1
+    jnz 1b
+    mov esi, offset s_intx
+    call puts
+    mov eax, ebx
+    call print_hex8
+    mov esi, offset s_intx_vec
+    call puts
+    mov eax, dword ptr [intx_count]
     call print_hex8
     call newline
 
@@ -400,6 +451,16 @@ msix_handler:
     add dword ptr [msix_count], 1
     jmp irq_return
 
+# intx_handler: INTx on vector 0x42. Counts it and clears the device's
+# IRQ_STATUS, which lowers the line, before the EOI.
+intx_handler:
+    add dword ptr [intx_count], 1
+    push eax
+    mov eax, dword ptr [bar0]
+    mov dword ptr [eax + REG_IRQ_STATUS], 1
+    pop eax
+    jmp irq_return
+
 # set_gate: makes IDT entry ECX a 32-bit interrupt gate to EAX.
 # Clobbers EAX.
 set_gate:
@@ -463,6 +524,8 @@ s_id:       .asciz "pci: id "
 s_no_msi:   .asciz "pci: no MSI capability\n"
 s_msi:      .asciz "pci: msi vector 0x40 delivered "
 s_msix:     .asciz "pci: msix vector 0x41 delivered "
+s_intx:     .asciz "pci: intx line "
+s_intx_vec: .asciz " vector 0x42 delivered "
 s_fill:     .asciz "pci: dma fill status "
 s_fill_ok:  .asciz ", every byte ok\n"
 s_fill_bad: .asciz ", wrong byte at "
@@ -478,6 +541,7 @@ test_dev:   .long 0xffffffff
 bar0:       .long 0
 msi_count:  .long 0
 msix_count: .long 0
+intx_count: .long 0
     .balign 8
 idt:
     .fill IDT_ENTRIES * 8, 1, 0

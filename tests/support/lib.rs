@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -104,14 +106,38 @@ impl Run {
     }
 }
 
-/// Runs `wasmvisor ARGS...` to completion.
+/// How long one CLI run may take before the test kills it: a guest that
+/// waits for an interrupt that never comes would otherwise hang the test
+/// run (the slowest run, booting a bzImage, takes about 100 s here).
+pub const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `wasmvisor ARGS...` to completion; fails the test if that takes
+/// longer than [`RUN_LIMIT`].
 pub fn wasmvisor(args: &[&str]) -> Run {
-    Command::new(bin())
+    let child = Command::new(bin())
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .expect("wasmvisor starts")
-        .into()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wasmvisor starts");
+    let pid = child.id().to_string();
+    let (done, finished) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let timed_out = finished.recv_timeout(RUN_LIMIT).is_err();
+        if timed_out {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+        timed_out
+    });
+    let output = child.wait_with_output().expect("wasmvisor runs");
+    let _ = done.send(());
+    let run = Run::from(output);
+    assert!(
+        !watchdog.join().unwrap_or(false),
+        "wasmvisor {args:?} ran for more than {RUN_LIMIT:?} and was killed: {run:?}"
+    );
+    run
 }
 
 /// A scratch directory unique to this test process and `name`.

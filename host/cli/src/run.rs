@@ -52,8 +52,8 @@ pub struct RunArgs {
     /// Console device on 0x3F8 when no policy claims it: policy (none) or native.
     #[arg(long, value_name = "BACKEND")]
     serial: Option<String>,
-    /// Attach a PCI device: `test` (the emulated test device) or `vfio=BDF-or-sysfs-path`; repeatable (docs/pci.md). Brings the in-kernel irqchip.
-    #[arg(long = "device", value_name = "test|vfio=BDF")]
+    /// Attach a PCI device: `test` (the emulated test device), `vfio=BDF-or-sysfs-path` or `vfio-user=SOCKET`; repeatable (docs/pci.md). Brings the in-kernel irqchip.
+    #[arg(long = "device", value_name = "test|vfio=BDF|vfio-user=SOCKET")]
     devices: Vec<String>,
     /// Give the guest KVM's in-kernel PIC, IOAPIC and PIT (always on with --kernel); HLT then waits for an interrupt.
     #[arg(long)]
