@@ -218,10 +218,12 @@ fn run(u: &mut Unstructured) -> Result<()> {
         ExitKind::MemViolation(v) => Some(v),
         _ => None,
     };
-    // The exit's own access, performed by allow / unprotect-retry.
+    // The exit's own access, performed by allow / unprotect-retry. A
+    // zero-sized access still names its first byte: unprotect-retry
+    // unprotects that byte's page, which fails past the end of RAM.
     let access_in_ram = access.is_some_and(|v| {
-        let n = usize::from(v.size).min(8);
-        n == 0 || mem.check_range(GuestAddress(v.gpa), n)
+        let n = usize::from(v.size).clamp(1, 8);
+        mem.check_range(GuestAddress(v.gpa), n)
     });
     let mut model = before;
     let mut protections = protections_before;
