@@ -3,6 +3,7 @@
 //! process measurements and statistics. The binary (`src/main.rs`) puts
 //! them together and prints the results.
 
+pub mod bars;
 pub mod dispatch;
 pub mod guest;
 pub mod procs;

@@ -14,7 +14,9 @@
 //!    vCPUs;
 //! 4. start-up, process start to the guest's first console byte, against
 //!    `qemu-system-x86_64 -accel kvm` booting the same guest;
-//! 5. the VMM's resident memory with 1 and 8 vCPUs and 0 to 3 policies.
+//! 5. the VMM's resident memory with 1 and 8 vCPUs and 0 to 3 policies;
+//! 6. passthrough BAR access through the vfio-user test device: a BAR
+//!    mapped as a memslot against the same BAR trapped for a policy.
 //!
 //! Nothing here asserts on timings. Results and the method are in
 //! docs/performance.md; `--json FILE` also writes them as JSON.
@@ -28,14 +30,14 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use wasmvisor_bench::stats::{median, min};
-use wasmvisor_bench::{dispatch, guest, procs, swap};
+use wasmvisor_bench::{bars, dispatch, guest, procs, swap};
 
 const USAGE: &str = "\
 usage: wasmvisor-bench [--count N] [--rounds R] [--startup-runs K] [--quick]
-                       [--only dispatch,filter,swap,startup,memory] [--no-qemu] [--json FILE]
+                       [--only dispatch,filter,swap,startup,memory,bars] [--no-qemu] [--json FILE]
 
   --count N         exits per dispatch phase and accesses per filter phase [50000]
-  --rounds R        runs of each dispatch and filter variant (median taken) [5]
+  --rounds R        runs of each dispatch, filter and BAR variant (median taken) [5]
   --startup-runs K  start-ups of each variant (median taken) [10]
   --swaps S         swaps per hot-swap variant (median taken) [50]
   --quick           --count 5000 --rounds 2 --startup-runs 3 --swaps 10
@@ -114,6 +116,8 @@ struct Paths {
     binary: PathBuf,
     policies: PathBuf,
     bench_bin: PathBuf,
+    pci_bin: PathBuf,
+    testdev: PathBuf,
     work: PathBuf,
 }
 
@@ -130,9 +134,17 @@ impl Paths {
             binary: target.join("release/wasmvisor"),
             policies: target.join("assets/policies"),
             bench_bin: target.join("assets/guests/bench.bin"),
+            pci_bin: target.join("assets/guests/pci.bin"),
+            testdev: target.join("release/wasmvisor-vfio-user-testdev"),
             work: target.join("bench"),
         };
-        for f in [&p.binary, &p.bench_bin, &p.policies.join("noop.wasm")] {
+        for f in [
+            &p.binary,
+            &p.bench_bin,
+            &p.pci_bin,
+            &p.testdev,
+            &p.policies.join("noop.wasm"),
+        ] {
             if !f.exists() {
                 bail!("{} is missing: run `make build` first", f.display());
             }
@@ -748,6 +760,73 @@ fn bench_memory(p: &Paths) -> Result<Value> {
     Ok(json!({"rows": rows}))
 }
 
+// ---------------------------------------------------------------------------
+// 6. Passthrough BARs
+
+fn bench_bars(p: &Paths, o: &Opts) -> Result<Value> {
+    let server = bars::Server::start(&p.testdev, &p.work)?;
+    let device = server.device();
+    let (base, len) = bars::BAR2;
+    let guard = p.policy("pci-guard", &format!("bar={base:#x}+{len:#x}"));
+    let variants: [(&str, Vec<String>); 2] = [
+        ("mapped (memslot, no policy)", vec![]),
+        ("trapped (pci-guard on all of BAR 2)", vec![guard]),
+    ];
+    let mut runs: Vec<Vec<bars::BarRun>> = vec![Vec::new(); variants.len()];
+    for round in 0..o.rounds {
+        for k in 0..variants.len() {
+            let vi = (k + round) % variants.len();
+            let (name, policies) = &variants[vi];
+            let r = bars::run_once(&p.binary, &p.pci_bin, &device, policies)
+                .with_context(|| format!("BAR variant {name}"))?;
+            runs[vi].push(r);
+        }
+        eprint!(".");
+    }
+    eprintln!();
+    println!(
+        "6. Passthrough BAR access: the pci guest's 32768 accesses to BAR 2 of the vfio-user test"
+    );
+    println!(
+        "   device, mapped as a memslot or trapped for a policy; VM run time, median of {} runs",
+        o.rounds
+    );
+    println!();
+    println!(
+        "   {:<38} {:>9} {:>11} {:>13}",
+        "variant", "ms", "mmio exits", "bytes mapped"
+    );
+    let mut rows = Vec::new();
+    let mut medians = Vec::new();
+    for (vi, (name, _)) in variants.iter().enumerate() {
+        let ms: Vec<f64> = runs[vi].iter().map(|r| r.wall_ms).collect();
+        let med = median(&ms).unwrap_or(f64::NAN);
+        // Exit counts and mapped bytes are the same in every run.
+        let first = runs[vi][0];
+        println!(
+            "   {:<38} {:>9.1} {:>11} {:>13}",
+            name, med, first.mmio_exits, first.mapped_bytes
+        );
+        medians.push(bars::BarRun {
+            wall_ms: med,
+            ..first
+        });
+        rows.push(json!({
+            "variant": name, "median_ms": med, "samples_ms": ms,
+            "mmio_exits": first.mmio_exits, "mapped_bar_bytes": first.mapped_bytes,
+        }));
+    }
+    let ratio = medians[1].wall_ms / medians[0].wall_ms;
+    let per = bars::per_trapped_access_us(&medians[0], &medians[1]);
+    println!(
+        "   trapped / mapped = {ratio:.1}x; one trapped access costs {per:.1} us (policy call and socket round trip)"
+    );
+    println!();
+    Ok(
+        json!({"runs": o.rounds, "rows": rows, "trapped_over_mapped": ratio, "us_per_trapped_access": per}),
+    )
+}
+
 /// One line per target of the issue, from the sections that ran.
 fn print_targets(results: &serde_json::Map<String, Value>) {
     println!("Targets");
@@ -853,6 +932,9 @@ fn real_main() -> Result<()> {
     }
     if o.wants("memory") {
         results.insert("memory".into(), bench_memory(&p)?);
+    }
+    if o.wants("bars") {
+        results.insert("bars".into(), bench_bars(&p, &o)?);
     }
     print_targets(&results);
     let end = loadavg();

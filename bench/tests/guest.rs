@@ -1,12 +1,13 @@
 //! The benchmark guest and its harness, on real KVM, with small counts.
 //! These check counts and markers only: no test asserts on a timing.
-//! Needs `make build` (target/assets); without /dev/kvm the tests fail
-//! unless WASMVISOR_SKIP_KVM=1.
+//! Needs `make build` (target/assets, the release binaries); without
+//! /dev/kvm the tests fail unless WASMVISOR_SKIP_KVM=1.
 
 use std::path::{Path, PathBuf};
 
 use wasmvisor_bench::dispatch::{run_guest, RunResult};
-use wasmvisor_bench::guest;
+use wasmvisor_bench::{bars, guest};
+use wasmvisor_tests::kvm_available;
 
 const COUNT: u32 = 300;
 
@@ -21,17 +22,6 @@ fn assets() -> PathBuf {
         p.join("guests/bench.bin").display()
     );
     p
-}
-
-fn kvm_available() -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    if std::env::var("WASMVISOR_SKIP_KVM").as_deref() == Ok("1") {
-        eprintln!("skipping: /dev/kvm is missing and WASMVISOR_SKIP_KVM=1");
-        return false;
-    }
-    panic!("/dev/kvm is missing (set WASMVISOR_SKIP_KVM=1 to skip KVM tests)");
 }
 
 /// A copy of bench.bin with COUNT patched in, private to one test.
@@ -105,4 +95,29 @@ fn an_unclaimed_kvm_msr_stays_in_the_kernel_and_ports_always_exit() {
     assert_eq!(exits(&r, 6, 7), u64::from(COUNT), "OUT 0x80, subscribed");
     assert_eq!(r.stats.policies[0].handled, 2 * u64::from(COUNT));
     let _ = std::fs::remove_dir_all(img.parent().unwrap());
+}
+
+#[test]
+fn bar_variants_map_all_of_bar_2_or_trap_every_access() {
+    if !kvm_available() {
+        return;
+    }
+    let root = assets().parent().unwrap().to_path_buf();
+    let testdev = root.join("release/wasmvisor-vfio-user-testdev");
+    let dir = std::env::temp_dir().join(format!("wasmvisor-bench-bars-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = bars::Server::start(&testdev, &dir).unwrap();
+    let wasmvisor = root.join("release/wasmvisor");
+    let pci = assets().join("guests/pci.bin");
+    let mapped = bars::run_once(&wasmvisor, &pci, &server.device(), &[]).unwrap();
+    let (base, len) = bars::BAR2;
+    let guard = policy("pci-guard", &format!("bar={base:#x}+{len:#x}"));
+    let trapped = bars::run_once(&wasmvisor, &pci, &server.device(), &[guard]).unwrap();
+    // Mapped, BAR 2 is all memslot; trapped, each of its 32768 accesses
+    // exits on top of the same BAR 0 accesses.
+    assert_eq!(mapped.mapped_bytes, len);
+    assert_eq!(trapped.mapped_bytes, 0);
+    assert_eq!(trapped.mmio_exits - mapped.mmio_exits, 32768);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

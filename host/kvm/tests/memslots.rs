@@ -7,6 +7,7 @@
 use vm_memory::{Bytes, GuestAddress};
 use wasmvisor_exit::{GpaRange, MemoryProtector, Protection, PAGE_SIZE};
 use wasmvisor_kvm::Vm;
+use wasmvisor_tests::kvm_available;
 
 const PAGES: u64 = 1024; // 4 MiB of RAM
 
@@ -19,18 +20,6 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
-}
-
-fn kvm_available() -> bool {
-    if std::path::Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    if std::env::var("WASMVISOR_SKIP_KVM").as_deref() == Ok("1") {
-        return false;
-    }
-    panic!(
-        "/dev/kvm is missing: KVM tests fail without it (set WASMVISOR_SKIP_KVM=1 to skip them)"
-    );
 }
 
 #[test]
