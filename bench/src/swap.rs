@@ -6,14 +6,12 @@
 //! switching (holding every vCPU at an exit boundary, handing state over,
 //! resuming); the client measures the round trip as well.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use wasmvisor_vmm::control::{ControlClient, Request};
 
 /// One swap's costs, microseconds.
 #[derive(Debug, Clone, Copy)]
@@ -91,29 +89,25 @@ pub fn measure(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let stream = UnixStream::connect(&control).context("cannot connect")?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
+    let mut client = ControlClient::connect(&control, Duration::from_secs(60))?;
     let mut samples = Vec::new();
     let mut cache_label = String::new();
     for g in 1..=swaps {
         // Let the guest run between swaps, as it would between edits.
         std::thread::sleep(Duration::from_millis(5));
-        let mut line = serde_json::to_vec(
-            &json!({"op": "swap", "name": "counter", "policy": counter(policies, g)}),
-        )?;
-        line.push(b'\n');
+        let request = Request {
+            op: "swap".into(),
+            name: Some("counter".into()),
+            policy: Some(counter(policies, g)),
+            ..Request::default()
+        };
         let sent = Instant::now();
-        writer.write_all(&line)?;
-        let mut reply = String::new();
-        reader.read_line(&mut reply)?;
+        let r = client.request(&request)?;
         let round_trip_us = sent.elapsed().as_secs_f64() * 1e6;
-        let r: Value = serde_json::from_str(&reply).context("unreadable reply")?;
-        if r["ok"] != true {
-            bail!("swap {g} refused: {}", r["error"]);
+        if !r.ok {
+            bail!("swap {g} refused: {}", r.error.unwrap_or_default());
         }
-        let c = &r["change"];
+        let c = r.change.unwrap_or_default();
         let f = |k: &str| c[k].as_f64().unwrap_or(f64::NAN);
         samples.push(SwapSample {
             total_us: f("total_us"),

@@ -1,8 +1,6 @@
 //! `wasmvisor policy list|swap|load|unload`: clients of a running VM's
 //! control socket, and `wasmvisor policy precompile`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use wasmvisor_policy::{ComponentCache, PolicyEngine, PolicyImage};
 use wasmvisor_vmm::config::PolicySpec;
-use wasmvisor_vmm::control::{Reply, Request};
+use wasmvisor_vmm::control::{ControlClient, Reply, Request};
 
 /// How long a reply may take: a cold swap compiles first.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -75,28 +73,7 @@ pub struct PrecompileArgs {
 
 /// Sends one request and reads its reply.
 fn call(control: &Path, request: &Request) -> Result<Reply> {
-    let mut stream = UnixStream::connect(control)
-        .with_context(|| format!("cannot connect to control socket {}", control.display()))?;
-    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-    let mut line = serde_json::to_vec(request)?;
-    line.push(b'\n');
-    // A server that turns the peer away answers before reading: if the
-    // write fails, its reply may still be waiting.
-    let sent = stream.write_all(&line);
-    let mut reply = String::new();
-    let read = BufReader::new(stream).read_line(&mut reply);
-    if reply.is_empty() {
-        sent.with_context(|| format!("cannot send to {}", control.display()))?;
-    }
-    read.with_context(|| format!("no reply from {}", control.display()))?;
-    if reply.is_empty() {
-        bail!(
-            "{} closed the connection without replying",
-            control.display()
-        );
-    }
-    serde_json::from_str(&reply)
-        .with_context(|| format!("unreadable reply from {}", control.display()))
+    Ok(ControlClient::connect(control, REPLY_TIMEOUT)?.request(request)?)
 }
 
 /// The policy argument with its path made absolute: the VM resolves it

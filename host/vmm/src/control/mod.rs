@@ -1,6 +1,8 @@
 //! Changing policies from outside a running VM: the control socket and
-//! the file watcher, both in front of one [`HotSwap`].
+//! the file watcher, both in front of one [`HotSwap`], and the socket's
+//! client.
 
+mod client;
 mod protocol;
 mod server;
 mod watch;
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use crate::error::VmmError;
 use crate::hotswap::HotSwap;
 
+pub use client::{ClientError, ControlClient};
 pub use protocol::{Reply, Request, MAX_REQUEST_BYTES};
 
 /// The control socket and watcher of one VM; stopped when dropped.
