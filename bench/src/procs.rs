@@ -1,8 +1,8 @@
 //! Measurements of whole processes: the `wasmvisor` binary and QEMU.
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -31,23 +31,22 @@ pub fn first_byte_ms(cmd: &mut Command, expect: u8, linger: Duration) -> Result<
 
 fn read_first_byte(child: &mut Child, started: Instant) -> Result<(f64, u8)> {
     let mut out = child.stdout.take().context("no stdout pipe")?;
-    let mut pfd = libc::pollfd {
-        fd: out.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
+    // A reader thread stamps the byte the moment it arrives; the caller
+    // gives up after 20 s (the thread ends when the process is killed).
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        let read = out.read(&mut byte).map(|n| (n, Instant::now(), byte[0]));
+        let _ = tx.send(read);
+    });
+    let (n, at, byte) = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(read) => read.context("cannot read the console")?,
+        Err(_) => bail!("no console output within 20 s"),
     };
-    // SAFETY: `pfd` is one valid pollfd that outlives the call.
-    let ready = unsafe { libc::poll(&mut pfd, 1, 20_000) };
-    if ready <= 0 {
-        bail!("no console output within 20 s");
-    }
-    let mut byte = [0u8; 1];
-    let n = out.read(&mut byte).context("cannot read the console")?;
-    let ms = started.elapsed().as_secs_f64() * 1e3;
     if n == 0 {
         bail!("the process closed its console without writing to it");
     }
-    Ok((ms, byte[0]))
+    Ok((at.duration_since(started).as_secs_f64() * 1e3, byte))
 }
 
 /// Waits up to `linger` for the child to exit, then kills it.
@@ -98,8 +97,10 @@ pub fn memory_of(pid: u32) -> Result<Memory> {
 
 /// Sends SIGINT and waits for the process to end (SIGKILL after 5 s).
 pub fn interrupt(child: &mut Child) {
-    // SAFETY: kill(2) on our own child's pid; no memory is involved.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    // std can only send SIGKILL; SIGINT lets the VMM stop cleanly.
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
     finish(child, Duration::from_secs(5));
 }
 
