@@ -144,3 +144,25 @@ fn an_i8042_reset_ends_the_run_cleanly() {
     ]);
     assert!(r.stderr.contains("all vCPUs halted"), "{r:?}");
 }
+
+/// The tests' own guard against hangs: a guest that waits in HLT for an
+/// interrupt that never comes (the in-kernel irqchip keeps HLT in the
+/// kernel) is killed at the limit, and the test hears of it.
+#[test]
+fn a_run_that_outlives_its_limit_is_killed_and_reported() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("hello.elf");
+    let started = Instant::now();
+    let r = wasmvisor_within(
+        &["run", "--guest", g.to_str().unwrap(), "--irqchip"],
+        Duration::from_secs(2),
+    );
+    let killed = r.expect_err("hello.elf under --irqchip halts for ever");
+    assert_eq!(killed.code, -1, "{killed:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "not killed in time"
+    );
+}

@@ -1,10 +1,11 @@
 //! Helpers for the end-to-end tests: find the binary and the assets, gate
 //! KVM tests, run the CLI and capture what a user would see.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -114,30 +115,54 @@ pub const RUN_LIMIT: Duration = Duration::from_secs(300);
 /// Runs `wasmvisor ARGS...` to completion; fails the test if that takes
 /// longer than [`RUN_LIMIT`].
 pub fn wasmvisor(args: &[&str]) -> Run {
-    let child = Command::new(bin())
+    wasmvisor_within(args, RUN_LIMIT).unwrap_or_else(|run| {
+        panic!("wasmvisor {args:?} ran for more than {RUN_LIMIT:?} and was killed: {run:?}")
+    })
+}
+
+/// Runs `wasmvisor ARGS...`, killing it after `limit`: `Err` holds what
+/// a killed run had printed by then.
+pub fn wasmvisor_within(args: &[&str], limit: Duration) -> Result<Run, Run> {
+    let mut child = Command::new(bin())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("wasmvisor starts");
-    let pid = child.id().to_string();
-    let (done, finished) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        let timed_out = finished.recv_timeout(RUN_LIMIT).is_err();
-        if timed_out {
-            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    let stdout = drain(child.stdout.take().expect("stdout is piped"));
+    let stderr = drain(child.stderr.take().expect("stderr is piped"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wasmvisor can be waited for") {
+            break Some(status);
         }
-        timed_out
-    });
-    let output = child.wait_with_output().expect("wasmvisor runs");
-    let _ = done.send(());
-    let run = Run::from(output);
-    assert!(
-        !watchdog.join().unwrap_or(false),
-        "wasmvisor {args:?} ran for more than {RUN_LIMIT:?} and was killed: {run:?}"
-    );
-    run
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let run = Run {
+        code: status.and_then(|s| s.code()).unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned(),
+    };
+    match status {
+        Some(_) => Ok(run),
+        None => Err(run),
+    }
+}
+
+/// Reads a pipe to its end on a thread of its own, so that neither of a
+/// child's two pipes can fill up and stall it.
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
 }
 
 /// A scratch directory unique to this test process and `name`.
