@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use wasmvisor_vfio::SHARED_BAR_SIZE;
 
-/// Where the server places BAR 2 in the guest (the larger BAR goes
+/// Where the guest finds the server's shared BAR (the larger BAR goes
 /// first in the 32-bit window), and its size.
-pub const BAR2: (u64, u64) = (0xe800_0000, 0x1_0000);
+pub const BAR2: (u64, u64) = (0xe800_0000, SHARED_BAR_SIZE);
 
 /// The vfio-user test device server, killed on drop.
 pub struct Server {

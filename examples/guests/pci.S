@@ -178,20 +178,10 @@ found:
     mov dword ptr [LAPIC_SVR], 0x1ff   # LAPIC software enable, spurious 0xff
 
     # --- MSI: find the capability, aim it at LAPIC 0, vector 0x40 --------
-    mov eax, 0x34
-    call cfg_read
-    and eax, 0xfc                   # EAX = capability pointer
-cap:
-    test eax, eax
-    jz no_msi
-    mov edx, eax                    # EDX = capability offset
-    call cfg_read
-    cmp al, 0x05                    # MSI
-    je msi_found
-    shr eax, 8
-    and eax, 0xfc
-    jmp cap
-no_msi:
+    mov cl, 0x05                    # MSI
+    call find_cap
+    test edx, edx
+    jnz msi_found
     mov esi, offset s_no_msi
     call puts
     jmp intx
@@ -227,24 +217,13 @@ msi_found:
 
     # --- MSI-X: MSI off, table entry 1 aimed at vector 0x41 ---------------
     mov eax, edx
-    call cfg_read
-    and eax, 0xfffeffff             # message control bit 0: disable
-    mov ecx, eax
-    mov eax, edx
-    call cfg_write
-    mov eax, 0x34
-    call cfg_read
-    and eax, 0xfc
-1:  test eax, eax
+    mov ecx, 0x00010000             # message control bit 0: disable
+    call cfg_clear
+    mov cl, 0x11                    # MSI-X
+    call find_cap
+    test edx, edx
     jz intx                         # no MSI-X capability
-    mov edx, eax
-    call cfg_read
-    cmp al, 0x11                    # MSI-X
-    je 2f
-    shr eax, 8
-    and eax, 0xfc
-    jmp 1b
-2:  mov ebx, eax                    # EBX = id/next/message control
+    mov ebx, eax                    # EBX = id/next/message control
     lea eax, [edx + 4]
     call cfg_read                   # table offset | BIR (the test device: BAR 0)
     and eax, 0xfffffff8
@@ -267,11 +246,8 @@ msi_found:
     call print_hex8
     call newline
     mov eax, edx
-    call cfg_read
-    and eax, 0x7fffffff             # message control bit 15: disable
-    mov ecx, eax
-    mov eax, edx
-    call cfg_write
+    mov ecx, 0x80000000             # message control bit 15: disable
+    call cfg_clear
 
     # --- INTx: MSI and MSI-X off, the device's line through the IOAPIC ---
     # The line is level-triggered: the handler clears IRQ_STATUS (the
@@ -415,6 +391,37 @@ cfg_write:
     pop eax
     pop edx
     ret
+
+# cfg_clear: EAX = register of the test device, ECX = the bits to clear
+# in its dword. Preserves all registers.
+cfg_clear:
+    push ecx
+    push eax
+    call cfg_read
+    not ecx
+    and ecx, eax
+    pop eax
+    call cfg_write
+    pop ecx
+    ret
+
+# find_cap: CL = capability ID. Walks the test device's capability list;
+# returns the capability's offset in EDX (0 if it has none) and, when
+# found, its first dword (ID, next, message control) in EAX.
+find_cap:
+    mov eax, 0x34
+    call cfg_read
+    and eax, 0xfc                   # the capability pointer
+1:  mov edx, eax
+    test eax, eax
+    jz 2f
+    call cfg_read
+    cmp al, cl
+    je 2f
+    shr eax, 8
+    and eax, 0xfc                   # next
+    jmp 1b
+2:  ret
 
 # cfg_select: point 0xCF8 at register EAX of the test device (or of the
 # device in EBX while scanning, when none is found yet). Clobbers EDX.
