@@ -278,7 +278,7 @@ fn the_guest_drives_a_vfio_user_device_server_which_sees_its_dma() {
     // the VMM unmask the line, which VFIO (and the server) mask on firing.
     assert!(
         r.stderr.contains(&format!(
-            "device {device}: 3 interrupt routes through KVM irqfds, 0 interrupts delivered by the VMM, 65536 bytes of BARs mapped"
+            "device {device}: 3 interrupt routes through KVM irqfds, 0 interrupts delivered by the VMM, 65536 bytes of BARs mapped, 67108864 bytes of RAM DMA-mapped"
         )),
         "{}",
         r.stderr
@@ -371,4 +371,118 @@ fn a_policy_subscribed_to_one_page_of_a_mapped_bar_traps_only_that_page() {
             bar2_sum()
         )],
     );
+}
+
+#[test]
+fn a_dma_window_confines_the_emulated_devices_dma() {
+    if !kvm_available() {
+        return;
+    }
+    // The guest's buffer at 0x60000 lies outside the window: the device's
+    // FILL fails with a memory error and the buffer keeps its zeros.
+    let r = run_pci_guest(&["--dma-window", "0x100000+0x100000"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_has_lines(
+        &r.stdout,
+        &[
+            "pci: msi vector 0x40 delivered 01",
+            "pci: dma fill status 83, wrong byte at 00",
+            "pci: done",
+        ],
+    );
+    // A window around the buffer lets the same DMA through.
+    let r = run_pci_guest(&["--dma-window", "0x60000+4K"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_has_lines(
+        &r.stdout,
+        &[
+            "pci: dma fill status 01, every byte ok".to_string(),
+            format!("pci: dma sum {:08x}", expected_sum()),
+        ],
+    );
+}
+
+#[test]
+fn a_dma_window_limits_what_a_vfio_user_device_can_reach() {
+    if !kvm_available() {
+        return;
+    }
+    let (server, device) = served_device("pci-vfio-user-window");
+    let events = scratch("pci-vfio-user-window-events").join("events.jsonl");
+    let r = run_protected_guest(
+        "pci.bin",
+        &[
+            "--device",
+            &device,
+            "--dma-window",
+            "0x100000+1M",
+            "--policy",
+            &policy("pci-guard"),
+            "--events",
+            events.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    // Everything but DMA works as before; the buffer at 0x60000 is not
+    // mapped, so the device's FILL fails and the buffer stays zero.
+    assert_has_lines(
+        &r.stdout,
+        &[
+            "pci: msix vector 0x41 delivered 01".to_string(),
+            "pci: dma fill status 83, wrong byte at 00".to_string(),
+            format!("pci: bar2 sum {:08x}", bar2_sum()),
+        ],
+    );
+    assert!(
+        r.stderr
+            .contains("65536 bytes of BARs mapped, 1048576 bytes of RAM DMA-mapped"),
+        "{}",
+        r.stderr
+    );
+    // Policies learn the narrowed mapping.
+    let mapped = events_of(&events, "dma-mappings");
+    assert_eq!(mapped.len(), 1, "{mapped:?}");
+    assert_eq!(
+        mapped[0]["data"]["ranges"],
+        serde_json::json!([{"base": 1048576, "len": 1048576}])
+    );
+    // The server was given only the window, and its device's DMA to the
+    // buffer failed there, as an IOMMU fault would.
+    let log = server_log(&server, "bar2 sum");
+    assert_has_lines(
+        &log,
+        &[
+            "wasmvisor-vfio-user-testdev: dma map iova 0x100000 size 0x100000",
+            "wasmvisor-vfio-user-testdev: device dma write of 64 bytes at 0x60000 refused: not DMA-mapped",
+        ],
+    );
+    assert!(!log.contains("dma map iova 0x0 "), "{log}");
+}
+
+#[test]
+fn a_bad_dma_window_is_one_clear_error() {
+    let g = guest("pci.bin");
+    let run = |window: &str| {
+        wasmvisor(&[
+            "run",
+            "--guest",
+            g.to_str().unwrap(),
+            "--device",
+            "test",
+            "--dma-window",
+            window,
+        ])
+        .one_error_line()
+    };
+    let line = run("0x1800+4K");
+    assert!(
+        line.contains("--dma-window: DMA window 0x1800+0x1000 is not aligned to 4 KiB pages"),
+        "{line}"
+    );
+    let line = run("0x100000");
+    assert!(
+        line.contains("invalid --dma-window `0x100000`: use BASE+SIZE"),
+        "{line}"
+    );
+    assert!(run("0x1000+0").contains("DMA window at 0x1000 is empty"));
 }

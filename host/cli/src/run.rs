@@ -8,9 +8,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use wasmvisor_policy::StdoutConsole;
 use wasmvisor_vmm::config::{
-    parse_mode, parse_number, parse_size, read_config_file, DeviceSpec, GuestSpec, LinuxSpec,
-    PolicyCache, PolicySpec, SerialBackend, VmConfig, DEFAULT_CMDLINE,
+    parse_dma_window, parse_mode, parse_number, parse_size, read_config_file, ConfigError,
+    DeviceSpec, GuestSpec, LinuxSpec, PolicyCache, PolicySpec, SerialBackend, VmConfig,
+    DEFAULT_CMDLINE,
 };
+use wasmvisor_vmm::pci::DmaDomain;
 
 use crate::assets;
 
@@ -55,6 +57,9 @@ pub struct RunArgs {
     /// Attach a PCI device: `test` (the emulated test device), `vfio=BDF-or-sysfs-path` or `vfio-user=SOCKET`; repeatable (docs/pci.md). Brings the in-kernel irqchip.
     #[arg(long = "device", value_name = "test|vfio=BDF|vfio-user=SOCKET")]
     devices: Vec<String>,
+    /// Let devices reach only this guest-physical range by DMA (the IOMMU mapping): BASE+SIZE, 4 KiB-aligned, e.g. 0x100000+1M; repeatable [default: all of guest RAM] (docs/vfio.md).
+    #[arg(long = "dma-window", value_name = "BASE+SIZE")]
+    dma_windows: Vec<String>,
     /// Give the guest KVM's in-kernel PIC, IOAPIC and PIT (always on with --kernel); HLT then waits for an interrupt.
     #[arg(long)]
     irqchip: bool,
@@ -76,7 +81,7 @@ pub struct RunArgs {
     /// Reload a policy when its file changes on disk.
     #[arg(long)]
     watch: bool,
-    /// Keep precompiled policies in this directory [default: $WASMVISOR_CACHE_DIR, $XDG_CACHE_HOME/wasmvisor or ~/.cache/wasmvisor].
+    /// Keep precompiled policies in this directory [default: $WASMVISOR_CACHE_DIR, $XDG_CACHE_HOME/wasmvisor/policies or ~/.cache/wasmvisor/policies].
     #[arg(long, value_name = "DIR", conflicts_with = "no_policy_cache")]
     policy_cache: Option<PathBuf>,
     /// Compile every policy on load; read and write no cache.
@@ -164,6 +169,12 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
         .iter()
         .map(|d| DeviceSpec::parse(d))
         .collect::<Result<_, _>>()?;
+    let windows = args
+        .dma_windows
+        .iter()
+        .map(|w| parse_dma_window(w))
+        .collect::<Result<Vec<_>, _>>()?;
+    config.dma_domain = DmaDomain::new(&windows).map_err(ConfigError::from)?;
     config.control = args.control.clone();
     config.watch = args.watch;
     config.policy_cache = match (&args.policy_cache, args.no_policy_cache) {

@@ -9,7 +9,8 @@
 //! BARs in the windows of a [`PciLayout`]. Devices interrupt through an
 //! [`InterruptSink`] (MSI messages, from [`Msi`] or an [`MsixTable`], or
 //! INTx) and reach guest memory through [`DmaMemory`], so that everything
-//! here is tested without a VM.
+//! here is tested without a VM. A [`DmaDomain`] says which guest memory
+//! devices may reach by DMA at all.
 //!
 //! The VMM owns the wiring: it routes the ports and MMIO windows of the
 //! layout to the bus, delivers [`MsiMessage`]s through KVM and implements
@@ -23,6 +24,7 @@ mod bus;
 mod capability;
 mod config;
 mod device;
+mod dma_window;
 mod ecam;
 mod host_bridge;
 mod layout;
@@ -45,6 +47,7 @@ pub use device::{
     DirectMap, DmaError, DmaMemory, GuestMapping, Interrupt, InterruptError, InterruptSink,
     PciDevice, RecordedInterrupts,
 };
+pub use dma_window::{ConfinedDma, DmaDomain, DmaWindowError, DMA_PAGE_SIZE};
 pub use ecam::{decode as ecam_decode, EcamAccess, ECAM_BUS_SIZE};
 pub use host_bridge::{
     ConfigAddress, HostBridge, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT, CONFIG_PORTS,

@@ -68,15 +68,20 @@ pub struct ComponentCache {
 
 impl ComponentCache {
     /// Where the cache lives by default: `$WASMVISOR_CACHE_DIR`, else
-    /// `$XDG_CACHE_HOME/wasmvisor`, else `~/.cache/wasmvisor`.
+    /// `$XDG_CACHE_HOME/wasmvisor/policies`, else
+    /// `~/.cache/wasmvisor/policies`. A folder of its own: the
+    /// `wasmvisor` folder above it also holds downloads (kernels,
+    /// toolchains) made with the usual mode 0755, which the cache's own
+    /// 0700 rule must not trip over.
     pub fn default_dir() -> Option<PathBuf> {
         if let Some(dir) = std::env::var_os("WASMVISOR_CACHE_DIR") {
             return Some(PathBuf::from(dir));
         }
-        if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-            return Some(PathBuf::from(dir).join("wasmvisor"));
-        }
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("wasmvisor"))
+        let base = match std::env::var_os("XDG_CACHE_HOME") {
+            Some(dir) => PathBuf::from(dir),
+            None => PathBuf::from(std::env::var_os("HOME")?).join(".cache"),
+        };
+        Some(base.join("wasmvisor").join("policies"))
     }
 
     /// Opens (creating with mode 0700) the cache at `dir`. Refuses a

@@ -13,7 +13,7 @@ use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     GuestRegionMmap, MemoryRegionAddress,
 };
-use wasmvisor_pci::{DmaError, DmaMemory};
+use wasmvisor_pci::{DmaDomain, DmaError, DmaMemory, Window};
 
 use crate::passthrough::{DmaRange, PassthroughDevice, PassthroughError};
 
@@ -69,29 +69,42 @@ pub fn memfd_guest_memory(
         .map_err(|e| MemoryError::Map(e.to_string()))
 }
 
-/// Every region of `memory` as a DMA range at IOVA = GPA, with its host
-/// address and, if file-backed, its fd and offset.
-pub fn dma_ranges(memory: &GuestMemoryMmap) -> Vec<DmaRange<'_>> {
+/// The parts of `memory` inside `domain` as DMA ranges at IOVA = GPA,
+/// each with its host address and, if file-backed, its fd and offset.
+pub fn dma_ranges<'m>(memory: &'m GuestMemoryMmap, domain: &DmaDomain) -> Vec<DmaRange<'m>> {
     memory
         .iter()
-        .map(|region| DmaRange {
-            iova: region.start_addr().0,
-            size: region.len(),
-            host_addr: region.as_ptr() as u64,
-            fd: region.file_offset().map(|f| f.file().as_fd()),
-            fd_offset: region.file_offset().map_or(0, FileOffset::start),
+        .flat_map(|region| {
+            let start = region.start_addr().0;
+            let file = region.file_offset();
+            domain
+                .clip(Window::new(start, region.len()))
+                .into_iter()
+                .map(move |part| {
+                    // Where the part starts in the region: its host
+                    // address and file offset move by the same amount.
+                    let skip = part.base - start;
+                    DmaRange {
+                        iova: part.base,
+                        size: part.size,
+                        host_addr: region.as_ptr() as u64 + skip,
+                        fd: file.map(|f| f.file().as_fd()),
+                        fd_offset: file.map_or(0, FileOffset::start) + skip,
+                    }
+                })
         })
         .collect()
 }
 
-/// DMA-maps all of `memory` into `device`, as the VMM does before the
-/// guest runs: device DMA bypasses EPT, so whatever is mapped here is what
-/// the device can reach.
+/// DMA-maps the parts of `memory` inside `domain` into `device`, as the
+/// VMM does before the guest runs: device DMA bypasses EPT, so whatever
+/// is mapped here is what the device can reach.
 pub fn dma_map_guest_memory(
     device: &dyn PassthroughDevice,
     memory: &GuestMemoryMmap,
+    domain: &DmaDomain,
 ) -> Result<(), PassthroughError> {
-    dma_ranges(memory)
+    dma_ranges(memory, domain)
         .iter()
         .try_for_each(|range| device.dma_map(range))
 }
@@ -102,9 +115,38 @@ pub fn dma_map_guest_memory(
 #[derive(Debug, Default)]
 pub struct MappedDma {
     regions: Mutex<Vec<Arc<GuestRegionMmap>>>,
-    /// Every device access that reached the client's memory, as
-    /// (write, GPA, bytes): what the server reports.
-    accesses: Mutex<Vec<(bool, u64, usize)>>,
+    /// Every device access, in order: what the server reports.
+    accesses: Mutex<Vec<DmaAccess>>,
+}
+
+/// One DMA a server's device made, or tried to make, into the client's
+/// memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaAccess {
+    /// A write (into guest memory) rather than a read.
+    pub write: bool,
+    /// Where it started (an IOVA, which is the guest-physical address).
+    pub gpa: u64,
+    /// Bytes.
+    pub len: usize,
+    /// False if the client had not mapped all of it: the access failed,
+    /// as an IOMMU fault would, and guest memory was not touched.
+    pub mapped: bool,
+}
+
+impl std::fmt::Display for DmaAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.write { "write" } else { "read" };
+        write!(
+            f,
+            "device dma {what} of {} bytes at {:#x}",
+            self.len, self.gpa
+        )?;
+        if !self.mapped {
+            f.write_str(" refused: not DMA-mapped")?;
+        }
+        Ok(())
+    }
 }
 
 impl MappedDma {
@@ -133,17 +175,22 @@ impl MappedDma {
         self.lock().clear();
     }
 
-    /// Takes the log of device accesses to the client's memory, as
-    /// (write, GPA, bytes), oldest first.
-    pub fn take_accesses(&self) -> Vec<(bool, u64, usize)> {
+    /// Takes the log of device accesses to the client's memory, refused
+    /// ones included, oldest first.
+    pub fn take_accesses(&self) -> Vec<DmaAccess> {
         std::mem::take(&mut *self.accesses.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn note(&self, write: bool, gpa: u64, len: usize) {
+    fn note(&self, write: bool, gpa: u64, len: usize, mapped: bool) {
         self.accesses
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((write, gpa, len));
+            .push(DmaAccess {
+                write,
+                gpa,
+                len,
+                mapped,
+            });
     }
 
     /// The mappings, as (IOVA, bytes).
@@ -158,36 +205,45 @@ impl MappedDma {
         self.regions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The region holding all of `gpa..gpa + len`, and the offset in it.
-    fn find(&self, gpa: u64, len: usize) -> Result<(Arc<GuestRegionMmap>, u64), DmaError> {
-        let out = DmaError::OutOfRange { gpa, len };
-        let end = gpa.checked_add(len as u64).ok_or(out.clone())?;
-        self.lock()
-            .iter()
-            .find(|r| r.start_addr().0 <= gpa && end <= r.start_addr().0 + r.len())
-            .map(|r| (Arc::clone(r), gpa - r.start_addr().0))
-            .ok_or(out)
+    /// The region holding all of `gpa..gpa + len`, and the offset in it;
+    /// a miss is noted as a refused access.
+    fn find(
+        &self,
+        write: bool,
+        gpa: u64,
+        len: usize,
+    ) -> Result<(Arc<GuestRegionMmap>, u64), DmaError> {
+        let found = gpa.checked_add(len as u64).and_then(|end| {
+            self.lock()
+                .iter()
+                .find(|r| r.start_addr().0 <= gpa && end <= r.start_addr().0 + r.len())
+                .map(|r| (Arc::clone(r), gpa - r.start_addr().0))
+        });
+        found.ok_or_else(|| {
+            self.note(write, gpa, len, false);
+            DmaError::OutOfRange { gpa, len }
+        })
     }
 }
 
 impl DmaMemory for MappedDma {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), DmaError> {
         let len = buf.len();
-        let (region, at) = self.find(gpa, len)?;
+        let (region, at) = self.find(false, gpa, len)?;
         region
             .read_slice(buf, MemoryRegionAddress(at))
             .map_err(|_| DmaError::OutOfRange { gpa, len })?;
-        self.note(false, gpa, len);
+        self.note(false, gpa, len, true);
         Ok(())
     }
 
     fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), DmaError> {
         let len = buf.len();
-        let (region, at) = self.find(gpa, len)?;
+        let (region, at) = self.find(true, gpa, len)?;
         region
             .write_slice(buf, MemoryRegionAddress(at))
             .map_err(|_| DmaError::OutOfRange { gpa, len })?;
-        self.note(true, gpa, len);
+        self.note(true, gpa, len, true);
         Ok(())
     }
 }
@@ -201,7 +257,7 @@ mod tests {
         let ram =
             memfd_guest_memory(&[(GuestAddress(0), 0x2000), (GuestAddress(0x10_0000), 0x1000)])
                 .unwrap();
-        let ranges = dma_ranges(&ram);
+        let ranges = dma_ranges(&ram, &DmaDomain::unrestricted());
         assert_eq!(ranges.len(), 2);
         assert_eq!(
             (ranges[1].iova, ranges[1].size, ranges[1].fd_offset),
@@ -224,5 +280,52 @@ mod tests {
         );
         dma.unmap(0x10_0000, 0x1000);
         assert!(dma.mappings().is_empty());
+    }
+
+    #[test]
+    fn a_dma_window_maps_only_its_part_of_each_region() {
+        let ram =
+            memfd_guest_memory(&[(GuestAddress(0), 0x4000), (GuestAddress(0x10_0000), 0x2000)])
+                .unwrap();
+        let domain =
+            DmaDomain::new(&[Window::new(0x1000, 0x2000), Window::new(0x10_1000, 0x8000)]).unwrap();
+        let ranges = dma_ranges(&ram, &domain);
+        let first = ram.iter().next().unwrap().as_ptr() as u64;
+        let second = ram.iter().nth(1).unwrap().as_ptr() as u64;
+        let got: Vec<_> = ranges
+            .iter()
+            .map(|r| (r.iova, r.size, r.host_addr, r.fd_offset))
+            .collect();
+        // The second region starts at offset 0x4000 of the memfd.
+        assert_eq!(
+            got,
+            [
+                (0x1000, 0x2000, first + 0x1000, 0x1000),
+                (0x10_1000, 0x1000, second + 0x1000, 0x5000),
+            ]
+        );
+        // The mapped part holds the same bytes as guest RAM there.
+        ram.write_slice(b"window", GuestAddress(0x10_1008)).unwrap();
+        let file = ranges[1].fd.unwrap().try_clone_to_owned().unwrap();
+        let dma = MappedDma::default();
+        dma.map(
+            ranges[1].iova,
+            ranges[1].size,
+            File::from(file),
+            ranges[1].fd_offset,
+        )
+        .unwrap();
+        let mut back = [0u8; 6];
+        dma.read(0x10_1008, &mut back).unwrap();
+        assert_eq!(&back, b"window");
+        assert!(dma.read(0x10_0008, &mut back).is_err());
+        let log: Vec<String> = dma.take_accesses().iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            log,
+            [
+                "device dma read of 6 bytes at 0x101008",
+                "device dma read of 6 bytes at 0x100008 refused: not DMA-mapped",
+            ]
+        );
     }
 }

@@ -31,7 +31,7 @@ use wasmvisor_pci::{
     CONFIG_SPACE_SIZE,
 };
 
-use crate::memory::{memfd, MappedDma};
+use crate::memory::{memfd, DmaAccess, MappedDma};
 use crate::passthrough::{IrqKind, CONFIG_REGION};
 
 /// The region of the shared-memory BAR.
@@ -149,8 +149,8 @@ impl TestDeviceBackend {
     }
 
     /// The device's accesses to the client's memory since the last call,
-    /// as (write, GPA, bytes).
-    pub fn take_dma_accesses(&self) -> Vec<(bool, u64, usize)> {
+    /// refused ones included.
+    pub fn take_dma_accesses(&self) -> Vec<DmaAccess> {
         self.dma.take_accesses()
     }
 

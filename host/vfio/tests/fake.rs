@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use vm_memory::GuestAddress;
 use wasmvisor_pci::{
-    reg, Bar, BarKind, ClassCode, Command, ConfigSpace, Header, Interrupt, IntxPin, MsiConfig,
-    MsiMessage, MsixConfig, PciDevice, RecordedInterrupts, CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_VENDOR,
+    reg, Bar, BarKind, ClassCode, Command, ConfigSpace, DmaDomain, Header, Interrupt, IntxPin,
+    MsiConfig, MsiMessage, MsixConfig, PciDevice, RecordedInterrupts, CAP_ID_MSI, CAP_ID_MSIX,
+    CAP_ID_VENDOR,
 };
 use wasmvisor_vfio::{
     dma_map_guest_memory, memfd_guest_memory, BypassCall, FakeCall, FakeDevice, IrqKind,
@@ -228,7 +229,7 @@ fn guest_ram_is_dma_mapped_with_its_fd() {
         (GuestAddress(0x1_0000_0000), 0x2000),
     ])
     .unwrap();
-    dma_map_guest_memory(fake.as_ref(), &ram).unwrap();
+    dma_map_guest_memory(fake.as_ref(), &ram, &DmaDomain::unrestricted()).unwrap();
     assert_eq!(
         fake.take_calls(),
         [

@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use wasmvisor_pci::{
-    dma_pattern, reg, Command, Interrupt, MsiMessage, PciDevice, RecordedInterrupts, TestDevice,
-    CAP_ID_MSI,
+    dma_pattern, reg, Command, DmaDomain, Interrupt, MsiMessage, PciDevice, RecordedInterrupts,
+    TestDevice, CAP_ID_MSI,
 };
 use wasmvisor_vfio::{
     dma_map_guest_memory, memfd_guest_memory, PassthroughDevice, TestDeviceBackend,
@@ -43,7 +43,7 @@ fn loopback(name: &str) -> Loopback {
     });
     let device: Arc<dyn PassthroughDevice> = Arc::new(VfioUserDevice::connect(&socket).unwrap());
     let ram = memfd_guest_memory(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-    dma_map_guest_memory(device.as_ref(), &ram).unwrap();
+    dma_map_guest_memory(device.as_ref(), &ram, &DmaDomain::unrestricted()).unwrap();
     let sink = Arc::new(RecordedInterrupts::default());
     let function = VfioPciFunction::new(device, sink.clone()).unwrap();
     Loopback {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 use wasmvisor_kvm::{BootMode, MAX_BOOT_VCPUS, MMIO_HOLE_START};
+use wasmvisor_pci::{DmaDomain, DmaWindowError, Window};
 
 use crate::sandbox::Sandbox;
 
@@ -23,6 +24,10 @@ pub enum ConfigError {
     VcpuRange(u32),
     #[error("invalid --device `{0}`: use test, vfio=BDF-or-sysfs-path or vfio-user=SOCKET")]
     Device(String),
+    #[error("invalid --dma-window `{0}`: use BASE+SIZE, e.g. 0x100000+1M")]
+    DmaWindowSyntax(String),
+    #[error("--dma-window: {0}")]
+    DmaWindow(#[from] DmaWindowError),
     #[error("invalid mode `{0}`: use real, protected or long")]
     Mode(String),
     #[error("invalid policy config `{0}`: expected key=value")]
@@ -146,8 +151,9 @@ impl DeviceSpec {
 /// Where precompiled policies are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum PolicyCache {
-    /// `$WASMVISOR_CACHE_DIR`, `$XDG_CACHE_HOME/wasmvisor` or
-    /// `~/.cache/wasmvisor`; a run goes on uncached if it is unusable.
+    /// `$WASMVISOR_CACHE_DIR`, `$XDG_CACHE_HOME/wasmvisor/policies` or
+    /// `~/.cache/wasmvisor/policies`; a run goes on uncached if it is
+    /// unusable.
     #[default]
     Default,
     /// This directory; an unusable one is an error.
@@ -182,6 +188,9 @@ pub struct VmConfig {
     pub record: Option<PathBuf>,
     /// PCI devices (`docs/pci.md`); any device brings the irqchip.
     pub devices: Vec<DeviceSpec>,
+    /// What the devices may reach by DMA (`--dma-window`); unrestricted
+    /// by default.
+    pub dma_domain: DmaDomain,
 }
 
 impl VmConfig {
@@ -202,6 +211,7 @@ impl VmConfig {
             irqchip: false,
             record: None,
             devices: Vec::new(),
+            dma_domain: DmaDomain::unrestricted(),
         }
     }
 
@@ -239,6 +249,19 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     };
     let n: u64 = num.parse().map_err(|_| err())?;
     n.checked_mul(1 << shift).ok_or_else(err)
+}
+
+/// Parses one `--dma-window BASE+SIZE`: the base as a number, the size
+/// as a number or a size (`0x100000`, `1M`). Alignment is checked when
+/// the windows make a [`DmaDomain`].
+pub fn parse_dma_window(s: &str) -> Result<Window, ConfigError> {
+    let err = || ConfigError::DmaWindowSyntax(s.to_string());
+    let (base, size) = s.split_once('+').ok_or_else(err)?;
+    let base = parse_number(base).map_err(|_| err())?;
+    let size = parse_number(size)
+        .or_else(|_| parse_size(size))
+        .map_err(|_| err())?;
+    Ok(Window::new(base, size))
 }
 
 /// Parses decimal or 0x-hex.
@@ -444,6 +467,30 @@ mod tests {
         assert_eq!(parse_number("0x8000").unwrap(), 0x8000);
         assert_eq!(parse_number("32768").unwrap(), 0x8000);
         assert!(parse_number("0xzz").is_err());
+    }
+
+    #[test]
+    fn dma_windows_parse_and_check() {
+        assert_eq!(
+            parse_dma_window("0x100000+1M").unwrap(),
+            Window::new(0x10_0000, 0x10_0000)
+        );
+        assert_eq!(
+            parse_dma_window("4096+0x2000").unwrap(),
+            Window::new(0x1000, 0x2000)
+        );
+        for bad in ["0x1000", "+0x1000", "0x1000+", "x+1", "1+lots"] {
+            assert_eq!(
+                parse_dma_window(bad),
+                Err(ConfigError::DmaWindowSyntax(bad.into()))
+            );
+        }
+        let w = parse_dma_window("0x1800+4K").unwrap();
+        let e = ConfigError::from(DmaDomain::new(&[w]).unwrap_err());
+        assert_eq!(
+            e.to_string(),
+            "--dma-window: DMA window 0x1800+0x1000 is not aligned to 4 KiB pages"
+        );
     }
 
     #[test]

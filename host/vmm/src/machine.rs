@@ -207,7 +207,7 @@ pub fn run_with_native(
     }
     let mut pci_platform: Option<Arc<PciPlatform>> = None;
     if !config.devices.is_empty() {
-        let pci = PciPlatform::build(&vm, config.mem_bytes, &config.devices)?;
+        let pci = PciPlatform::build(&vm, config.mem_bytes, &config.devices, &config.dma_domain)?;
         // Before any policy's init, which may ask (`dma-mappings`).
         shared.set_dma_mappings(pci.dma_mappings().to_vec());
         let pci = Arc::new(pci);

@@ -3,9 +3,11 @@
 //! emulated test device (MSI through `KVM_SIGNAL_MSI`, INTx through
 //! `KVM_IRQ_LINE`, DMA into guest RAM), or a VFIO or vfio-user device
 //! through `wasmvisor-vfio` (interrupts as irqfds with GSI routes, BAR
-//! memory as memslots, `bar_maps`). Policies see the same accesses first: one that subscribes
-//! to a device's ECAM page or a BAR range can audit, answer or veto
-//! them before the device does (`docs/pci.md`).
+//! memory as memslots, `bar_maps`). Either kind reaches by DMA only the
+//! guest RAM inside the VM's `DmaDomain` (`--dma-window`). Policies see
+//! the same accesses first: one that subscribes to a device's ECAM page
+//! or a BAR range can audit, answer or veto them before the device does
+//! (`docs/pci.md`).
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -18,9 +20,10 @@ use wasmvisor_exit::{
     size_mask, Completion, Direction, ExitEvent, ExitKind, GpaRange, InterruptLines,
 };
 use wasmvisor_kvm::{IrqRoutes, Vm};
+pub use wasmvisor_pci::DmaDomain;
 use wasmvisor_pci::{
-    DmaError, DmaMemory, InterruptError, InterruptSink, IntxPin, MsiMessage, PciBus, PciDevice,
-    PciLayout, TestDevice, CONFIG_PORTS,
+    ConfinedDma, DmaError, DmaMemory, InterruptError, InterruptSink, IntxPin, MsiMessage, PciBus,
+    PciDevice, PciLayout, TestDevice, CONFIG_PORTS,
 };
 
 use wasmvisor_vfio::{
@@ -165,8 +168,14 @@ pub struct PciPlatform {
 }
 
 impl PciPlatform {
-    /// The segment with the devices `specs` asks for, BARs assigned.
-    pub fn build(vm: &Arc<Vm>, ram_size: u64, specs: &[DeviceSpec]) -> Result<Self, VmmError> {
+    /// The segment with the devices `specs` asks for, BARs assigned, each
+    /// device able to reach by DMA only the guest RAM inside `domain`.
+    pub fn build(
+        vm: &Arc<Vm>,
+        ram_size: u64,
+        specs: &[DeviceSpec],
+        domain: &DmaDomain,
+    ) -> Result<Self, VmmError> {
         let layout = PciLayout::default();
         layout
             .check(ram_size)
@@ -180,9 +189,10 @@ impl PciPlatform {
                 .ok_or_else(|| VmmError::Usage("--device: the PCI bus is full".into()))?;
             let device = match spec {
                 DeviceSpec::Test => {
-                    let dma = Arc::new(GuestDma {
+                    let ram = Arc::new(GuestDma {
                         memory: vm.memory().clone(),
                     });
+                    let dma = Arc::new(ConfinedDma::new(ram, domain.clone()));
                     let irq = Arc::new(KvmInterrupts {
                         vm: Arc::clone(vm),
                         intx_line: bus.intx_line(slot, IntxPin::A),
@@ -200,7 +210,7 @@ impl PciPlatform {
                         intx_line,
                         gsis: Mutex::new(HashMap::new()),
                     });
-                    let (label, function, thread) = passthrough(vm, spec, irq, bypass)?;
+                    let (label, function, thread) = passthrough(vm, spec, domain, irq, bypass)?;
                     passthrough_irqs.push((label, function.interrupts()));
                     threads.push(thread);
                     Box::new(function)
@@ -211,11 +221,12 @@ impl PciPlatform {
         }
         bus.assign_bars()
             .map_err(|e| VmmError::Usage(format!("--device: cannot place the BARs: {e}")))?;
-        // Every passthrough device gets all of guest RAM at IOVA = GPA.
+        // Every passthrough device gets the guest RAM inside the domain at
+        // IOVA = GPA.
         let dma_mapped = if threads.is_empty() {
             Vec::new()
         } else {
-            wasmvisor_vfio::dma_ranges(vm.memory())
+            wasmvisor_vfio::dma_ranges(vm.memory(), domain)
                 .iter()
                 .map(|r| GpaRange {
                     base: r.iova,
@@ -244,6 +255,7 @@ impl PciPlatform {
                 irq_routes: irqs.routes_made(),
                 irqs_by_vmm: irqs.delivered_by_vmm(),
                 mapped_bar_bytes: self.lock_maps().0.peak_bytes(),
+                dma_mapped_bytes: self.dma_mapped.iter().map(|r| r.len).sum(),
             })
             .collect()
     }
@@ -274,12 +286,13 @@ impl PciPlatform {
 }
 
 /// Opens a passthrough device (kernel VFIO, or a vfio-user server),
-/// DMA-maps all of guest RAM into it (IOVA = GPA; vfio-user needs the
-/// memfd-backed RAM `machine.rs` makes), puts it behind a
+/// DMA-maps the guest RAM inside `domain` into it (IOVA = GPA; vfio-user
+/// needs the memfd-backed RAM `machine.rs` makes), puts it behind a
 /// `VfioPciFunction` and starts the thread that delivers its interrupts.
 fn passthrough(
     vm: &Arc<Vm>,
     spec: &DeviceSpec,
+    domain: &DmaDomain,
     irq: Arc<KvmInterrupts>,
     bypass: Arc<KvmBypass>,
 ) -> Result<(String, VfioPciFunction, InterruptThread), VmmError> {
@@ -309,7 +322,7 @@ fn passthrough(
     };
     let err = |what: &str, e: String| VmmError::Usage(format!("--device {label}: {what}{e}"));
     let device = device.map_err(|e| err("", e))?;
-    dma_map_guest_memory(device.as_ref(), vm.memory())
+    dma_map_guest_memory(device.as_ref(), vm.memory(), domain)
         .map_err(|e| err("cannot DMA-map guest RAM: ", e.to_string()))?;
     let function = VfioPciFunction::with_bypass(device, irq, Some(bypass))
         .map_err(|e| err("cannot set up the device: ", e.to_string()))?;

@@ -58,6 +58,8 @@ pub struct DeviceStats {
     pub irqs_by_vmm: u64,
     /// Bytes of BARs mapped into the guest as memslots, at most at once.
     pub mapped_bar_bytes: u64,
+    /// Bytes of guest RAM the device can reach by DMA.
+    pub dma_mapped_bytes: u64,
 }
 
 /// Counters for one vCPU, or merged for the VM.
@@ -175,8 +177,8 @@ impl Stats {
         ));
         for d in &self.devices {
             out.push_str(&format!(
-                "device {}: {} interrupt routes through KVM irqfds, {} interrupts delivered by the VMM, {} bytes of BARs mapped\n",
-                d.device, d.irq_routes, d.irqs_by_vmm, d.mapped_bar_bytes
+                "device {}: {} interrupt routes through KVM irqfds, {} interrupts delivered by the VMM, {} bytes of BARs mapped, {} bytes of RAM DMA-mapped\n",
+                d.device, d.irq_routes, d.irqs_by_vmm, d.mapped_bar_bytes, d.dma_mapped_bytes
             ));
         }
         out

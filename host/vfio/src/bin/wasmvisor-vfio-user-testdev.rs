@@ -39,9 +39,8 @@ fn main() -> ExitCode {
         for (iova, size) in backend.dma_history() {
             eprintln!("wasmvisor-vfio-user-testdev: dma map iova {iova:#x} size {size:#x}");
         }
-        for (write, gpa, len) in backend.take_dma_accesses() {
-            let what = if write { "write" } else { "read" };
-            eprintln!("wasmvisor-vfio-user-testdev: device dma {what} of {len} bytes at {gpa:#x}");
+        for access in backend.take_dma_accesses() {
+            eprintln!("wasmvisor-vfio-user-testdev: {access}");
         }
         match backend.shared_sum() {
             Ok(sum) => eprintln!("wasmvisor-vfio-user-testdev: bar2 sum {sum:08x}"),

@@ -8,7 +8,8 @@ use vfio_bindings::bindings::vfio::{
 };
 use vm_memory::GuestAddress;
 use wasmvisor_pci::{
-    Bar, ClassCode, ConfigSpace, Header, IntxPin, MsiConfig, PciDevice, RecordedInterrupts,
+    Bar, ClassCode, ConfigSpace, DmaDomain, Header, IntxPin, MsiConfig, PciDevice,
+    RecordedInterrupts, Window,
 };
 
 use super::*;
@@ -388,8 +389,8 @@ fn guest_ram_is_dma_mapped_at_iova_equal_gpa() {
     let k = kernel_over(&fake);
     let ram = memfd_guest_memory(&[(GuestAddress(0), 0x2000), (GuestAddress(0x10_0000), 0x1000)])
         .unwrap();
-    dma_map_guest_memory(&k, &ram).unwrap();
-    let expected: Vec<SysCall> = dma_ranges(&ram)
+    dma_map_guest_memory(&k, &ram, &DmaDomain::unrestricted()).unwrap();
+    let expected: Vec<SysCall> = dma_ranges(&ram, &DmaDomain::unrestricted())
         .iter()
         .map(|r| SysCall::DmaMap {
             iova: r.iova,
@@ -410,13 +411,36 @@ fn guest_ram_is_dma_mapped_at_iova_equal_gpa() {
 }
 
 #[test]
+fn a_dma_window_limits_what_reaches_the_iommu() {
+    let fake = fake();
+    let k = kernel_over(&fake);
+    let ram = memfd_guest_memory(&[(GuestAddress(0), 0x4000), (GuestAddress(0x10_0000), 0x1000)])
+        .unwrap();
+    let domain = DmaDomain::new(&[Window::new(0x2000, 0x1000)]).unwrap();
+    dma_map_guest_memory(&k, &ram, &domain).unwrap();
+    let base = vm_memory::GuestMemoryBackend::iter(&ram)
+        .next()
+        .unwrap()
+        .as_ptr() as u64;
+    // One page of the first region, none of the second.
+    assert_eq!(
+        fake.take_calls(),
+        [SysCall::DmaMap {
+            iova: 0x2000,
+            size: 0x1000,
+            host_addr: base + 0x2000,
+        }]
+    );
+}
+
+#[test]
 fn a_failed_dma_map_names_the_op() {
     let fake = fake();
     let k = kernel_over(&fake);
     let ram = memfd_guest_memory(&[(GuestAddress(0), 0x1000), (GuestAddress(0x10_0000), 0x1000)])
         .unwrap();
     fake.fail(SysOp::DmaMap);
-    let err = dma_map_guest_memory(&k, &ram).unwrap_err();
+    let err = dma_map_guest_memory(&k, &ram, &DmaDomain::unrestricted()).unwrap_err();
     assert!(
         matches!(err, PassthroughError::Kernel { op: "DMA map", .. }),
         "{err}"
