@@ -6,7 +6,10 @@
 //! Invariants: nothing panics; a parsed policy spec prints back to an
 //! argument that parses to the same spec; a parsed size or number prints
 //! back (`format_size`, hex and decimal) to the same value; a parsed
-//! config file's paths are resolved (absolute).
+//! `--dma-window` makes a DMA domain exactly when it is page-aligned,
+//! non-empty and does not wrap, and that domain allows the window and
+//! nothing just outside it; a parsed config file's paths are resolved
+//! (absolute).
 #![no_main]
 
 use std::path::PathBuf;
@@ -14,8 +17,10 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use wasmvisor_vmm::config::{
-    format_size, parse_mode, parse_number, parse_size, read_config_file, PolicySpec,
+    format_size, parse_dma_window, parse_mode, parse_number, parse_size, read_config_file,
+    PolicySpec,
 };
+use wasmvisor_vmm::pci::DmaDomain;
 
 /// A scratch folder for this process's TOML inputs.
 fn scratch() -> &'static PathBuf {
@@ -60,6 +65,29 @@ fn check_scalars(s: &str) {
     let _ = parse_mode(s);
 }
 
+fn check_dma_window(s: &str) {
+    let Ok(w) = parse_dma_window(s) else {
+        return;
+    };
+    let usable = w.size > 0
+        && w.base % 0x1000 == 0
+        && w.size % 0x1000 == 0
+        && w.base.checked_add(w.size).is_some();
+    let Ok(domain) = DmaDomain::new(&[w]) else {
+        assert!(!usable, "{s:?} refused");
+        return;
+    };
+    assert!(usable, "{s:?} accepted");
+    assert_eq!(domain.windows(), Some(&[w][..]));
+    if let Ok(len) = usize::try_from(w.size) {
+        assert!(domain.allows(w.base, len));
+    }
+    assert!(!domain.allows(w.end(), 1));
+    if w.base > 0 {
+        assert!(!domain.allows(w.base - 1, 1));
+    }
+}
+
 fn check_file(text: &[u8]) {
     let dir = scratch();
     let path = dir.join("vm.toml");
@@ -87,6 +115,7 @@ fuzz_target!(|data: &[u8]| {
             let s = String::from_utf8_lossy(rest);
             check_policy_spec(&s);
             check_scalars(&s);
+            check_dma_window(&s);
         }
     }
 });
