@@ -95,19 +95,18 @@ fn mmio_exits(stderr: &str) -> u64 {
 }
 
 /// The `pci` guest with `device` under the policy `guard`, its events
-/// written to `events`.
-fn run_guarded(device: &str, guard: &str, events: &std::path::Path) -> Run {
-    run_protected_guest(
-        "pci.bin",
-        &[
-            "--device",
-            device,
-            "--policy",
-            guard,
-            "--events",
-            events.to_str().unwrap(),
-        ],
-    )
+/// written to `events`, with `extra` flags.
+fn run_guarded(device: &str, guard: &str, events: &std::path::Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "--device",
+        device,
+        "--policy",
+        guard,
+        "--events",
+        events.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    run_protected_guest("pci.bin", &args)
 }
 
 /// Waits for the server's report of a client that has gone.
@@ -306,7 +305,7 @@ fn a_policy_vetoes_a_config_write_to_a_vfio_user_device_and_learns_its_dma_mappi
     let (_server, device) = served_device("pci-vfio-user-veto");
     let events = scratch("pci-vfio-user-veto-events").join("events.jsonl");
     let guard = format!("{}:lock=0x04", policy("pci-guard"));
-    let r = run_guarded(&device, &guard, &events);
+    let r = run_guarded(&device, &guard, &events, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_has_lines(&r.stdout, &["pci: command after the second write 0006"]);
     // All 64 MiB of guest RAM were DMA-mapped into the server.
@@ -344,7 +343,7 @@ fn a_policy_subscribed_to_one_page_of_a_mapped_bar_traps_only_that_page() {
         "{}:bar=0xe8003000+0x1000,doorbell=0x08",
         policy("pci-guard")
     );
-    let r = run_guarded(&device, &guard, &events);
+    let r = run_guarded(&device, &guard, &events, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_has_lines(&r.stdout, &[format!("pci: bar2 sum {:08x}", bar2_sum())]);
     // Fifteen pages stayed mapped; the trapped one made 1024 writes and
@@ -409,19 +408,8 @@ fn a_dma_window_limits_what_a_vfio_user_device_can_reach() {
     }
     let (server, device) = served_device("pci-vfio-user-window");
     let events = scratch("pci-vfio-user-window-events").join("events.jsonl");
-    let r = run_protected_guest(
-        "pci.bin",
-        &[
-            "--device",
-            &device,
-            "--dma-window",
-            "0x100000+1M",
-            "--policy",
-            &policy("pci-guard"),
-            "--events",
-            events.to_str().unwrap(),
-        ],
-    );
+    let guard = policy("pci-guard");
+    let r = run_guarded(&device, &guard, &events, &["--dma-window", "0x100000+1M"]);
     assert_eq!(r.code, 0, "{r:?}");
     // Everything but DMA works as before; the buffer at 0x60000 is not
     // mapped, so the device's FILL fails and the buffer stays zero.

@@ -205,46 +205,36 @@ impl MappedDma {
         self.regions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The region holding all of `gpa..gpa + len`, and the offset in it;
-    /// a miss is noted as a refused access.
-    fn find(
+    /// Runs `op` on the region holding all of `gpa..gpa + len` at its
+    /// offset there, and logs the access, refused if no mapping holds it.
+    fn access(
         &self,
         write: bool,
         gpa: u64,
         len: usize,
-    ) -> Result<(Arc<GuestRegionMmap>, u64), DmaError> {
+        op: impl FnOnce(&GuestRegionMmap, MemoryRegionAddress) -> bool,
+    ) -> Result<(), DmaError> {
         let found = gpa.checked_add(len as u64).and_then(|end| {
             self.lock()
                 .iter()
                 .find(|r| r.start_addr().0 <= gpa && end <= r.start_addr().0 + r.len())
                 .map(|r| (Arc::clone(r), gpa - r.start_addr().0))
         });
-        found.ok_or_else(|| {
-            self.note(write, gpa, len, false);
-            DmaError::OutOfRange { gpa, len }
-        })
+        self.note(write, gpa, len, found.is_some());
+        match found {
+            Some((region, at)) if op(&region, MemoryRegionAddress(at)) => Ok(()),
+            _ => Err(DmaError::OutOfRange { gpa, len }),
+        }
     }
 }
 
 impl DmaMemory for MappedDma {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        let len = buf.len();
-        let (region, at) = self.find(false, gpa, len)?;
-        region
-            .read_slice(buf, MemoryRegionAddress(at))
-            .map_err(|_| DmaError::OutOfRange { gpa, len })?;
-        self.note(false, gpa, len, true);
-        Ok(())
+        self.access(false, gpa, buf.len(), |r, at| r.read_slice(buf, at).is_ok())
     }
 
     fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), DmaError> {
-        let len = buf.len();
-        let (region, at) = self.find(true, gpa, len)?;
-        region
-            .write_slice(buf, MemoryRegionAddress(at))
-            .map_err(|_| DmaError::OutOfRange { gpa, len })?;
-        self.note(true, gpa, len, true);
-        Ok(())
+        self.access(true, gpa, buf.len(), |r, at| r.write_slice(buf, at).is_ok())
     }
 }
 
