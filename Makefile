@@ -5,7 +5,7 @@ WASM    := target/wasm32-wasip2/policy
 POLICIES := serial msr-guard cpuid-mask io-tracer regbank noop mem-guard syscall-tracer task-lister counter conformance pci-guard
 FIXTURES := other-world hostile
 
-.PHONY: all setup setup-langs guests policies lang-policies assets build demo test lint unit e2e bench clean fuzz-short kernel
+.PHONY: all setup setup-langs guests policies lang-policies assets build demo test lint clippy unit e2e bench clean fuzz fuzz-replay kernel
 
 all: build
 
@@ -40,8 +40,11 @@ assets: guests policies
 
 ## The release binary at target/release/wasmvisor, plus its assets and the
 ## vfio-user test-device server (target/release/wasmvisor-vfio-user-testdev).
+## Every binary of the workspace builds, with features resolved over every
+## member, so that the dependencies match the test build's and `make test`
+## compiles wasmtime once (docs/ci.md).
 build: assets
-	$(CARGO) build --release -p wasmvisor -p wasmvisor-vfio
+	$(CARGO) build --release --workspace --bins
 
 ## Set up a fresh machine and run the demo guest under the default policies.
 demo: setup build
@@ -55,19 +58,40 @@ kernel:
 ## Formatting and lints, as CI enforces them.
 lint:
 	$(CARGO) fmt --all --check
+	$(MAKE) --no-print-directory clippy
+
+clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip2 $(foreach p,$(POLICIES),-p $(p)-policy) -- -D warnings
 
-## Unit, contract and end-to-end tests (KVM tests fail without /dev/kvm
-## unless WASMVISOR_SKIP_KVM=1).
-test: setup build lint kernel lang-policies
-	$(CARGO) test --workspace
-	$(MAKE) fuzz-short
+## Everything, as CI runs it: setup, build, lints, unit, contract and
+## end-to-end tests and the fuzz replay, each phase timed
+## (scripts/test.sh, docs/ci.md). KVM tests fail without /dev/kvm unless
+## WASMVISOR_SKIP_KVM=1.
+test:
+	bash scripts/test.sh
 
-## A short fuzz pass, as CI runs it: every cargo-fuzz target for 10 s
-## (longer runs and their results: docs/fuzzing.md).
-fuzz-short:
-	bash scripts/fuzz.sh 10
+## The fast loop: unit tests and the fuzz replay, which need neither KVM
+## nor built assets.
+unit:
+	$(CARGO) test --release --workspace --lib --bins --test replay
+
+## The integration and end-to-end tests alone (after `make build kernel
+## lang-policies`). Every cargo command here names --workspace: selecting
+## one package (-p) resolves features differently and recompiles wasmtime.
+e2e:
+	$(CARGO) test --release --workspace --test '*'
+
+## The fuzz pass of `make test`: every target's seeds and a fixed set of
+## mutations, in the ordinary build (fuzz/tests/replay.rs).
+fuzz-replay:
+	$(CARGO) test --release --workspace --test replay
+
+## Coverage-guided fuzzing under libFuzzer, instrumented: every target for
+## FUZZ_SECS seconds (results: docs/fuzzing.md).
+FUZZ_SECS ?= 60
+fuzz:
+	bash scripts/fuzz.sh $(FUZZ_SECS)
 
 ## The benchmark suite (docs/performance.md): builds everything, installs
 ## QEMU for the start-up comparison if it is missing, and prints every
@@ -79,7 +103,7 @@ bench: build
 		if [ "$$(id -u)" = 0 ]; then S=""; else S="sudo"; fi; \
 		$$S apt-get update -qq && $$S apt-get install -y -qq qemu-system-x86; } || \
 		echo "bench: qemu-system-x86 could not be installed; the QEMU comparison is skipped" >&2
-	$(CARGO) run --release -p wasmvisor-bench -- --json target/bench/results.json $(BENCH_ARGS)
+	target/release/wasmvisor-bench --json target/bench/results.json $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

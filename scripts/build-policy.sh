@@ -42,7 +42,7 @@ need() { # path-or-command what
     || die "$2 not found ($1); run scripts/setup-langs.sh"
 }
 
-wasm_tools="$cache/cargo/bin/wasm-tools"
+wasm_tools="$cache/py/bin/wasm-tools"
 need "$wasm_tools" "wasm-tools"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

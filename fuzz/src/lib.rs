@@ -1,6 +1,33 @@
-//! Shared pieces of the fuzz targets: builders that turn fuzzer bytes into
-//! domain values (the domain types do not implement `Arbitrary`), a fake
-//! vCPU, and small guest-memory helpers.
+//! The fuzz targets' bodies, one module each, and the pieces they share:
+//! builders that turn fuzzer bytes into domain values (the domain types do
+//! not implement `Arbitrary`), a fake vCPU, and small guest-memory helpers.
+//!
+//! Each module's `fuzz(data)` is one input. Two drivers call them: the
+//! cargo-fuzz binaries in `fuzz/libfuzzer` (instrumented, long runs:
+//! `make fuzz`), and this crate's `replay` test, which runs every committed
+//! seed and a fixed number of mutations of them in the ordinary test build
+//! (`make test`), so CI needs no instrumented build of wasmtime.
+#![forbid(unsafe_code)]
+
+pub mod classify_validate_apply;
+pub mod config;
+pub mod exit_snapshot;
+pub mod loaders;
+pub mod pagewalk;
+pub mod wit_action_conversion;
+
+/// One fuzz input in, a panic out if an invariant breaks.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name cargo-fuzz and `fuzz/corpus/NAME` use.
+pub const TARGETS: [(&str, Target); 6] = [
+    ("classify_validate_apply", classify_validate_apply::fuzz),
+    ("config", config::fuzz),
+    ("exit_snapshot", exit_snapshot::fuzz),
+    ("loaders", loaders::fuzz),
+    ("pagewalk", pagewalk::fuzz),
+    ("wit_action_conversion", wit_action_conversion::fuzz),
+];
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;

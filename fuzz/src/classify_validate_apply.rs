@@ -17,19 +17,17 @@
 //!   order, the protection map's runs tile RAM and are maximal, registers
 //!   and exceptions reach the vCPU, and a read exit is always left with a
 //!   value or a #GP.
-#![no_main]
 
 use std::sync::{Mutex, OnceLock};
 
+use crate as f;
 use arbitrary::{Result, Unstructured};
-use libfuzzer_sys::fuzz_target;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use wasmvisor_exit::{
     apply, classify, default_actions, validate, Action, ApplyError, Completion, Exception,
     ExitEvent, ExitKind, Flow, GpaRange, GuestEnv, MemAccess, Protection, ProtectionMap, Route,
     Routes, RoutesError, Subscriptions, Target, MAX_MSR_FILTER_RANGES, PAGE_SIZE,
 };
-use wasmvisor_fuzz as f;
 
 /// Two adjacent regions and one behind a hole: writes may straddle the
 /// seam or fall into the hole.
@@ -372,6 +370,7 @@ fn check_runs(map: &ProtectionMap) {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+/// One fuzz input: never panics unless an invariant above is broken.
+pub fn fuzz(data: &[u8]) {
     let _ = run(&mut Unstructured::new(data));
-});
+}

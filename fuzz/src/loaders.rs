@@ -9,14 +9,12 @@
 //! host-reserved end (0x8000) and inside the reported [start, end), the
 //! flat image / each segment's file bytes are in RAM where they belong,
 //! and the rest of each segment's memory size is zero.
-#![no_main]
 
 use std::sync::OnceLock;
 
+use crate as f;
 use arbitrary::{Result, Unstructured};
-use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use wasmvisor_fuzz as f;
 use wasmvisor_kvm::HOST_RESERVED_END;
 use wasmvisor_vmm::loader::{is_elf, load_elf, load_flat, Loaded};
 
@@ -200,6 +198,7 @@ fn check_elf(mem: &GuestMemoryMmap, before: &[u8], image: &[u8], segs: Option<&[
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+/// One fuzz input: never panics unless an invariant above is broken.
+pub fn fuzz(data: &[u8]) {
     let _ = run(&mut Unstructured::new(data));
-});
+}
