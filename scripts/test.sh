@@ -78,14 +78,23 @@ join_bg() {
 }
 
 # The test runner: nextest where it is installed (it runs tests from every
-# binary side by side, so the Linux boot overlaps the rest), else cargo test.
+# binary side by side, so the Linux boot overlaps the rest), else cargo
+# test. Doctests (which nextest does not run) go first, so the runner's
+# summary closes the output, followed by one "N passed, N failed" line.
 run_tests() {
-  local threads=${TEST_THREADS:-$(nproc)}
+  local threads=${TEST_THREADS:-$(nproc)} log="$logs/tests.log" passed failed
   # shellcheck disable=SC2086 # TEST_ARGS is a list of words
   if cargo nextest --version >/dev/null 2>&1; then
-    $CARGO nextest run --release --workspace --no-fail-fast \
-      --test-threads "$threads" --final-status-level fail ${TEST_ARGS:-}
     $CARGO test --release --workspace --doc ${TEST_ARGS:-}
+    set +e
+    $CARGO nextest run --release --workspace --no-fail-fast \
+      --test-threads "$threads" --final-status-level fail ${TEST_ARGS:-} 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    set -e
+    passed=$(grep -oE '[0-9]+ passed' "$log" | tail -n 1 | cut -d' ' -f1)
+    failed=$(grep -oE '[0-9]+ failed' "$log" | tail -n 1 | cut -d' ' -f1)
+    echo "tests: ${passed:-0} passed, ${failed:-0} failed"
+    return "$rc"
   else
     $CARGO test --release --workspace --no-fail-fast ${TEST_ARGS:-} -- --test-threads "$threads"
   fi

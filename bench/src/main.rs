@@ -1,5 +1,5 @@
 //! wasmvisor's benchmark suite: `make bench`, or after `make build`,
-//! `cargo run --release -p wasmvisor-bench [-- OPTIONS]`.
+//! `target/release/wasmvisor-bench [OPTIONS]`.
 //!
 //! One run measures, and prints side by side:
 //!
