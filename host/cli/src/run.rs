@@ -9,7 +9,7 @@ use clap::Args;
 use wasmvisor_policy::StdoutConsole;
 use wasmvisor_vmm::config::{
     parse_dma_window, parse_mode, parse_number, parse_size, read_config_file, ConfigError,
-    DeviceSpec, GuestSpec, LinuxSpec, PolicyCache, PolicySpec, SerialBackend, VmConfig,
+    DeviceArg, GuestSpec, LinuxSpec, PolicyCache, PolicySpec, SerialBackend, VmConfig,
     DEFAULT_CMDLINE,
 };
 use wasmvisor_vmm::pci::DmaDomain;
@@ -51,11 +51,14 @@ pub struct RunArgs {
     /// Guest RAM, e.g. 64M (1M-3G) [default: 64M].
     #[arg(long, value_name = "SIZE")]
     mem: Option<String>,
-    /// Console device on 0x3F8 when no policy claims it: policy (none) or native.
-    #[arg(long, value_name = "BACKEND")]
+    /// The console: `native`, the built-in 16550 UART on 0x3F8 (COM1), which prints what the guest writes to it unless a policy (the serial policy) answers those ports first; or `none`, no UART [default: native].
+    #[arg(long, value_name = "native|none")]
     serial: Option<String>,
-    /// Attach a PCI device: `test` (the emulated test device), `vfio=BDF-or-sysfs-path` or `vfio-user=SOCKET`; repeatable (docs/pci.md). Brings the in-kernel irqchip.
-    #[arg(long = "device", value_name = "test|vfio=BDF|vfio-user=SOCKET")]
+    /// Attach a device; repeatable. `debug-exit[=PORT]`: QEMU's isa-debug-exit at PORT [default: 0xf4], a write of V ends the run with exit code (V << 1) | 1. PCI (docs/pci.md; brings the in-kernel irqchip): `test` (the emulated test device), `vfio=BDF-or-sysfs-path` or `vfio-user=SOCKET`.
+    #[arg(
+        long = "device",
+        value_name = "debug-exit[=PORT]|test|vfio=BDF|vfio-user=SOCKET"
+    )]
     devices: Vec<String>,
     /// Let devices reach only this guest-physical range by DMA (the IOMMU mapping): BASE+SIZE, 4 KiB-aligned, e.g. 0x100000+1M; repeatable [default: all of guest RAM] (docs/vfio.md).
     #[arg(long = "dma-window", value_name = "BASE+SIZE")]
@@ -141,11 +144,8 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
         config.mem_bytes = parse_size(m)?;
     }
     if let Some(s) = &args.serial {
-        config.serial = match s.as_str() {
-            "native" => SerialBackend::Native,
-            "policy" => SerialBackend::Policy,
-            other => bail!("invalid --serial `{other}`: use native or policy"),
-        };
+        config.serial = SerialBackend::parse(s)
+            .with_context(|| format!("invalid --serial `{s}`: use native or none"))?;
     }
     if let Some(ms) = args.policy_deadline_ms {
         if ms == 0 || ms > 60_000 {
@@ -164,11 +164,12 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
             .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
     });
     config.irqchip |= args.irqchip;
-    config.devices = args
-        .devices
-        .iter()
-        .map(|d| DeviceSpec::parse(d))
-        .collect::<Result<_, _>>()?;
+    for d in &args.devices {
+        match DeviceArg::parse(d)? {
+            DeviceArg::Pci(spec) => config.devices.push(spec),
+            DeviceArg::DebugExit(port) => config.debug_exit = Some(port),
+        }
+    }
     let windows = args
         .dma_windows
         .iter()

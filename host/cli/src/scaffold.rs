@@ -1,8 +1,19 @@
-//! `wasmvisor policy new NAME --lang rust|c|python|js`: a new policy
-//! directory that builds and passes the conformance harness as it is. The
-//! starting point is the conformance policy (`docs/conformance.md`) of
-//! that language, renamed, with a `build.sh` and a README that say how to
-//! build, check, test and run it (`docs/writing-a-policy.md`).
+//! `wasmvisor policy new NAME --lang rust|c|python|js [--from TEMPLATE]`:
+//! a new policy directory that builds as it is, with a `build.sh` and a
+//! README that say how to build, check, test and run it
+//! (`docs/writing-a-policy.md`). Two starting points:
+//!
+//! - `minimal` (Rust, its default): `policies/template`, a commented
+//!   policy of about 30 lines that answers one port, with a unit test
+//!   through the SDK's harness;
+//! - `conformance` (the default, and the only template, in C, Python and
+//!   JavaScript): that language's conformance policy
+//!   (`docs/conformance.md`), renamed; it passes the conformance harness.
+//!
+//! The project points at the SDK and the build scripts of the wasmvisor
+//! repository by a path relative to itself, so it builds wherever it is
+//! created, inside the checkout or not, as long as the two stay where
+//! they are (`--repo` names another checkout).
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +25,7 @@ use clap::{Args, ValueEnum};
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 const RUST_LIB: &str = include_str!("../../../policies/conformance/src/lib.rs");
+const RUST_MINIMAL: &str = include_str!("../../../policies/template/src/lib.rs");
 const C_SOURCE: &str = include_str!("../../../policies/conformance-c/conformance.c");
 const PY_SOURCE: &str = include_str!("../../../policies/conformance-py/app.py");
 const JS_SOURCE: &str = include_str!("../../../policies/conformance-js/app.js");
@@ -26,6 +38,15 @@ pub enum Lang {
     Js,
 }
 
+/// What a new policy starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Template {
+    /// About 30 commented lines answering one port, with a unit test (Rust).
+    Minimal,
+    /// The conformance policy of the language (docs/conformance.md).
+    Conformance,
+}
+
 #[derive(Debug, Args)]
 pub struct NewArgs {
     /// The policy's name: lowercase letters, digits and dashes; also the
@@ -34,6 +55,9 @@ pub struct NewArgs {
     /// The language to write it in.
     #[arg(long, value_enum)]
     lang: Lang,
+    /// The starting point [default: minimal for Rust; conformance, the only template, for C, Python and JavaScript].
+    #[arg(long, value_enum)]
+    from: Option<Template>,
     /// Where to create the directory [default: the current directory].
     #[arg(long, value_name = "DIR", default_value = ".")]
     dir: PathBuf,
@@ -76,12 +100,34 @@ fn build_script(repo: &Path, lang: &str, name: &str) -> String {
     format!(
         "#!/usr/bin/env bash\n\
          # Builds {name}.wasm from this directory's sources with the tools\n\
-         # scripts/setup-langs.sh installs (docs/writing-a-policy.md).\n\
+         # scripts/setup-langs.sh installs (docs/writing-a-policy.md). The\n\
+         # wasmvisor repository is found relative to this directory; set\n\
+         # WASMVISOR_REPO to use another.\n\
          set -euo pipefail\n\
          here=\"$(cd \"$(dirname \"${{BASH_SOURCE[0]}}\")\" && pwd)\"\n\
-         exec \"{repo}/scripts/build-policy.sh\" {lang} \"$here\" \"$here/{name}.wasm\"\n",
+         repo=\"${{WASMVISOR_REPO:-$here/{repo}}}\"\n\
+         exec \"$repo/scripts/build-policy.sh\" {lang} \"$here\" \"$here/{name}.wasm\"\n",
         repo = repo.display()
     )
+}
+
+/// `to` seen from `from`, both absolute and canonical: `../..` up to
+/// their common ancestor, then down to `to`.
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let from: Vec<_> = from.components().collect();
+    let to: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..from.len() {
+        out.push("..");
+    }
+    for c in &to[common..] {
+        out.push(c);
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 fn readme(name: &str, language: &str, build: &str) -> String {
@@ -102,7 +148,66 @@ fn readme(name: &str, language: &str, build: &str) -> String {
     )
 }
 
-fn files(lang: Lang, name: &str, repo: &Path) -> Vec<File> {
+/// The Rust project's Cargo.toml: the SDK by a relative path.
+fn cargo_toml(name: &str, repo: &Path) -> String {
+    format!(
+        "[package]\n\
+         name = \"{name}\"\n\
+         version = \"0.1.0\"\n\
+         edition = \"2021\"\n\
+         publish = false\n\n\
+         [lib]\n\
+         crate-type = [\"cdylib\", \"rlib\"]\n\n\
+         [dependencies]\n\
+         # The SDK of the wasmvisor repository, relative to this file. If\n\
+         # you move this project, point the path at <repository>/policy-sdk.\n\
+         wasmvisor-policy-sdk = {{ path = \"{sdk}\" }}\n\n\
+         # A policy of its own, not part of an enclosing workspace.\n\
+         [workspace]\n\n\
+         [profile.release]\n\
+         opt-level = \"s\"\n\
+         lto = true\n\
+         codegen-units = 1\n\
+         panic = \"abort\"\n\
+         strip = true\n",
+        sdk = repo.join("policy-sdk").display()
+    )
+}
+
+fn rust_build_script(name: &str) -> String {
+    let krate = name.replace('-', "_");
+    format!(
+        "#!/usr/bin/env bash\n\
+         # Builds {name}.wasm (docs/writing-a-policy.md); `cargo test` runs\n\
+         # the unit tests on the host with the SDK's test harness.\n\
+         set -euo pipefail\n\
+         cd \"$(dirname \"${{BASH_SOURCE[0]}}\")\"\n\
+         cargo build --quiet --release --target wasm32-wasip2\n\
+         cp \"${{CARGO_TARGET_DIR:-target}}/wasm32-wasip2/release/{krate}.wasm\" {name}.wasm\n"
+    )
+}
+
+fn minimal_readme(name: &str) -> String {
+    format!(
+        "# {name}\n\n\
+         A wasmvisor policy in Rust. As created, it answers reads of I/O port\n\
+         0x510 with 42 and logs writes (config keys `port` and `value`); see\n\
+         `src/lib.rs`, and `docs/writing-a-policy.md` in the wasmvisor\n\
+         repository for what a policy can do.\n\n\
+         ```sh\n\
+         cargo test                                  # the unit tests, on the host\n\
+         ./build.sh                                  # {name}.wasm (rustup target add wasm32-wasip2)\n\
+         wasmvisor policy check {name}.wasm          # world, imports, init, subscriptions\n\
+         wasmvisor run --guest GUEST --policy {name}.wasm:port=0x510,value=7\n\
+         ```\n\n\
+         `Cargo.toml` finds the SDK by a path relative to this directory. If\n\
+         you move the project, change that path to the repository's\n\
+         `policy-sdk`, or create the project again with `--dir`.\n"
+    )
+}
+
+/// `repo` is the repository as seen from the new project's directory.
+fn files(lang: Lang, from: Template, name: &str, repo: &Path) -> Vec<File> {
     let script = |l: &str| File {
         path: "build.sh",
         text: build_script(repo, l, name),
@@ -110,59 +215,46 @@ fn files(lang: Lang, name: &str, repo: &Path) -> Vec<File> {
     };
     match lang {
         Lang::Rust => {
-            let sdk = repo.join("policy-sdk");
-            let krate = name.replace('-', "_");
-            vec![
-                File {
-                    path: "Cargo.toml",
-                    text: format!(
-                        "[package]\n\
-                         name = \"{name}\"\n\
-                         version = \"0.1.0\"\n\
-                         edition = \"2021\"\n\
-                         publish = false\n\n\
-                         [lib]\n\
-                         crate-type = [\"cdylib\", \"rlib\"]\n\n\
-                         [dependencies]\n\
-                         wasmvisor-policy-sdk = {{ path = \"{sdk}\" }}\n\n\
-                         # A policy of its own, not part of an enclosing workspace.\n\
-                         [workspace]\n\n\
-                         [profile.release]\n\
-                         opt-level = \"s\"\n\
-                         lto = true\n\
-                         codegen-units = 1\n\
-                         panic = \"abort\"\n\
-                         strip = true\n",
-                        sdk = sdk.display()
-                    ),
-                    executable: false,
-                },
-                File {
-                    path: "src/lib.rs",
-                    text: renamed(
+            let (lib, readme_text) = match from {
+                Template::Minimal => (
+                    RUST_MINIMAL
+                        .replace("//! template: a wasmvisor policy", &format!("//! {name}: a wasmvisor policy"))
+                        .replace("--policy template.wasm", &format!("--policy {name}.wasm"))
+                        .replace(
+                            "const NAME: &'static str = \"template\";",
+                            &format!("const NAME: &'static str = \"{name}\";"),
+                        ),
+                    minimal_readme(name),
+                ),
+                Template::Conformance => (
+                    renamed(
                         RUST_LIB,
                         name,
                         "Rust",
                         &[("const NAME: &'static str = \"conformance\";", &format!("const NAME: &'static str = \"{name}\";"))],
                     ),
+                    readme(name, "Rust", "./build.sh                                  # needs rustup target wasm32-wasip2"),
+                ),
+            };
+            vec![
+                File {
+                    path: "Cargo.toml",
+                    text: cargo_toml(name, repo),
+                    executable: false,
+                },
+                File {
+                    path: "src/lib.rs",
+                    text: lib,
                     executable: false,
                 },
                 File {
                     path: "build.sh",
-                    text: format!(
-                        "#!/usr/bin/env bash\n\
-                         # Builds {name}.wasm (docs/writing-a-policy.md); `cargo test` runs\n\
-                         # the unit tests on the host with the SDK's test harness.\n\
-                         set -euo pipefail\n\
-                         cd \"$(dirname \"${{BASH_SOURCE[0]}}\")\"\n\
-                         cargo build --quiet --release --target wasm32-wasip2\n\
-                         cp \"${{CARGO_TARGET_DIR:-target}}/wasm32-wasip2/release/{krate}.wasm\" {name}.wasm\n"
-                    ),
+                    text: rust_build_script(name),
                     executable: true,
                 },
                 File {
                     path: "README.md",
-                    text: readme(name, "Rust", "./build.sh                                  # needs rustup target wasm32-wasip2"),
+                    text: readme_text,
                     executable: false,
                 },
             ]
@@ -253,11 +345,26 @@ pub fn run(args: NewArgs) -> Result<i32> {
             repo.display()
         );
     }
-    let dir = args.dir.join(&args.name);
+    let from = match (args.from, args.lang) {
+        (Some(Template::Minimal), Lang::C | Lang::Python | Lang::Js) => bail!(
+            "the minimal template is Rust only; in {:?} start from the conformance policy (--from conformance)",
+            args.lang
+        ),
+        (Some(t), _) => t,
+        (None, Lang::Rust) => Template::Minimal,
+        (None, _) => Template::Conformance,
+    };
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let base = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("cannot find {}", args.dir.display()))?;
+    let dir = base.join(&args.name);
     if dir.exists() {
         bail!("{} already exists; not overwriting it", dir.display());
     }
-    for f in files(args.lang, &args.name, &repo) {
+    for f in files(args.lang, from, &args.name, &relative(&dir, &repo)) {
         let path = dir.join(f.path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -284,6 +391,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_minimal_template_is_renamed_and_small() {
+        let fs = files(
+            Lang::Rust,
+            Template::Minimal,
+            "door-audit",
+            Path::new("../../wv"),
+        );
+        let lib = &fs.iter().find(|f| f.path == "src/lib.rs").unwrap().text;
+        assert!(lib.contains("const NAME: &'static str = \"door-audit\";"));
+        assert!(lib.starts_with("//! door-audit: a wasmvisor policy"));
+        assert!(!lib.contains("template"), "{lib}");
+        let code = lib.lines().take_while(|l| !l.starts_with("#[cfg(test)]"));
+        assert!(code.count() <= 45, "the policy itself stays small");
+        let toml = &fs.iter().find(|f| f.path == "Cargo.toml").unwrap().text;
+        assert!(toml.contains("path = \"../../wv/policy-sdk\""), "{toml}");
+    }
+
+    #[test]
+    fn paths_are_relative() {
+        let r = |a: &str, b: &str| relative(Path::new(a), Path::new(b));
+        assert_eq!(
+            r("/tmp/x/door", "/work/main"),
+            Path::new("../../../work/main")
+        );
+        assert_eq!(r("/work/main/p/door", "/work/main"), Path::new("../.."));
+        assert_eq!(r("/work/main", "/work/main"), Path::new("."));
+    }
+
+    #[test]
     fn names_are_checked() {
         for ok in ["guard", "msr-audit", "x2"] {
             assert!(valid_name(ok), "{ok}");
@@ -296,7 +432,12 @@ mod tests {
     #[test]
     fn every_scaffold_renames_the_policy() {
         for lang in [Lang::Rust, Lang::C, Lang::Python, Lang::Js] {
-            let fs = files(lang, "door-audit", Path::new("/repo"));
+            let fs = files(
+                lang,
+                Template::Conformance,
+                "door-audit",
+                Path::new("../repo"),
+            );
             let all: String = fs.iter().map(|f| f.text.as_str()).collect();
             assert!(
                 all.contains("door-audit: a policy started from the conformance policy"),

@@ -22,7 +22,7 @@ pub enum ConfigError {
     MemRange(String),
     #[error("--vcpus {0} is out of range: wasmvisor runs 1 to {MAX_BOOT_VCPUS} vCPUs")]
     VcpuRange(u32),
-    #[error("invalid --device `{0}`: use test, vfio=BDF-or-sysfs-path or vfio-user=SOCKET")]
+    #[error("invalid --device `{0}`: use test, vfio=BDF-or-sysfs-path, vfio-user=SOCKET or debug-exit[=PORT]")]
     Device(String),
     #[error("invalid --dma-window `{0}`: use BASE+SIZE, e.g. 0x100000+1M")]
     DmaWindowSyntax(String),
@@ -90,11 +90,53 @@ impl PolicySpec {
 /// Which console device serves port 0x3F8 when no policy claims it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SerialBackend {
-    /// Only policies; nobody answers 0x3F8 unless a policy does.
+    /// The built-in 16550 at 0x3F8, behind every policy: the console
+    /// unless a policy (the serial policy) answers the UART's ports.
     #[default]
-    Policy,
-    /// The built-in native 16550 at 0x3F8 (after every policy).
     Native,
+    /// No built-in UART: nobody answers 0x3F8 unless a policy does
+    /// (`--serial none`, or its older name `policy`).
+    None,
+}
+
+impl SerialBackend {
+    /// Parses `native`, `none` or `policy` (the older name of `none`).
+    pub fn parse(s: &str) -> Option<SerialBackend> {
+        match s {
+            "native" => Some(SerialBackend::Native),
+            "none" | "policy" => Some(SerialBackend::None),
+            _ => None,
+        }
+    }
+}
+
+/// QEMU's isa-debug-exit port in the configuration most test guests use
+/// (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`).
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// One `--device` argument: a PCI device, or the debug-exit port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceArg {
+    Pci(DeviceSpec),
+    /// `debug-exit[=PORT]`: a write of V ends the run with exit code
+    /// (V << 1) | 1, as QEMU's isa-debug-exit does.
+    DebugExit(u16),
+}
+
+impl DeviceArg {
+    /// Parses `debug-exit`, `debug-exit=PORT`, or a PCI device.
+    pub fn parse(arg: &str) -> Result<DeviceArg, ConfigError> {
+        match arg.split_once('=') {
+            None if arg == "debug-exit" => Ok(DeviceArg::DebugExit(DEBUG_EXIT_PORT)),
+            Some(("debug-exit", port)) => parse_number(port)
+                .ok()
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| p.checked_add(3).is_some())
+                .map(DeviceArg::DebugExit)
+                .ok_or_else(|| ConfigError::Device(arg.into())),
+            _ => DeviceSpec::parse(arg).map(DeviceArg::Pci),
+        }
+    }
 }
 
 /// The guest image and how to start it.
@@ -188,6 +230,8 @@ pub struct VmConfig {
     pub record: Option<PathBuf>,
     /// PCI devices (`docs/pci.md`); any device brings the irqchip.
     pub devices: Vec<DeviceSpec>,
+    /// The isa-debug-exit port (`--device debug-exit[=PORT]`), if any.
+    pub debug_exit: Option<u16>,
     /// What the devices may reach by DMA (`--dma-window`); unrestricted
     /// by default.
     pub dma_domain: DmaDomain,
@@ -201,7 +245,7 @@ impl VmConfig {
             policies: Vec::new(),
             vcpus: 1,
             mem_bytes: 64 << 20,
-            serial: SerialBackend::Policy,
+            serial: SerialBackend::Native,
             events: None,
             policy_deadline: None,
             control: None,
@@ -211,6 +255,7 @@ impl VmConfig {
             irqchip: false,
             record: None,
             devices: Vec::new(),
+            debug_exit: None,
             dma_domain: DmaDomain::unrestricted(),
         }
     }
@@ -378,13 +423,10 @@ pub fn read_config_file(path: &Path) -> Result<FileSettings, ConfigError> {
     };
     let serial = match file.serial.as_deref() {
         None => None,
-        Some("native") => Some(SerialBackend::Native),
-        Some("policy") => Some(SerialBackend::Policy),
-        Some(other) => {
-            return Err(toml_err(format!(
-                "serial must be native or policy, not `{other}`"
-            )))
-        }
+        Some(s) => Some(
+            SerialBackend::parse(s)
+                .ok_or_else(|| toml_err(format!("serial must be native or none, not `{s}`")))?,
+        ),
     };
     let mut policies = Vec::new();
     for p in file.policy {

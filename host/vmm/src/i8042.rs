@@ -5,9 +5,15 @@
 //!
 //! There is no keyboard: the status port reads 0 (both buffers empty) and
 //! the data port reads 0, so a kernel probing for a controller finds one
-//! that never has input.
+//! that never has input. It is a built-in device like the others, present
+//! in every VM, so a policy that claims 0x60 or 0x64 answers first.
 
-use wasmvisor_exit::{Completion, Direction, ExitEvent, ExitKind};
+use std::ops::RangeInclusive;
+
+use wasmvisor_exit::{Completion, Direction, ExitEvent, ExitKind, GpaRange};
+
+use crate::builtin::{reads_zero, BuiltinDevice};
+use crate::outcome::VmOutcome;
 
 /// The data port.
 pub const DATA: u16 = 0x60;
@@ -16,17 +22,30 @@ pub const COMMAND: u16 = 0x64;
 /// The command that pulses the CPU reset line.
 const RESET: u8 = 0xfe;
 
-/// Answers an access to 0x60 or 0x64; true if the guest asked for a reset.
-pub fn handle(event: &ExitEvent, completion: &mut Completion) -> bool {
-    let ExitKind::Io(io) = event.kind else {
-        return false;
-    };
-    match io.direction {
-        Direction::Read => {
-            completion.read = Some(0);
-            false
+/// The keyboard controller as a built-in device.
+#[derive(Debug, Default)]
+pub struct I8042;
+
+impl BuiltinDevice for I8042 {
+    fn claims(&self) -> (Vec<RangeInclusive<u16>>, Vec<GpaRange>) {
+        (vec![DATA..=DATA, COMMAND..=COMMAND], Vec::new())
+    }
+
+    fn handle(&self, event: &ExitEvent, completion: &mut Completion) {
+        reads_zero(event, completion);
+    }
+
+    fn ends_run(&self, event: &ExitEvent) -> Option<VmOutcome> {
+        match event.kind {
+            ExitKind::Io(io)
+                if io.direction == Direction::Write
+                    && io.port == COMMAND
+                    && io.data as u8 == RESET =>
+            {
+                Some(VmOutcome::Reset)
+            }
+            _ => None,
         }
-        Direction::Write => io.port == COMMAND && io.data as u8 == RESET,
     }
 }
 
@@ -51,11 +70,14 @@ mod tests {
 
     #[test]
     fn only_the_reset_command_resets() {
+        let dev = I8042;
+        let resets = |e: &ExitEvent| dev.ends_run(e) == Some(VmOutcome::Reset);
+        assert!(resets(&io(COMMAND, Direction::Write, 0xfe)));
+        assert!(!resets(&io(COMMAND, Direction::Write, 0xd1)));
+        assert!(!resets(&io(DATA, Direction::Write, 0xfe)));
+        assert!(!resets(&io(COMMAND, Direction::Read, 0)));
         let mut c = Completion::default();
-        assert!(handle(&io(COMMAND, Direction::Write, 0xfe), &mut c));
-        assert!(!handle(&io(COMMAND, Direction::Write, 0xd1), &mut c));
-        assert!(!handle(&io(DATA, Direction::Write, 0xfe), &mut c));
-        assert!(!handle(&io(COMMAND, Direction::Read, 0), &mut c));
+        dev.handle(&io(COMMAND, Direction::Read, 0), &mut c);
         assert_eq!(c.read, Some(0), "status: no input, no output");
     }
 }

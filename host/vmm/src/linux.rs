@@ -1,9 +1,11 @@
-//! Loading a Linux kernel, through linux-loader, in one of two ways:
+//! Loading a Linux kernel (or any kernel with a PVH note) in one of two
+//! ways:
 //!
 //! - a bzImage, for the 64-bit boot protocol
 //!   (`Documentation/arch/x86/boot.rst`): the protected-mode kernel at
 //!   1 MiB, the zero page (`boot_params`) in RSI, entry in long mode;
-//! - an ELF `vmlinux` with a PVH note (`XEN_ELFNOTE_PHYS32_ENTRY`), for
+//! - an ELF image, 32- or 64-bit, with a PVH note
+//!   (`XEN_ELFNOTE_PHYS32_ENTRY`; `pvh`), such as a `vmlinux`, for
 //!   the PVH boot protocol: the kernel at its physical addresses, an
 //!   `hvm_start_info` in EBX, entry in 32-bit protected mode with paging
 //!   off. It skips the bzImage's decompressor.
@@ -19,7 +21,7 @@
 //! of RAM, below the kernel's `initrd_addr_max` (4 GiB for PVH).
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use linux_loader::configurator::linux::LinuxBootConfigurator;
@@ -30,13 +32,12 @@ use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, Cmdline, KernelLoader};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use wasmvisor_kvm::{BootMode, LinuxEntry};
 
-use crate::acpi;
+use crate::{acpi, pvh};
 
 /// Where the zero page (or PVH start_info) goes.
 pub const ZERO_PAGE: u64 = 0x7000;
@@ -90,10 +91,12 @@ pub enum LinuxError {
         path: String,
         reason: String,
     },
-    #[error("kernel {path} is not a bzImage or ELF vmlinux linux-loader can load: {reason}")]
+    #[error("kernel {path} is neither an ELF image nor a bzImage wasmvisor can boot: {reason}")]
     Kernel { path: String, reason: String },
     #[error("kernel {path} is an ELF without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH=y or boot its bzImage")]
     NoPvhEntry { path: String },
+    #[error("kernel {path} cannot be booted through PVH: {reason}")]
+    Pvh { path: String, reason: String },
     #[error(
         "kernel {path} uses boot protocol {version:#x}; wasmvisor needs 2.10 (0x20a) or later"
     )]
@@ -296,7 +299,8 @@ fn load_bzimage(
     })
 }
 
-/// An ELF vmlinux for the PVH boot protocol.
+/// An ELF image (a vmlinux, or any kernel with a PVH note, 32- or
+/// 64-bit) for the PVH boot protocol.
 fn load_pvh(
     mem: &GuestMemoryMmap,
     kernel: &Path,
@@ -305,17 +309,30 @@ fn load_pvh(
     rsdp: u64,
 ) -> Result<LinuxBoot, LinuxError> {
     let shown = kernel.display().to_string();
-    // No load offset: PVH kernels run at their link-time physical address.
-    let loaded = Elf::load(mem, None, file, Some(GuestAddress(HIGH_RAM))).map_err(|e| {
-        LinuxError::Kernel {
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .map_err(|e| LinuxError::Read {
+            what: "kernel",
             path: shown.clone(),
             reason: e.to_string(),
-        }
+        })?;
+    // PVH kernels run at their link-time physical addresses.
+    let image = pvh::parse(&bytes, args.ram_size).map_err(|e| match e {
+        pvh::PvhError::NoEntry => LinuxError::NoPvhEntry {
+            path: shown.clone(),
+        },
+        e => LinuxError::Pvh {
+            path: shown.clone(),
+            reason: e.to_string(),
+        },
     })?;
-    let PvhBootCapability::PvhEntryPresent(entry) = loaded.pvh_boot_cap else {
-        return Err(LinuxError::NoPvhEntry { path: shown });
-    };
-    let kernel_end = loaded.kernel_end;
+    pvh::load(mem, &image).map_err(|reason| LinuxError::Write {
+        what: "kernel",
+        reason,
+    })?;
+    let entry = u64::from(image.entry);
+    let kernel_end = image.end;
     // The kernel maps the initrd itself; keep it below 4 GiB.
     let initrd = place_initrd(mem, args, u64::from(u32::MAX), kernel_end)?;
 
@@ -358,7 +375,7 @@ fn load_pvh(
         reason: e.to_string(),
     })?;
     Ok(LinuxBoot {
-        entry: entry.0,
+        entry,
         mode: BootMode::Protected,
         info: LinuxEntry::StartInfo(ZERO_PAGE),
         kernel_end,
@@ -580,6 +597,10 @@ mod tests {
         std::fs::write(&p, vec![0u8; 8192]).unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
         let err = load_linux(&mem, &p, &args(16 << 20)).unwrap_err();
-        assert!(err.to_string().contains("is not a bzImage or ELF"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("is neither an ELF image nor a bzImage"),
+            "{err}"
+        );
     }
 }

@@ -20,8 +20,10 @@ use crate::builtin::BuiltinDevice;
 use crate::config::{DeviceSpec, PolicyCache, SerialBackend, VmConfig};
 use crate::control::Services;
 use crate::cpuid::{cpuid_table, per_vcpu_cpuid};
+use crate::debug_exit::DebugExit;
 use crate::error::VmmError;
 use crate::hotswap::{HotSwap, HotSwapParts};
+use crate::i8042::I8042;
 use crate::linux::{load_linux, LinuxArgs};
 use crate::loader::{is_elf, load_elf, load_flat};
 use crate::native::NativeHandler;
@@ -204,6 +206,10 @@ pub fn run_with_native(
             Arc::clone(&console),
             irq.clone(),
         )));
+    }
+    builtins.push(Arc::new(I8042));
+    if let Some(port) = config.debug_exit {
+        builtins.push(Arc::new(DebugExit::new(port)));
     }
     let mut pci_platform: Option<Arc<PciPlatform>> = None;
     if !config.devices.is_empty() {

@@ -38,6 +38,9 @@ pub enum VmOutcome {
     /// The guest reset the machine (the i8042 reset line); wasmvisor does
     /// not reboot it.
     Reset,
+    /// The guest wrote `value` to the debug-exit port (`--device
+    /// debug-exit`).
+    DebugExit { port: u16, value: u32 },
 }
 
 impl VmOutcome {
@@ -51,6 +54,9 @@ impl VmOutcome {
             VmOutcome::PolicyFault { .. } => EXIT_POLICY_FAULT,
             VmOutcome::Signal(n) => 128 + n,
             VmOutcome::HostFailure(_) => EXIT_HOST_ERROR,
+            // QEMU's isa-debug-exit calls exit((value << 1) | 1); the
+            // parent sees the low 8 bits of that.
+            VmOutcome::DebugExit { value, .. } => ((value << 1) | 1) as i32 & 0xff,
         }
     }
 
@@ -75,6 +81,10 @@ impl VmOutcome {
             VmOutcome::Reset => {
                 "the guest reset the machine (i8042 reset line); not rebooting".to_string()
             }
+            VmOutcome::DebugExit { port, value } => format!(
+                "the guest wrote {value:#x} to the debug-exit port {port:#x}: exit code {}",
+                self.exit_code()
+            ),
         }
     }
 
@@ -83,7 +93,9 @@ impl VmOutcome {
     pub(crate) fn severity(&self) -> u8 {
         match self {
             VmOutcome::Halted => 0,
-            VmOutcome::Stopped { clean: true, .. } | VmOutcome::Reset => 1,
+            VmOutcome::Stopped { clean: true, .. }
+            | VmOutcome::Reset
+            | VmOutcome::DebugExit { .. } => 1,
             VmOutcome::Signal(_) => 2,
             VmOutcome::Stopped { clean: false, .. } => 3,
             VmOutcome::PolicyFault { .. } => 4,

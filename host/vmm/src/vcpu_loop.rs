@@ -16,7 +16,6 @@ use wasmvisor_kvm::{KickList, Kicker, RunOutcome, Vcpu};
 use wasmvisor_policy::{CallError, PolicyInstance, Shared, Verdict};
 
 use crate::builtin::BuiltinDevice;
-use crate::i8042;
 use crate::ledger::OwnedProtector;
 use crate::native::NativeHandler;
 use crate::outcome::VmOutcome;
@@ -346,21 +345,13 @@ impl VcpuWorker {
                         if let Some(dev) = self.builtins.get(usize::from(b)) {
                             dev.handle(event, completion);
                             self.stats.builtin += 1;
-                            return Ok(Flow::Continue);
+                            return match dev.ends_run(event) {
+                                Some(outcome) => Err(outcome),
+                                None => Ok(Flow::Continue),
+                            };
                         }
                     }
                 }
-            }
-        }
-        // The keyboard controller sits behind every policy: one that
-        // claims 0x60 or 0x64 answers first.
-        if let ExitKind::Io(io) = event.kind {
-            if io.port == i8042::DATA || io.port == i8042::COMMAND {
-                self.stats.builtin += 1;
-                if i8042::handle(event, completion) {
-                    return Err(VmOutcome::Reset);
-                }
-                return Ok(Flow::Continue);
             }
         }
         self.stats.default += 1;

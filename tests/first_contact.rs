@@ -1,0 +1,247 @@
+//! What a newcomer types first, without reading the docs: a plain `run`
+//! shows the guest's console (the built-in UART is the default console),
+//! `--serial none` turns it off, PVH images of either ELF class boot with
+//! `--kernel` like QEMU boots them, and a guest written for QEMU's
+//! isa-debug-exit ends the run with the exit code it chose.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use wasmvisor_tests::*;
+
+#[test]
+fn a_plain_run_of_hello_prints_its_line() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("hello.elf");
+    let r = wasmvisor(&["run", "--guest", g.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n");
+}
+
+#[test]
+fn serial_none_prints_nothing() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("hello.elf");
+    let r = wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--serial", "none"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "", "no console: {r:?}");
+    // The guest's writes went to the default handler instead.
+    assert!(r.stderr.contains("built-in devices: 0,"), "{}", r.stderr);
+}
+
+#[test]
+fn a_policy_on_the_uart_ports_still_answers_first() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("hello.elf");
+    let r = wasmvisor(&[
+        "run",
+        "--guest",
+        g.to_str().unwrap(),
+        "--policy",
+        &policy("serial"),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n", "printed once");
+    assert!(r.stderr.contains("built-in devices: 0,"), "{}", r.stderr);
+    assert!(r.stderr.contains("policy serial: handled "), "{}", r.stderr);
+}
+
+/// A PVH guest in ELF class `class`: checks the start_info magic in EBX,
+/// prints `msg` on COM1 without polling, then writes `code` to the
+/// debug-exit port 0xf4 (or 0x7f there if the magic is wrong).
+const PVH_GUEST: &str = r#"
+    .code32
+    .section .note.Xen, "a", @note
+    .p2align 2
+    .long 4, 2f - 1f, 18            # XEN_ELFNOTE_PHYS32_ENTRY
+    .asciz "Xen"
+1:  ENTRY_FIELD pvh_start
+2:
+    .text
+    .globl pvh_start
+pvh_start:
+    cmpl $0x336ec578, (%ebx)        # hvm_start_info.magic
+    jne bad
+    mov $msg, %esi
+1:  movb (%esi), %al
+    test %al, %al
+    jz 2f
+    mov $0x3f8, %dx
+    outb %al, %dx
+    inc %esi
+    jmp 1b
+2:  mov $0xf4, %dx
+    mov $CODE, %eax
+    outl %eax, %dx
+3:  hlt
+    jmp 3b
+bad:
+    mov $0xf4, %dx
+    mov $0x7f, %eax
+    outl %eax, %dx
+    jmp 3b
+    .section .rodata
+msg: .asciz MSG
+"#;
+
+const PVH_LD: &str = "ENTRY(pvh_start)
+SECTIONS {
+  . = 0x100000;
+  .text : { *(.text*) }
+  .rodata : { *(.rodata*) }
+  .note.Xen : { *(.note.Xen) }
+  /DISCARD/ : { *(.note.gnu*) *(.comment) }
+}
+";
+
+/// Assembles and links the PVH guest with binutils.
+fn pvh_image(dir: &Path, class: u32, code: u32, msg: &str) -> PathBuf {
+    let (width, field, emulation) = match class {
+        32 => ("--32", ".long", "elf_i386"),
+        _ => ("--64", ".quad", "elf_x86_64"),
+    };
+    let src = format!(
+        ".macro ENTRY_FIELD s\n    {field} \\s\n.endm\n.set CODE, {code:#x}\n{}",
+        PVH_GUEST.replace("MSG", &format!("{msg:?}"))
+    );
+    let s = dir.join(format!("pvh{class}.S"));
+    let o = dir.join(format!("pvh{class}.o"));
+    let ld = dir.join("pvh.ld");
+    let elf = dir.join(format!("pvh{class}.elf"));
+    std::fs::write(&s, src).unwrap();
+    std::fs::write(&ld, PVH_LD).unwrap();
+    let run = |cmd: &mut Command| {
+        let out = cmd
+            .output()
+            .expect("binutils (scripts/setup.sh installs them)");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(Command::new("as").args([width, "-o"]).arg(&o).arg(&s));
+    run(Command::new("ld")
+        .args(["-m", emulation, "-T"])
+        .arg(&ld)
+        .arg("-o")
+        .arg(&elf)
+        .arg(&o));
+    elf
+}
+
+fn pvh_boots_and_exits_with_its_code(class: u32, code: u32) {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch(&format!("pvh{class}"));
+    let msg = format!("hello from an ELF{class} PVH image\n");
+    let elf = pvh_image(&dir, class, code, &msg);
+    let r = wasmvisor(&[
+        "run",
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--device",
+        "debug-exit",
+    ]);
+    assert_eq!(r.stdout, msg, "{r:?}");
+    let want = ((code << 1) | 1) as i32;
+    assert_eq!(r.code, want, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "the guest wrote {code:#x} to the debug-exit port 0xf4: exit code {want}"
+        )),
+        "{}",
+        r.stderr
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn an_elf32_pvh_image_boots_and_exits_through_debug_exit() {
+    pvh_boots_and_exits_with_its_code(32, 0x2a);
+}
+
+#[test]
+fn an_elf64_pvh_image_boots_and_exits_through_debug_exit() {
+    pvh_boots_and_exits_with_its_code(64, 0x15);
+}
+
+#[test]
+fn debug_exit_on_another_port_and_without_the_device() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("pvh-port");
+    let elf = pvh_image(&dir, 32, 3, "x\n");
+    let elf = elf.to_str().unwrap();
+    // On 0x501 (QEMU's default port) the write to 0xf4 is the default
+    // handler's; the guest halts and, with the irqchip a --kernel boot
+    // has, waits: the run is killed after a while.
+    let r = wasmvisor_within(
+        &["run", "--kernel", elf, "--device", "debug-exit=0x501"],
+        std::time::Duration::from_secs(5),
+    );
+    let r = r.expect_err("without an exit port the run goes on");
+    assert_eq!(r.stdout, "x\n");
+    // A bad port is one error line.
+    let line =
+        wasmvisor(&["run", "--kernel", elf, "--device", "debug-exit=0x10000"]).one_error_line();
+    assert!(
+        line.contains("invalid --device `debug-exit=0x10000`"),
+        "{line}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn pvh_images_the_loader_refuses_get_one_line_saying_why() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("pvh-bad");
+    let good = pvh_image(&dir, 32, 1, "x\n");
+    let bytes = std::fs::read(&good).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "truncated.elf",
+            bytes[..40].to_vec(),
+            "ELF header is cut short",
+        ),
+        (
+            "arm.elf",
+            {
+                let mut b = bytes.clone();
+                b[18] = 40;
+                b
+            },
+            "built for another processor (ELF machine 40)",
+        ),
+        (
+            "bigendian.elf",
+            {
+                let mut b = bytes.clone();
+                b[5] = 2;
+                b
+            },
+            "big-endian",
+        ),
+    ];
+    for (name, image, want) in cases {
+        let p = dir.join(name);
+        std::fs::write(&p, image).unwrap();
+        let line = wasmvisor(&["run", "--kernel", p.to_str().unwrap()]).one_error_line();
+        assert!(line.contains(want), "{name}: {line}");
+        assert!(
+            line.contains("cannot be booted through PVH"),
+            "{name}: {line}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
