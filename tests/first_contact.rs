@@ -245,3 +245,23 @@ fn pvh_images_the_loader_refuses_get_one_line_saying_why() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_protected_mode_flat_guest_run_without_mode_gets_a_hint() {
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("devices.bin");
+    let r = wasmvisor(&["run", "--guest", g.to_str().unwrap()]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("wasmvisor: hint: a flat binary starts in 16-bit real mode"),
+        "{}",
+        r.stderr
+    );
+    // With the mode the guest runs, and no hint.
+    let r = wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--mode", "protected"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.stderr.contains("hint"), "{}", r.stderr);
+}

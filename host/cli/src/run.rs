@@ -12,6 +12,8 @@ use wasmvisor_vmm::config::{
     DeviceArg, GuestSpec, LinuxSpec, PolicyCache, PolicySpec, SerialBackend, VmConfig,
     DEFAULT_CMDLINE,
 };
+use wasmvisor_vmm::loader::is_elf;
+use wasmvisor_vmm::outcome::VmOutcome;
 use wasmvisor_vmm::pci::DmaDomain;
 
 use crate::assets;
@@ -187,6 +189,18 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
     Ok(config)
 }
 
+/// A flat image starts in real mode unless `--mode` says otherwise; one
+/// built for protected or long mode then dies at its first instruction
+/// that means something else in 16 bits, which reads like a host bug.
+fn mode_hint(config: &VmConfig, outcome: &VmOutcome) -> Option<&'static str> {
+    let flat_real_by_default = config.linux.is_none()
+        && config.guest.mode.is_none()
+        && std::fs::read(&config.guest.path).is_ok_and(|b| !is_elf(&b));
+    (flat_real_by_default && matches!(outcome, VmOutcome::GuestFault(_))).then_some(
+        "a flat binary starts in 16-bit real mode; if it was built for 32- or 64-bit code, pass --mode protected or --mode long",
+    )
+}
+
 pub fn run(args: RunArgs) -> Result<i32> {
     let config = build_config(&args)?;
     let report =
@@ -194,6 +208,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     eprintln!("wasmvisor: {}", report.outcome.describe());
+    if let Some(hint) = mode_hint(&config, &report.outcome) {
+        eprintln!("wasmvisor: hint: {hint}");
+    }
     eprint!("{}", report.stats.summary());
     match (&report.recording, &config.record) {
         (Some(Ok(n)), Some(path)) => {
