@@ -97,7 +97,9 @@ for t in "${targets[@]}"; do
   if [ $rc -ne 0 ]; then
     echo "fuzz: $t FAILED (exit $rc); log in fuzz/$log" >&2
     tail -n 40 "$log" >&2
-    ls -1 "artifacts/$t" | grep -v '^last-run.log$' | sed "s|^|fuzz: reproducer fuzz/artifacts/$t/|" >&2 || true
+    for f in "artifacts/$t"/*; do
+      [ "${f##*/}" = last-run.log ] || echo "fuzz: reproducer fuzz/$f" >&2
+    done
     failed+=("$t")
   fi
 done

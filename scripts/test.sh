@@ -42,7 +42,7 @@ phase() {
   if [ $rc -ne 0 ]; then
     say "== $name FAILED after ${secs} s (exit $rc)"
     summary
-    exit $rc
+    exit "$rc"
   fi
   say "== $name: ${secs} s"
 }
@@ -64,7 +64,7 @@ bg() {
     t0=$(date +%s)
     "$@" && rc=0 || rc=$?
     echo "$name: exit $rc after $(($(date +%s) - t0)) s"
-    exit $rc
+    exit "$rc"
   ) >"$logs/$name.log" 2>&1 &
   bg_pid[$name]=$!
 }

@@ -234,11 +234,19 @@ fn io_tracer_writes_json_lines_and_declines() {
         .collect();
     let printed: String = outs
         .iter()
-        .map(|r| r["data"]["data"].as_u64().unwrap() as u8 as char)
+        .map(|r| hex_field(&r["data"]["data"]) as u8 as char)
         .collect();
     assert_eq!(printed, "Hello from a wasmvisor guest!\n");
     assert!(records
         .iter()
         .all(|r| r["policy"] == "io-tracer" && r["vcpu"] == 0));
+    // Schema 2: `schema` first on every line, RIP a hex string, port and
+    // size numbers.
+    assert_event_schema(&events);
+    assert!(records.iter().all(|r| r["schema"] == EVENT_SCHEMA));
+    for r in &outs {
+        assert!(hex_field(&r["data"]["rip"]) > 0, "{r}");
+        assert_eq!(r["data"]["size"], 1, "{r}");
+    }
     std::fs::remove_dir_all(dir).ok();
 }

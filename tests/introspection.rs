@@ -89,6 +89,10 @@ fn traced(name: &str, guest_file: &str, policies: &[String]) -> Traced {
         events.to_str().unwrap(),
     ]);
     let run = wasmvisor(&args);
+    if run.code == 0 {
+        // Every line is a schema 2 line: `"schema":2` first.
+        assert_event_schema(&events);
+    }
     let text = std::fs::read_to_string(&events).unwrap_or_default();
     let records = text
         .lines()
@@ -149,17 +153,17 @@ fn assert_two_tampers(t: &Traced, verdict: &str) {
     assert_eq!(tampers.len(), 2, "{:?}", t.records);
     let kinds: Vec<&str> = tampers.iter().map(|d| s(&d["kind"])).collect();
     assert_eq!(kinds, ["text", "page-table"]);
-    let gpas: Vec<u64> = tampers.iter().map(|d| u(&d["gpa"])).collect();
+    let gpas: Vec<u64> = tampers.iter().map(|d| hex_field(&d["gpa"])).collect();
     assert_eq!(gpas, [0x101ff0, 0x107ff8]);
     let sizes: Vec<u64> = tampers.iter().map(|d| u(&d["size"])).collect();
     assert_eq!(sizes, [1, 8]);
-    let data: Vec<u64> = tampers.iter().map(|d| u(&d["data"])).collect();
+    let data: Vec<u64> = tampers.iter().map(|d| hex_field(&d["data"])).collect();
     assert_eq!(data, [0x90, 0x200]);
     for d in &tampers {
         assert_eq!(d["verdict"], verdict);
         assert_eq!(d["access"], "write");
         // The stores come from kernel text, in the higher half.
-        assert!(u(&d["rip"]) >= KERNEL_VBASE + 0x101000, "{d}");
+        assert!(hex_field(&d["rip"]) >= KERNEL_VBASE + 0x101000, "{d}");
     }
     // The host records the same violations, answered by the guard.
     let host = t.from("wasmvisor", "mem-violation");
@@ -186,8 +190,8 @@ fn assert_protected(t: &Traced) {
     let protected = t.from("mem-guard", "protected");
     assert_eq!(protected.len(), 1, "{:?}", t.records);
     let p = protected[0];
-    assert_eq!(u(&p["entry"]), KERNEL_VBASE + 0x101000);
-    assert_eq!(u(&p["cr3"]), 0x104000);
+    assert_eq!(hex_field(&p["entry"]), KERNEL_VBASE + 0x101000);
+    assert_eq!(hex_field(&p["cr3"]), 0x104000);
     assert_eq!(p["paging"], "4-level");
     assert_eq!(u(&p["tables"]), 7);
     assert_eq!(p["truncated"], false);
@@ -196,7 +200,7 @@ fn assert_protected(t: &Traced) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (u(&r["base"]), u(&r["len"]), s(&r["kind"])))
+        .map(|r| (hex_field(&r["base"]), u(&r["len"]), s(&r["kind"])))
         .collect();
     assert_eq!(
         ranges,
@@ -288,7 +292,7 @@ fn mem_guard_unprotect_stops_reporting_the_page() {
     let gpas: Vec<u64> = allow
         .from("mem-guard", "tamper")
         .iter()
-        .map(|d| u(&d["gpa"]))
+        .map(|d| hex_field(&d["gpa"]))
         .collect();
     assert_eq!(gpas, [0x9000, 0x9002]);
 
@@ -301,8 +305,8 @@ fn mem_guard_unprotect_stops_reporting_the_page() {
     );
     let tampers = unprotect.from("mem-guard", "tamper");
     assert_eq!(tampers.len(), 1, "{:?}", unprotect.records);
-    assert_eq!(u(&tampers[0]["gpa"]), 0x9000);
-    assert_eq!(u(&tampers[0]["data"]), 0x1234);
+    assert_eq!(hex_field(&tampers[0]["gpa"]), 0x9000);
+    assert_eq!(hex_field(&tampers[0]["data"]), 0x1234);
     assert_eq!(tampers[0]["kind"], "range");
     assert_eq!(unprotect.data("mem-violation").len(), 1);
 
@@ -336,21 +340,21 @@ fn mem_guard_answers_no_access_reads_with_its_own_data() {
     let reads = t.from("mem-guard", "access");
     let seen: Vec<(u64, u64, &str)> = reads
         .iter()
-        .map(|d| (u(&d["gpa"]), u(&d["size"]), s(&d["verdict"])))
+        .map(|d| (hex_field(&d["gpa"]), u(&d["size"]), s(&d["verdict"])))
         .collect();
     assert_eq!(seen, [(0x9002, 2, "read-value"), (0x9000, 2, "read-value")]);
     // The guest's writes to the page are tampering, denied by default.
     let writes: Vec<(u64, u64)> = t
         .from("mem-guard", "tamper")
         .iter()
-        .map(|d| (u(&d["gpa"]), u(&d["data"])))
+        .map(|d| (hex_field(&d["gpa"]), hex_field(&d["data"])))
         .collect();
     assert_eq!(writes, [(0x9000, 0x1234), (0x9002, 0x5678)]);
     let host_reads: Vec<u64> = t
         .from("wasmvisor", "mem-violation")
         .iter()
         .filter(|d| d["access"] == "read")
-        .map(|d| u(&d["read"]))
+        .map(|d| hex_field(&d["read"]))
         .collect();
     assert_eq!(host_reads, [0x5a, 0x5a]);
 }
@@ -438,16 +442,16 @@ fn assert_syscalls(t: &Traced) {
     assert_eq!(payloads, task_lines(&t.run.stdout));
     assert_eq!(payloads[0], "task init pid 1\n");
     for d in calls.iter().filter(|d| d["name"] == "write") {
-        assert_eq!(u(&d["rsi"]), s(&d["data"]).len() as u64);
+        assert_eq!(hex_field(&d["rsi"]), s(&d["data"]).len() as u64);
         assert_eq!(d["truncated"], false);
     }
     for d in &calls {
-        assert_eq!(u(&d["rip"]), KERNEL_VBASE + 0x101000, "{d}");
+        assert_eq!(hex_field(&d["rip"]), KERNEL_VBASE + 0x101000, "{d}");
     }
     // The breakpoint went on the entry the guest wrote to LSTAR.
     let bps = t.from("syscall-tracer", "breakpoint");
     assert_eq!(bps.len(), 1, "{:?}", t.records);
-    assert_eq!(u(&bps[0]["gva"]), symbol("syscall_entry"));
+    assert_eq!(hex_field(&bps[0]["gva"]), symbol("syscall_entry"));
 }
 
 #[test]
@@ -495,7 +499,7 @@ fn syscall_tracer_steps_through_the_entry() {
     assert_syscalls(&t);
     assert_eq!(t.from("syscall-tracer", "syscall")[0]["name"], "getpid");
     let steps = t.from("syscall-tracer", "step");
-    let rips: Vec<u64> = steps.iter().map(|d| u(&d["rip"])).collect();
+    let rips: Vec<u64> = steps.iter().map(|d| hex_field(&d["rip"])).collect();
     assert_eq!(
         rips, expected,
         "step RIPs {:x?} vs objdump {:x?}",
@@ -557,19 +561,23 @@ fn assert_tasks(t: &Traced, when: &str) {
         assert_eq!(u(&d["index"]), i as u64);
         assert_eq!(d["when"], when);
         // Read through the kernel's own mapping: GVA = GPA + the base.
-        assert_eq!(u(&d["gva"]) - KERNEL_VBASE, u(&d["gpa"]), "{d}");
+        assert_eq!(
+            hex_field(&d["gva"]) - KERNEL_VBASE,
+            hex_field(&d["gpa"]),
+            "{d}"
+        );
         // init runs (it is current at boot and again after 24 calls).
         let running = i == 0;
         assert_eq!(d["current"], running, "{d}");
         assert_eq!(d["state"], if running { "running" } else { "ready" });
     }
-    assert_eq!(u(&tasks[0]["gva"]), symbol("task_init"));
+    assert_eq!(hex_field(&tasks[0]["gva"]), symbol("task_init"));
     let lists = t.from("task-lister", "task-list");
     assert_eq!(lists.len(), 1, "{:?}", t.records);
     assert_eq!(u(&lists[0]["count"]), 4);
     assert_eq!(lists[0]["end"], "complete");
-    assert_eq!(u(&lists[0]["percpu"]), symbol("percpu"));
-    assert_eq!(u(&lists[0]["head"]), symbol("task_list_head"));
+    assert_eq!(hex_field(&lists[0]["percpu"]), symbol("percpu"));
+    assert_eq!(hex_field(&lists[0]["head"]), symbol("task_list_head"));
     // Each task is also a JSON log line on stderr.
     let logged: Vec<Value> = t
         .run

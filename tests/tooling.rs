@@ -100,3 +100,32 @@ fn the_conformance_harness_passes_the_reference_and_fails_a_stray_config() {
         r.stdout
     );
 }
+
+/// A component built before the kernel-* host imports were added still
+/// passes `policy check` and runs a guest: additions within 0.1.x do not
+/// break what users built earlier (tests/prebuilt/README.md).
+#[test]
+fn a_component_built_before_the_kernel_imports_still_loads_and_runs() {
+    let old = root().join("tests/prebuilt/serial-before-kernel-imports.wasm");
+    let old = old.to_str().unwrap();
+    let r = wasmvisor(&["policy", "check", old]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("result: ok; the policy loads"),
+        "{}",
+        r.stdout
+    );
+    if !kvm_available() {
+        return;
+    }
+    let g = guest("hello.elf");
+    let r = wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--policy", old]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n");
+    assert!(
+        r.stderr
+            .contains("policy serial-before-kernel-imports: handled "),
+        "the old component answered the console: {}",
+        r.stderr
+    );
+}

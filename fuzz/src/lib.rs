@@ -12,6 +12,7 @@
 pub mod classify_validate_apply;
 pub mod config;
 pub mod exit_snapshot;
+pub mod kernel_profile;
 pub mod loaders;
 pub mod pagewalk;
 pub mod wit_action_conversion;
@@ -20,10 +21,11 @@ pub mod wit_action_conversion;
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name cargo-fuzz and `fuzz/corpus/NAME` use.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("classify_validate_apply", classify_validate_apply::fuzz),
     ("config", config::fuzz),
     ("exit_snapshot", exit_snapshot::fuzz),
+    ("kernel_profile", kernel_profile::fuzz),
     ("loaders", loaders::fuzz),
     ("pagewalk", pagewalk::fuzz),
     ("wit_action_conversion", wit_action_conversion::fuzz),

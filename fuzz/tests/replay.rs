@@ -178,6 +178,7 @@ replay_tests!(
     classify_validate_apply,
     config,
     exit_snapshot,
+    kernel_profile,
     loaders,
     pagewalk,
     wit_action_conversion,

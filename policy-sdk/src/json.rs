@@ -9,9 +9,18 @@
 //!     .str("name", "sh\"ell")
 //!     .bool("current", false)
 //!     .raw("args", "[1,2]")
+//!     .hex("rip", 0xffffffff81000000)
 //!     .finish();
-//! assert_eq!(json, r#"{"pid":42,"name":"sh\"ell","current":false,"args":[1,2]}"#);
+//! assert_eq!(
+//!     json,
+//!     r#"{"pid":42,"name":"sh\"ell","current":false,"args":[1,2],"rip":"0xffffffff81000000"}"#
+//! );
 //! ```
+//!
+//! Guest addresses and other 64-bit values go in as `"0x…"` strings
+//! ([`hex`], [`Object::hex`]), since JSON numbers above 2^53 lose
+//! precision in jq and JavaScript; counts, sizes, ports and the like stay
+//! numbers ([`Object::u64`]). See `docs/events.md`.
 
 use core::fmt::Write;
 
@@ -35,6 +44,12 @@ pub fn string(text: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// `value` as a quoted lowercase hex JSON string: `"0xffffffff81000000"`,
+/// `"0x0"`. The events' format for addresses and 64-bit values.
+pub fn hex(value: u64) -> String {
+    format!("\"{value:#x}\"")
 }
 
 /// A JSON object written field by field. Keys are written as given (they
@@ -64,6 +79,11 @@ impl Object {
     /// Adds an unsigned number.
     pub fn u64(self, key: &str, value: u64) -> Self {
         self.raw(key, &value.to_string())
+    }
+
+    /// Adds an address or 64-bit value as a `"0x…"` string ([`hex`]).
+    pub fn hex(self, key: &str, value: u64) -> Self {
+        self.raw(key, &hex(value))
     }
 
     /// Adds a signed number.
@@ -115,6 +135,18 @@ mod tests {
         assert_eq!(string("l1\nl2\t\r"), r#""l1\nl2\t\r""#);
         assert_eq!(string("\u{0}\u{1b}\u{7f}"), r#""\u0000\u001b\u007f""#);
         assert_eq!(string("é✓"), "\"é✓\"");
+    }
+
+    #[test]
+    fn hex_values_are_quoted_lowercase_strings() {
+        assert_eq!(hex(0), r#""0x0""#);
+        assert_eq!(hex(0x3f8), r#""0x3f8""#);
+        assert_eq!(hex(0xFFFF_FFFF_8100_0000), r#""0xffffffff81000000""#);
+        assert_eq!(hex(u64::MAX), r#""0xffffffffffffffff""#);
+        assert_eq!(
+            Object::new().hex("rip", 0x1000).u64("size", 4).finish(),
+            r#"{"rip":"0x1000","size":4}"#
+        );
     }
 
     #[test]

@@ -67,9 +67,15 @@
 //! * [`Policy::cpuid`] sees each CPUID table entry whose function the
 //!   policy subscribed to with [`Subscriptions::cpuid`].
 //! * [`host`] holds what a policy may call back: registers, guest memory,
-//!   the console, logging, events and counters. Outside a `wasm32` build
-//!   they act on a fake host the test installs, so policies are unit
-//!   tested with `cargo test` (see `testing`).
+//!   the console, logging, events and counters, and the guest kernel's
+//!   profile (`kernel_symbol`, `kernel_symbolize`, `kernel_type_size`,
+//!   `kernel_member_offset`: its symbols and type layouts, `unsupported`
+//!   when the VM has none). Outside a `wasm32` build they act on a fake
+//!   host the test installs, so policies are unit tested with
+//!   `cargo test` (see `testing`).
+//! * [`LineTrigger`] (module [`trigger`]) fires once, when the guest
+//!   prints a line containing a given text on COM1, or at the first exit:
+//!   the moment a policy that reads kernel state does its work.
 //! * [`Policy::save_state`] and [`Policy::restore_state`] carry state from
 //!   one generation of a policy to the next on a hot swap.
 //!
@@ -80,9 +86,12 @@
 mod config;
 pub mod host;
 pub mod json;
+pub mod kernel;
+pub mod linux_syscalls;
 mod subscriptions;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod trigger;
 mod verdict;
 
 #[doc(hidden)]
@@ -105,6 +114,7 @@ pub use bindings::wasmvisor::policy::types::{
     Subscriptions, Verdict,
 };
 pub use config::{parse_range, parse_region, parse_u64, Config};
+pub use trigger::LineTrigger;
 pub use verdict::{mask, GP_VECTOR, UD_VECTOR};
 
 /// The part of an exit every kind shares.

@@ -212,3 +212,62 @@ pub fn events_of(path: &Path, kind: &str) -> Vec<serde_json::Value> {
         .filter(|e| e["kind"] == kind)
         .collect()
 }
+
+/// The `schema` every `--events` line carries (`docs/events.md`).
+pub const EVENT_SCHEMA: u64 = 2;
+
+/// An event field holding an address or 64-bit value: a lowercase
+/// `"0x…"` string (event schema 2). Panics on anything else, a JSON
+/// number included, so a regression to schema 1's numbers is caught.
+pub fn hex_field(v: &serde_json::Value) -> u64 {
+    let text = v.as_str().unwrap_or_else(|| {
+        panic!("{v} is not a \"0x…\" string (schema 2 writes addresses and 64-bit values as hex)")
+    });
+    let digits = text
+        .strip_prefix("0x")
+        .unwrap_or_else(|| panic!("{text:?} does not start with 0x"));
+    assert!(
+        !digits.is_empty() && !digits.bytes().any(|b| b.is_ascii_uppercase()),
+        "{text:?} is not lowercase hex"
+    );
+    u64::from_str_radix(digits, 16).unwrap_or_else(|e| panic!("{text:?}: {e}"))
+}
+
+/// Asserts that every line of an `--events` file starts with
+/// `"schema":2` and that there is at least one line.
+pub fn assert_event_schema(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(!text.is_empty(), "{} is empty", path.display());
+    for line in text.lines() {
+        assert!(
+            line.starts_with(&format!("{{\"schema\":{EVENT_SCHEMA},")),
+            "not a schema {EVENT_SCHEMA} line: {line}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_fields_parse() {
+        assert_eq!(hex_field(&serde_json::json!("0x0")), 0);
+        assert_eq!(
+            hex_field(&serde_json::json!("0xffffffff81000000")),
+            0xffff_ffff_8100_0000
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "is not a \"0x…\" string")]
+    fn a_number_is_refused() {
+        hex_field(&serde_json::json!(4096));
+    }
+
+    #[test]
+    #[should_panic(expected = "lowercase")]
+    fn upper_case_is_refused() {
+        hex_field(&serde_json::json!("0xABC"));
+    }
+}

@@ -26,6 +26,9 @@ pub struct RunArgs {
     /// Boot this Linux kernel instead of a guest image: a bzImage, or an ELF vmlinux with a PVH note (docs/linux.md).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["guest", "mode", "load_addr", "entry"])]
     kernel: Option<PathBuf>,
+    /// The kernel image (vmlinux or bzImage) whose symbols (kallsyms) and types (BTF) the policies' kernel-* imports use, for a guest booted some other way; --kernel's own image is used without it (docs/introspection.md).
+    #[arg(long, value_name = "FILE")]
+    kernel_profile: Option<PathBuf>,
     /// An initrd for --kernel.
     #[arg(long, value_name = "FILE", requires = "kernel")]
     initrd: Option<PathBuf>,
@@ -166,6 +169,7 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
             .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
     });
     config.irqchip |= args.irqchip;
+    config.kernel_profile = args.kernel_profile.clone();
     for d in &args.devices {
         match DeviceArg::parse(d)? {
             DeviceArg::Pci(spec) => config.devices.push(spec),

@@ -399,6 +399,44 @@ impl Ctx {
         Ok(Ok(()))
     }
 
+    /// Runs `f` on the VM's kernel profile and the kernel's relocation;
+    /// `unsupported` without a profile (or one that cannot be read).
+    fn with_kernel<T>(
+        &mut self,
+        f: impl FnOnce(&wasmvisor_profile::Profile, u64) -> T,
+    ) -> HostResult<T> {
+        let Some(kernel) = self.inst.shared.kernel().cloned() else {
+            return Ok(Err(HostError::Unsupported));
+        };
+        let Ok(profile) = kernel.load() else {
+            return Ok(Err(HostError::Unsupported));
+        };
+        // LSTAR is read through the vCPU only until the slide is known;
+        // outside an exit (init) the slide reads as what is known so far.
+        let slide = kernel.slide(|| {
+            self.vcpu
+                .access()
+                .and_then(|v| v.host_rdmsr(crate::kernel::MSR_LSTAR).ok().flatten())
+        });
+        Ok(Ok(f(profile, slide)))
+    }
+
+    fn live_kernel_symbol(&mut self, name: String) -> HostResult<Option<u64>> {
+        self.with_kernel(|p, slide| crate::kernel::KernelProfile::symbol(p, slide, &name))
+    }
+
+    fn live_kernel_symbolize(&mut self, addr: u64) -> HostResult<Option<(String, u64)>> {
+        self.with_kernel(|p, slide| crate::kernel::KernelProfile::symbolize(p, slide, addr))
+    }
+
+    fn live_kernel_type_size(&mut self, name: String) -> HostResult<Option<u64>> {
+        self.with_kernel(|p, _| p.types.size_of(&name))
+    }
+
+    fn live_kernel_member_offset(&mut self, path: String) -> HostResult<Option<u64>> {
+        self.with_kernel(|p, _| p.types.offset_of(&path))
+    }
+
     fn live_dma_mappings(&mut self) -> wasmtime::Result<Vec<GpaRange>> {
         Ok(self
             .inst
@@ -520,6 +558,26 @@ impl host::Host for Ctx {
 
     fn dma_mappings(&mut self) -> wasmtime::Result<Vec<GpaRange>> {
         taped!(self, "dma-mappings", live_dma_mappings())
+    }
+
+    fn kernel_symbol(&mut self, name: String) -> HostResult<Option<u64>> {
+        taped!(self, "kernel-symbol", live_kernel_symbol(name))
+    }
+
+    fn kernel_symbolize(&mut self, addr: u64) -> HostResult<Option<(String, u64)>> {
+        taped!(self, "kernel-symbolize", live_kernel_symbolize(addr))
+    }
+
+    fn kernel_type_size(&mut self, name: String) -> HostResult<Option<u64>> {
+        taped!(self, "kernel-type-size", live_kernel_type_size(name))
+    }
+
+    fn kernel_member_offset(&mut self, path: String) -> HostResult<Option<u64>> {
+        taped!(
+            self,
+            "kernel-member-offset",
+            live_kernel_member_offset(path)
+        )
     }
 }
 

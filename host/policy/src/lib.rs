@@ -24,6 +24,7 @@ pub mod fuzzing;
 mod image;
 mod imports;
 mod instance;
+mod kernel;
 mod limits;
 mod record;
 mod replay;
@@ -39,10 +40,13 @@ pub use error::{CallError, PolicyError};
 pub use image::{survey, ImportSource, PolicyImage, Survey, HANDLER, MAX_POLICY_BYTES};
 pub use imports::{MAX_EVENT_BYTES, MAX_KEY_BYTES, MAX_LOG_BYTES, MAX_TRANSFER};
 pub use instance::PolicyInstance;
+pub use kernel::KernelProfile;
 pub use limits::{Limits, MIN_DEADLINE_TICKS};
 pub use record::{read_recording, Entry, Header, Outcome, Recorder, RecordingError};
 pub use replay::{recorded_policies, replay, Difference, ReplayReport};
-pub use sinks::{CaptureConsole, ConsoleSink, Shared, StderrConsole, StdoutConsole, MAX_COUNTERS};
+pub use sinks::{
+    CaptureConsole, ConsoleSink, Shared, StderrConsole, StdoutConsole, EVENT_SCHEMA, MAX_COUNTERS,
+};
 pub use tape::ImportCall;
 pub use types::{CpuidLeaf, PolicyInfo, Verdict};
 pub use wasi::WasiGrants;

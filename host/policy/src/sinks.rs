@@ -92,6 +92,8 @@ pub struct Shared {
     recorder: Option<crate::record::Recorder>,
     /// What the host DMA-mapped for passthrough devices (`dma-mappings`).
     dma_mappings: Mutex<Vec<wasmvisor_exit::GpaRange>>,
+    /// The guest kernel's profile (`kernel-*` imports), if the VM has one.
+    kernel: Option<Arc<crate::kernel::KernelProfile>>,
 }
 
 impl Shared {
@@ -122,7 +124,19 @@ impl Shared {
             counters: Mutex::new(HashMap::new()),
             recorder: None,
             dma_mappings: Mutex::new(Vec::new()),
+            kernel: None,
         })
+    }
+
+    /// Gives the policies this kernel profile.
+    pub fn with_kernel(mut self, kernel: Arc<crate::kernel::KernelProfile>) -> Shared {
+        self.kernel = Some(kernel);
+        self
+    }
+
+    /// The guest kernel's profile, if the VM has one.
+    pub fn kernel(&self) -> Option<&Arc<crate::kernel::KernelProfile>> {
+        self.kernel.as_ref()
     }
 
     /// Records every policy call into `recorder` (`--record`).
@@ -195,6 +209,7 @@ impl Shared {
             _ => EventData::Raw { raw: json },
         };
         let line = EventLine {
+            schema: EVENT_SCHEMA,
             t_us: u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
             vcpu,
             policy,
@@ -281,9 +296,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The version of the events file's format, written first on every line
+/// as `schema`. Version 2 writes guest addresses and other 64-bit values
+/// as `"0x…"` strings; version 1 (no `schema` field) wrote them as JSON
+/// numbers, which lose precision above 2^53.
+pub const EVENT_SCHEMA: u32 = 2;
+
 /// One line of the events file.
 #[derive(Serialize)]
 struct EventLine<'a> {
+    schema: u32,
     t_us: u64,
     vcpu: u32,
     policy: &'a str,
@@ -323,6 +345,11 @@ mod tests {
         shared.flush().unwrap();
         let lines = read_lines(&path);
         assert_eq!(lines.len(), 3);
+        for line in &lines {
+            assert_eq!(line["schema"], EVENT_SCHEMA);
+        }
+        let first = std::fs::read_to_string(&path).unwrap();
+        assert!(first.starts_with("{\"schema\":2,"), "{first}");
         assert_eq!(lines[0]["vcpu"], 1);
         assert_eq!(lines[0]["policy"], "serial");
         assert_eq!(lines[0]["kind"], "tx");

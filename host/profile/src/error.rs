@@ -35,6 +35,9 @@ pub enum ProfileError {
     /// The `.BTF` section is there but cannot be parsed.
     #[error("the .BTF section is malformed: {0}")]
     BadBtf(String),
+    /// A bzImage whose payload wasmvisor cannot unpack.
+    #[error("the bzImage's payload cannot be unpacked: {0}; pass the vmlinux inside it instead (scripts/fetch-kernel.sh shows how to extract it)")]
+    BzImage(String),
     /// Reading the image from disk failed.
     #[error("cannot read kernel image {}: {source}", path.display())]
     Io {

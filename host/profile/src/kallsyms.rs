@@ -718,6 +718,11 @@ impl Symbols {
         self.by_name.get(name).map(|&i| self.symbols[i].address)
     }
 
+    /// The symbol `name`, with its type and whether it is absolute.
+    pub fn get(&self, name: &str) -> Option<&Symbol> {
+        self.by_name.get(name).map(|&i| &self.symbols[i])
+    }
+
     /// The type letter of the symbol `name`.
     pub fn kind(&self, name: &str) -> Option<char> {
         self.by_name.get(name).map(|&i| self.symbols[i].kind)

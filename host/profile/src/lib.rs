@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod btf;
+pub mod bzimage;
 mod elf;
 mod error;
 pub mod kallsyms;
@@ -48,14 +49,20 @@ impl Profile {
         })
     }
 
-    /// Reads a `vmlinux` ELF from `path` (once) and builds its profile;
-    /// errors name the file.
+    /// Reads a kernel image from `path` (once) and builds its profile: a
+    /// `vmlinux` ELF, or a bzImage whose payload is unpacked first
+    /// ([`bzimage`]); errors name the file.
     pub fn from_file(path: &Path) -> Result<Self, ProfileError> {
         let image = std::fs::read(path).map_err(|source| ProfileError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_elf(&image).map_err(|source| ProfileError::InFile {
+        let built = if bzimage::is_bzimage(&image) {
+            bzimage::vmlinux(&image).and_then(|elf| Self::from_elf(&elf))
+        } else {
+            Self::from_elf(&image)
+        };
+        built.map_err(|source| ProfileError::InFile {
             path: path.to_path_buf(),
             source: Box::new(source),
         })

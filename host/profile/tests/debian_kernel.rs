@@ -157,3 +157,23 @@ fn debian_kernel_profile() {
         String::from_utf8_lossy(&release[..release.iter().position(|&b| b == 0).unwrap()]);
     assert_eq!(release, version());
 }
+
+/// `--kernel vmlinuz` gets the same profile as the vmlinux inside it: the
+/// bzImage's LZ4 payload is unpacked in the host.
+#[test]
+fn the_bzimage_gives_the_same_profile_as_its_vmlinux() {
+    let elf = Profile::from_elf(&image()).unwrap();
+    let started = Instant::now();
+    let bz = Profile::from_file(&assets().join("vmlinuz")).unwrap_or_else(|e| {
+        panic!("{e}; run `make kernel` to fetch the Debian kernel");
+    });
+    eprintln!("profile from the bzImage in {:?}", started.elapsed());
+    assert_eq!(bz.symbols.len(), elf.symbols.len());
+    for name in ["sys_call_table", "init_task", "entry_SYSCALL_64", "_etext"] {
+        assert_eq!(bz.symbols.lookup(name), elf.symbols.lookup(name), "{name}");
+    }
+    assert_eq!(
+        bz.types.offset_of("task_struct.comm"),
+        elf.types.offset_of("task_struct.comm")
+    );
+}

@@ -232,6 +232,9 @@ pub struct VmConfig {
     pub devices: Vec<DeviceSpec>,
     /// The isa-debug-exit port (`--device debug-exit[=PORT]`), if any.
     pub debug_exit: Option<u16>,
+    /// The kernel image the policies' kernel profile is read from
+    /// (`--kernel-profile`); without it, a `--kernel` boot's own image.
+    pub kernel_profile: Option<PathBuf>,
     /// What the devices may reach by DMA (`--dma-window`); unrestricted
     /// by default.
     pub dma_domain: DmaDomain,
@@ -256,6 +259,7 @@ impl VmConfig {
             record: None,
             devices: Vec::new(),
             debug_exit: None,
+            kernel_profile: None,
             dma_domain: DmaDomain::unrestricted(),
         }
     }

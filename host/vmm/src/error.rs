@@ -33,4 +33,6 @@ pub enum VmmError {
     Engine(String),
     #[error(transparent)]
     Linux(#[from] crate::linux::LinuxError),
+    #[error("--kernel-profile: {0}")]
+    KernelProfile(String),
 }

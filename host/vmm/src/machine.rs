@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use wasmvisor_exit::{GpaRange, InterruptLines, MemoryProtector, Routes, Subscriptions};
 use wasmvisor_kvm::{install_kick_handler, BootMode, BootState, KickList, Kicker, Vcpu, Vm};
 use wasmvisor_policy::{
-    ComponentCache, ConsoleSink, PolicyEngine, PolicyInstance, Recorder, Shared,
+    ComponentCache, ConsoleSink, KernelProfile, PolicyEngine, PolicyInstance, Recorder, Shared,
 };
 
 use crate::builtin::BuiltinDevice;
@@ -150,6 +150,32 @@ fn new_vm(config: &VmConfig) -> Result<Vm, VmmError> {
     Ok(Vm::with_memory(config.mem_bytes, memory)?)
 }
 
+/// The kernel profile the policies get (`kernel-*` imports): from
+/// `--kernel-profile`, whose failure to parse is an error, or from the
+/// `--kernel` image, whose failure is a warning (the boot goes on without
+/// one). It is read here, before the guest runs, when a policy is loaded
+/// at start, so that no exit pays for it; a policy loaded later has it
+/// read on its first call.
+fn kernel_profile(config: &VmConfig) -> Result<Option<Arc<KernelProfile>>, VmmError> {
+    let (source, explicit) = match (&config.kernel_profile, &config.linux) {
+        (Some(path), _) => (path, true),
+        (None, Some(linux)) => (&linux.kernel, false),
+        (None, None) => return Ok(None),
+    };
+    let kernel = Arc::new(KernelProfile::from_image(source));
+    if explicit || !config.policies.is_empty() {
+        match kernel.load() {
+            Ok(_) => {}
+            Err(e) if explicit => return Err(VmmError::KernelProfile(e)),
+            Err(e) => {
+                eprintln!("wasmvisor: warning: no kernel profile for the policies: {e}");
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(kernel))
+}
+
 /// [`run`], with a native handler that sees every exit before the
 /// policies (benchmarks).
 pub fn run_with_native(
@@ -196,6 +222,9 @@ pub fn run_with_native(
         let recorder =
             Recorder::create(path, config.vcpus).map_err(|e| VmmError::Engine(e.to_string()))?;
         shared = shared.with_recorder(recorder);
+    }
+    if let Some(kernel) = kernel_profile(config)? {
+        shared = shared.with_kernel(kernel);
     }
     let shared = Arc::new(shared);
     // Built-in devices come before the policies: passthrough devices are

@@ -298,7 +298,7 @@ impl VcpuWorker {
             return;
         };
         let json = format!(
-            "{{\"gpa\":{},\"access\":\"{}\",\"size\":{},\"data\":{},\"rip\":{},\"answered_by\":{},\"read\":{}}}",
+            "{{\"gpa\":\"{:#x}\",\"access\":\"{}\",\"size\":{},\"data\":\"{:#x}\",\"rip\":\"{:#x}\",\"answered_by\":{},\"read\":{}}}",
             v.gpa,
             match v.access {
                 MemAccess::Read => "read",
@@ -312,7 +312,9 @@ impl VcpuWorker {
                 Some(p) => format!("\"{p}\""),
                 None => "null".to_string(),
             },
-            completion.read.map_or("null".to_string(), |r| r.to_string()),
+            completion
+                .read
+                .map_or("null".to_string(), |r| format!("\"{r:#x}\"")),
         );
         self.shared
             .emit_host("wasmvisor", event.vcpu, "mem-violation", &json);

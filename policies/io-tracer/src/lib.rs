@@ -1,6 +1,7 @@
 //! Records every port I/O exit it sees as an `io` event and passes the exit
 //! on. List it before the policies it observes.
 
+use wasmvisor_policy_sdk::json::Object;
 use wasmvisor_policy_sdk::{
     export_policy, host, Config, Direction, Exit, IoExit, LogLevel, Policy, PortRange,
     Subscriptions, Verdict,
@@ -19,18 +20,17 @@ fn dir(io: &IoExit) -> &'static str {
     }
 }
 
-/// The `io` event for one exit.
+/// The `io` event for one exit: `rip` and `data` as `"0x…"` strings.
 fn event_json(ev: &Exit, io: &IoExit) -> String {
-    format!(
-        "{{\"seq\":{},\"vcpu\":{},\"rip\":{},\"port\":{},\"dir\":\"{}\",\"size\":{},\"data\":{}}}",
-        ev.seq,
-        ev.vcpu,
-        ev.rip,
-        io.port,
-        dir(io),
-        io.size,
-        io.data
-    )
+    Object::new()
+        .u64("seq", ev.seq)
+        .u64("vcpu", ev.vcpu.into())
+        .hex("rip", ev.rip)
+        .u64("port", io.port.into())
+        .str("dir", dir(io))
+        .u64("size", io.size.into())
+        .hex("data", io.data.into())
+        .finish()
 }
 
 /// The log line for one exit.
@@ -110,7 +110,7 @@ mod tests {
     fn json_and_log() {
         assert_eq!(
             event_json(&EV, &out(0x3f8, 0x41)),
-            r#"{"seq":42,"vcpu":1,"rip":4096,"port":1016,"dir":"out","size":1,"data":65}"#
+            r#"{"seq":42,"vcpu":1,"rip":"0x1000","port":1016,"dir":"out","size":1,"data":"0x41"}"#
         );
         let read = IoExit {
             direction: Direction::Read,
@@ -118,7 +118,7 @@ mod tests {
             size: 2,
             ..out(0x60, 0)
         };
-        assert!(event_json(&EV, &read).contains(r#""dir":"in","size":2,"data":0"#));
+        assert!(event_json(&EV, &read).contains(r#""dir":"in","size":2,"data":"0x0""#));
         assert_eq!(
             log_line(&EV, &out(0x3f8, 0x41)),
             "io-tracer: #42 vcpu 1 rip 0x1000: out 0x3f8 size 1 data 0x41"

@@ -107,7 +107,7 @@ impl Region {
 
     fn json(&self) -> String {
         Object::new()
-            .u64("base", self.base)
+            .hex("base", self.base)
             .u64("len", self.len)
             .str("kind", self.kind.name())
             .str("mode", mode_name(self.mode))
@@ -250,8 +250,8 @@ impl MemGuard {
         regions.sort_by_key(|r| r.base);
         let json = Object::new()
             .str("trigger", "lstar")
-            .u64("entry", entry)
-            .u64("cr3", cr3)
+            .hex("entry", entry)
+            .hex("cr3", cr3)
             .str("paging", paging.name())
             .u64("tables", tables.pages.len() as u64)
             .bool("truncated", tables.truncated)
@@ -287,9 +287,9 @@ impl MemGuard {
             None => self.discover(msr.value),
             Some(old) if old != msr.value => {
                 let json = Object::new()
-                    .u64("old", old)
-                    .u64("new", msr.value)
-                    .u64("rip", ev.rip)
+                    .hex("old", old)
+                    .hex("new", msr.value)
+                    .hex("rip", ev.rip)
                     .finish();
                 host::emit("lstar-changed", &json);
                 host::warn(&format!(
@@ -319,10 +319,10 @@ impl MemGuard {
             "access"
         };
         let json = Object::new()
-            .u64("gpa", v.gpa)
-            .u64("rip", ev.rip)
+            .hex("gpa", v.gpa)
+            .hex("rip", ev.rip)
             .u64("size", u64::from(v.size))
-            .u64("data", v.data)
+            .hex("data", v.data)
             .str("access", access_name(v.access))
             .str("kind", region.kind.name())
             .str("verdict", verdict)
@@ -576,7 +576,7 @@ mod tests {
         assert_eq!(
             h.host().events_of("protected"),
             [
-                r#"{"trigger":"lstar","entry":18446744071563120640,"cr3":1064960,"paging":"4-level","tables":7,"truncated":false,"ranges":[{"base":1052672,"len":4096,"kind":"text","mode":"write-protect"},{"base":1064960,"len":28672,"kind":"page-table","mode":"write-protect"}],"errors":[]}"#
+                r#"{"trigger":"lstar","entry":"0xffffffff80101000","cr3":"0x104000","paging":"4-level","tables":7,"truncated":false,"ranges":[{"base":"0x101000","len":4096,"kind":"text","mode":"write-protect"},{"base":"0x104000","len":28672,"kind":"page-table","mode":"write-protect"}],"errors":[]}"#
             ]
         );
         let logs = h.host().logs();
@@ -597,7 +597,7 @@ mod tests {
         assert_eq!(
             h.host().events_of("lstar-changed"),
             [format!(
-                r#"{{"old":{},"new":{},"rip":{RIP}}}"#,
+                r#"{{"old":"{:#x}","new":"{:#x}","rip":"{RIP:#x}"}}"#,
                 KBASE + 0x101000,
                 0xdead_0000_u64
             )]
@@ -666,8 +666,8 @@ mod tests {
         assert_eq!(
             h.host().events_of("tamper"),
             [
-                r#"{"gpa":1056752,"rip":18446744071563121204,"size":1,"data":144,"access":"write","kind":"text","verdict":"deny"}"#,
-                r#"{"gpa":1081336,"rip":18446744071563121204,"size":8,"data":512,"access":"write","kind":"page-table","verdict":"deny"}"#
+                r#"{"gpa":"0x101ff0","rip":"0xffffffff80101234","size":1,"data":"0x90","access":"write","kind":"text","verdict":"deny"}"#,
+                r#"{"gpa":"0x107ff8","rip":"0xffffffff80101234","size":8,"data":"0x200","access":"write","kind":"page-table","verdict":"deny"}"#
             ]
         );
         let logs = h.host().logs();
@@ -721,7 +721,7 @@ mod tests {
         assert_eq!(
             h.host().events_of("access"),
             [
-                r#"{"gpa":36864,"rip":18446744071563121204,"size":2,"data":0,"access":"read","kind":"range","verdict":"read-value"}"#
+                r#"{"gpa":"0x9000","rip":"0xffffffff80101234","size":2,"data":"0x0","access":"read","kind":"range","verdict":"read-value"}"#
             ]
         );
         assert_eq!(h.host().logs()[0].level, LogLevel::Info);

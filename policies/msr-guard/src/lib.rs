@@ -1,6 +1,7 @@
 //! Guards MSRs: watched MSRs are either allowed through to the host,
 //! emulated as virtual MSRs, or refused with #GP.
 
+use wasmvisor_policy_sdk::json::Object;
 use wasmvisor_policy_sdk::{
     export_policy, host, Capabilities, Config, Direction, Exit, LogLevel, MsrExit, Policy,
     Subscriptions, Verdict,
@@ -81,20 +82,23 @@ impl MsrGuard {
     }
 }
 
-/// The event recorded for a denied access.
+/// The event recorded for a denied access: `rip` and a write's `value`
+/// as `"0x…"` strings.
 fn denied_json(ev: &Exit, msr: &MsrExit) -> String {
     let direction = match msr.direction {
         Direction::Read => "read",
         Direction::Write => "write",
     };
-    let value = match msr.direction {
-        Direction::Read => String::new(),
-        Direction::Write => format!(",\"value\":{}", msr.value),
-    };
-    format!(
-        "{{\"index\":{},\"direction\":\"{direction}\",\"vcpu\":{},\"rip\":{}{value}}}",
-        msr.index, ev.vcpu, ev.rip
-    )
+    let json = Object::new()
+        .u64("index", msr.index.into())
+        .str("direction", direction)
+        .u64("vcpu", ev.vcpu.into())
+        .hex("rip", ev.rip);
+    match msr.direction {
+        Direction::Read => json,
+        Direction::Write => json.hex("value", msr.value),
+    }
+    .finish()
 }
 
 impl Policy for MsrGuard {
@@ -328,11 +332,11 @@ mod tests {
         };
         assert_eq!(
             denied_json(&ev, &access(0x175, Direction::Read, 0)),
-            r#"{"index":373,"direction":"read","vcpu":1,"rip":33059}"#
+            r#"{"index":373,"direction":"read","vcpu":1,"rip":"0x8123"}"#
         );
         assert_eq!(
             denied_json(&ev, &access(0x10, Direction::Write, 9)),
-            r#"{"index":16,"direction":"write","vcpu":1,"rip":33059,"value":9}"#
+            r#"{"index":16,"direction":"write","vcpu":1,"rip":"0x8123","value":"0x9"}"#
         );
     }
 }

@@ -23,7 +23,7 @@
 //! Everything the policy does not refuse it declines, so the device (the
 //! built-in PCI segment, or a passthrough device) answers as usual.
 
-use wasmvisor_policy_sdk::json::Object;
+use wasmvisor_policy_sdk::json::{self, Object};
 use wasmvisor_policy_sdk::{
     export_policy, host, Config, Direction, Exit, IoExit, MmioExit, Policy, Subscriptions, Verdict,
 };
@@ -78,8 +78,8 @@ impl PciGuard {
             &Object::new()
                 .u64("slot", self.slot.into())
                 .u64("register", reg.into())
-                .u64("value", data.into())
-                .u64("rip", ev.rip)
+                .hex("value", data.into())
+                .hex("rip", ev.rip)
                 .finish(),
         );
         // Handled with no action: the write is dropped.
@@ -91,8 +91,8 @@ impl PciGuard {
             host::emit(
                 "doorbell",
                 &Object::new()
-                    .u64("value", value)
-                    .u64("rip", ev.rip)
+                    .hex("value", value)
+                    .hex("rip", ev.rip)
                     .finish(),
             );
             return Verdict::decline();
@@ -103,10 +103,10 @@ impl PciGuard {
                     host::emit(
                         "dma-denied",
                         &Object::new()
-                            .u64("address", value)
-                            .u64("window-base", base)
+                            .hex("address", value)
+                            .hex("window-base", base)
                             .u64("window-len", len)
-                            .u64("rip", ev.rip)
+                            .hex("rip", ev.rip)
                             .finish(),
                     );
                     return Verdict::resume();
@@ -201,15 +201,12 @@ fn report_dma_mappings() {
     if mapped.is_empty() || host::vcpu_id() != 0 {
         return;
     }
-    let ranges: Vec<String> = mapped
+    let ranges = mapped
         .iter()
-        .map(|r| format!("{{\"base\":{},\"len\":{}}}", r.base, r.len))
-        .collect();
+        .map(|r| Object::new().hex("base", r.base).u64("len", r.len).finish());
     host::emit(
         "dma-mappings",
-        &Object::new()
-            .raw("ranges", &format!("[{}]", ranges.join(",")))
-            .finish(),
+        &Object::new().raw("ranges", &json::array(ranges)).finish(),
     );
 }
 
@@ -237,7 +234,7 @@ mod tests {
         assert_eq!(h.exit(exit::io_write(CONFIG_DATA, 4, 2)), Verdict::resume());
         let denied = h.host().events_of("pci-config-denied");
         assert_eq!(denied.len(), 1);
-        assert!(denied[0].contains("\"register\":4") && denied[0].contains("\"value\":2"));
+        assert!(denied[0].contains("\"register\":4") && denied[0].contains("\"value\":\"0x2\""));
         // Another device, another register, or a disabled address: passed on.
         select(&mut h, 2, 0x04);
         assert!(h.exit(exit::io_write(CONFIG_DATA, 4, 2)).is_decline());
@@ -265,9 +262,15 @@ mod tests {
             h.exit(exit::mmio_write(0xe800_0010, 4, 0x6_0000)),
             Verdict::resume()
         );
-        assert_eq!(h.host().events_of("dma-denied").len(), 1);
+        assert_eq!(
+            h.host().events_of("dma-denied"),
+            [r#"{"address":"0x60000","window-base":"0x100000","window-len":1048576,"rip":"0x0"}"#]
+        );
         assert!(h.exit(exit::mmio_write(0xe800_0008, 4, 3)).is_decline());
-        assert_eq!(h.host().events_of("doorbell").len(), 1);
+        assert_eq!(
+            h.host().events_of("doorbell"),
+            [r#"{"value":"0x3","rip":"0x0"}"#]
+        );
         assert!(h.exit(exit::mmio_read(0xe800_0010, 4)).is_decline());
     }
 
@@ -282,7 +285,7 @@ mod tests {
         }]);
         let h = Harness::<PciGuard>::with_host(fake, &[]).unwrap();
         let events = h.host().events_of("dma-mappings");
-        assert_eq!(events, [r#"{"ranges":[{"base":0,"len":67108864}]}"#]);
+        assert_eq!(events, [r#"{"ranges":[{"base":"0x0","len":67108864}]}"#]);
         // Without passthrough devices there is nothing to report.
         let h = Harness::<PciGuard>::new(&[]).unwrap();
         assert!(h.host().events_of("dma-mappings").is_empty());

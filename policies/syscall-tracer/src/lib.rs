@@ -10,6 +10,7 @@
 //! instructions of the first call.
 
 use wasmvisor_policy_sdk::json::Object;
+use wasmvisor_policy_sdk::linux_syscalls::x86_64_syscall;
 use wasmvisor_policy_sdk::{
     export_policy, host, Action, Breakpoint, BreakpointKind, Capabilities, Config, DebugCause,
     DebugExit, Direction, EventSet, Exit, MsrExit, Policy, Reg, Subscriptions, Verdict,
@@ -20,14 +21,35 @@ const MSR_LSTAR: u32 = 0xc000_0082;
 /// The shared counter of breakpoint hits.
 const COUNTER: &str = "syscalls";
 
-/// System-call names by number (the minios table, see
-/// examples/guests/README.md).
-fn syscall_name(nr: u64) -> &'static str {
-    match nr {
-        1 => "write",
-        2 => "getpid",
-        3 => "yield",
-        _ => "unknown",
+/// Whose system-call numbers the guest uses (`names`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abi {
+    /// minios (examples/guests/README.md): `write(buf, len)` is 1.
+    Minios,
+    /// Linux x86-64: `write(fd, buf, len)` is 1, names from the SDK's
+    /// table of the kernel's syscall ABI.
+    Linux,
+}
+
+impl Abi {
+    fn name(self, nr: u64) -> &'static str {
+        match self {
+            Abi::Minios => match nr {
+                1 => "write",
+                2 => "getpid",
+                3 => "yield",
+                _ => "unknown",
+            },
+            Abi::Linux => x86_64_syscall(nr).unwrap_or("unknown"),
+        }
+    }
+
+    /// The buffer and length of a `write`.
+    fn write_buffer(self, rdi: u64, rsi: u64, rdx: u64) -> (u64, u64) {
+        match self {
+            Abi::Minios => (rdi, rsi),
+            Abi::Linux => (rsi, rdx),
+        }
     }
 }
 
@@ -50,6 +72,7 @@ struct SyscallTracer {
     max_payload: u32,
     /// Log each call at info level too.
     log: bool,
+    abi: Abi,
     /// The entry point and the breakpoint slot on it.
     entry: Option<(u64, u8)>,
     stepping: Stepping,
@@ -82,9 +105,9 @@ impl SyscallTracer {
             Ok(slot) => {
                 self.entry = Some((gva, slot));
                 let json = Object::new()
-                    .u64("gva", gva)
+                    .hex("gva", gva)
                     .u64("slot", u64::from(slot))
-                    .u64("rip", ev.rip)
+                    .hex("rip", ev.rip)
                     .finish();
                 host::emit("breakpoint", &json);
                 host::info(&format!(
@@ -108,23 +131,28 @@ impl SyscallTracer {
             host::get_reg(Reg::Rdi),
             host::get_reg(Reg::Rsi),
         );
-        let name = syscall_name(nr);
+        let name = self.abi.name(nr);
         let mut json = Object::new()
             .i64("n", n)
             .u64("nr", nr)
             .str("name", name)
-            .u64("rdi", rdi)
-            .u64("rsi", rsi);
+            .hex("rdi", rdi)
+            .hex("rsi", rsi);
         let mut line = format!("syscall-tracer: #{n} {name}({rdi:#x}, {rsi:#x})");
         if name == "write" {
-            let len = u32::try_from(rsi.min(u64::from(self.max_payload))).unwrap_or(0);
-            match host::read_virt(rdi, len) {
+            let rdx = match self.abi {
+                Abi::Linux => host::get_reg(Reg::Rdx),
+                Abi::Minios => 0,
+            };
+            let (buf, size) = self.abi.write_buffer(rdi, rsi, rdx);
+            let len = u32::try_from(size.min(u64::from(self.max_payload))).unwrap_or(0);
+            match host::read_virt(buf, len) {
                 Ok(bytes) => {
                     let text = String::from_utf8_lossy(&bytes);
                     line.push_str(&format!(" {text:?}"));
                     json = json
                         .str("data", &text)
-                        .bool("truncated", rsi > u64::from(len));
+                        .bool("truncated", size > u64::from(len));
                 }
                 Err(e) => {
                     line.push_str(&format!(" (buffer unreadable: {})", e.name()));
@@ -132,7 +160,7 @@ impl SyscallTracer {
                 }
             }
         }
-        host::emit("syscall", &json.u64("rip", ev.rip).finish());
+        host::emit("syscall", &json.hex("rip", ev.rip).finish());
         if self.log {
             host::info(&line);
         }
@@ -156,7 +184,7 @@ impl SyscallTracer {
         self.stepping = Stepping::Active(done + 1);
         let json = Object::new()
             .u64("i", u64::from(done + 1))
-            .u64("rip", ev.rip)
+            .hex("rip", ev.rip)
             .finish();
         host::emit("step", &json);
         Verdict::Handled(vec![Action::Step])
@@ -187,7 +215,16 @@ impl Policy for SyscallTracer {
         "traces system calls through a breakpoint on the entry the guest writes to IA32_LSTAR";
 
     fn init(config: &Config) -> Result<(Self, Subscriptions), String> {
-        config.check_keys(&["step", "max-payload", "log"])?;
+        config.check_keys(&["step", "max-payload", "log", "names"])?;
+        let abi = match config.get("names").unwrap_or("minios") {
+            "minios" => Abi::Minios,
+            "linux" => Abi::Linux,
+            other => {
+                return Err(format!(
+                    "config key `names`: `{other}` is neither minios nor linux"
+                ))
+            }
+        };
         let step = config.u32("step")?.unwrap_or(0);
         if step > 10_000 {
             return Err("config key `step`: at most 10000 instructions".into());
@@ -205,6 +242,7 @@ impl Policy for SyscallTracer {
             step,
             max_payload,
             log,
+            abi,
             entry: None,
             stepping: Stepping::Idle,
         };
@@ -305,7 +343,7 @@ mod tests {
         );
         assert_eq!(
             h.host().events_of("breakpoint"),
-            [r#"{"gva":18446744071563120640,"slot":0,"rip":1}"#]
+            [r#"{"gva":"0xffffffff80101000","slot":0,"rip":"0x1"}"#]
         );
         // Reads, other MSRs and the same value again change nothing.
         let mut h = armed(&[]);
@@ -346,11 +384,15 @@ mod tests {
         assert_eq!(
             h.host().events_of("syscall"),
             [
-                format!(r#"{{"n":1,"nr":2,"name":"getpid","rdi":0,"rsi":0,"rip":{ENTRY}}}"#),
                 format!(
-                    r#"{{"n":2,"nr":1,"name":"write","rdi":{BUF},"rsi":16,"data":"task init pid 1\n","truncated":false,"rip":{ENTRY}}}"#
+                    r#"{{"n":1,"nr":2,"name":"getpid","rdi":"0x0","rsi":"0x0","rip":"{ENTRY:#x}"}}"#
                 ),
-                format!(r#"{{"n":3,"nr":99,"name":"unknown","rdi":{BUF},"rsi":16,"rip":{ENTRY}}}"#),
+                format!(
+                    r#"{{"n":2,"nr":1,"name":"write","rdi":"{BUF:#x}","rsi":"0x10","data":"task init pid 1\n","truncated":false,"rip":"{ENTRY:#x}"}}"#
+                ),
+                format!(
+                    r#"{{"n":3,"nr":99,"name":"unknown","rdi":"{BUF:#x}","rsi":"0x10","rip":"{ENTRY:#x}"}}"#
+                ),
             ]
         );
         assert_eq!(
@@ -361,6 +403,29 @@ mod tests {
         assert!(h.exit_at(0x77, exit::hw_breakpoint(1)).is_decline());
         assert!(h.exit_at(0x77, exit::single_step()).is_decline());
         assert_eq!(h.host().counter(COUNTER), Some(3));
+    }
+
+    #[test]
+    fn linux_names_and_write_arguments() {
+        let mut h = armed(&[("names", "linux")]);
+        h.host().set_reg(Reg::Rdx, 4);
+        // openat(AT_FDCWD, path, ...), then write(1, BUF, 4).
+        assert_eq!(syscall(&mut h, 257, 0xffff_ff9c, BUF), Verdict::resume());
+        assert_eq!(syscall(&mut h, 1, 1, BUF), Verdict::resume());
+        assert_eq!(syscall(&mut h, 59, 0, 0), Verdict::resume());
+        assert_eq!(syscall(&mut h, 400, 0, 0), Verdict::resume());
+        let events = h.host().events_of("syscall");
+        let names: Vec<&str> = ["openat", "write", "execve", "unknown"].to_vec();
+        for (e, name) in events.iter().zip(names) {
+            assert!(e.contains(&format!(r#""name":"{name}""#)), "{e}");
+        }
+        assert!(
+            events[1].contains(r#""data":"task","truncated":false"#),
+            "{}",
+            events[1]
+        );
+        let bad = Harness::<SyscallTracer>::new(&[("names", "bsd")]).unwrap_err();
+        assert!(bad.contains("neither minios nor linux"), "{bad}");
     }
 
     #[test]
@@ -414,9 +479,9 @@ mod tests {
         assert_eq!(
             h.host().events_of("step"),
             [
-                r#"{"i":1,"rip":18446744071563120640}"#,
-                r#"{"i":2,"rip":18446744071563120648}"#,
-                r#"{"i":3,"rip":18446744071563120652}"#
+                r#"{"i":1,"rip":"0xffffffff80101000"}"#,
+                r#"{"i":2,"rip":"0xffffffff80101008"}"#,
+                r#"{"i":3,"rip":"0xffffffff8010100c"}"#
             ]
         );
         assert_eq!(h.host().events_of("syscall").len(), 2);

@@ -220,7 +220,7 @@ impl TaskLister {
             Err(e) => {
                 let json = Object::new()
                     .str("when", when)
-                    .u64("percpu", percpu)
+                    .hex("percpu", percpu)
                     .u64("count", 0)
                     .str("end", "error")
                     .str("error", &e)
@@ -237,8 +237,8 @@ impl TaskLister {
                 .str("state", state_name(t.state))
                 .u64("state_raw", t.state)
                 .str("name", &t.name)
-                .u64("gva", t.gva)
-                .u64("gpa", t.gpa)
+                .hex("gva", t.gva)
+                .hex("gpa", t.gpa)
                 .bool("current", walk.current == Some(t.gva))
                 .str("when", when)
                 .finish();
@@ -249,14 +249,14 @@ impl TaskLister {
         }
         let mut summary = Object::new()
             .str("when", when)
-            .u64("rip", ev.rip)
-            .u64("percpu", walk.percpu)
-            .u64("head", walk.head)
+            .hex("rip", ev.rip)
+            .hex("percpu", walk.percpu)
+            .hex("head", walk.head)
             .u64("count", walk.tasks.len() as u64);
         summary = match &walk.end {
             End::Complete => summary.str("end", "complete"),
             End::Cap => summary.str("end", "cap"),
-            End::Cycle(gva) => summary.str("end", "cycle").u64("cycle_at", *gva),
+            End::Cycle(gva) => summary.str("end", "cycle").hex("cycle_at", *gva),
             End::Error(e) => summary.str("end", "error").str("error", e),
         };
         let summary = summary.finish();
@@ -535,7 +535,7 @@ mod tests {
         assert_eq!(
             tasks[0],
             format!(
-                r#"{{"index":0,"pid":1,"state":"running","state_raw":1,"name":"init","gva":{},"gpa":{},"current":true,"when":"lstar"}}"#,
+                r#"{{"index":0,"pid":1,"state":"running","state_raw":1,"name":"init","gva":"{:#x}","gpa":"{:#x}","current":true,"when":"lstar"}}"#,
                 PERCPU + 0x80,
                 0x103080
             )
@@ -544,7 +544,7 @@ mod tests {
         assert_eq!(
             h.host().events_of("task-list"),
             [format!(
-                r#"{{"when":"lstar","rip":66,"percpu":{PERCPU},"head":{},"count":4,"end":"complete"}}"#,
+                r#"{{"when":"lstar","rip":"0x42","percpu":"{PERCPU:#x}","head":"{:#x}","count":4,"end":"complete"}}"#,
                 PERCPU + 0x40
             )]
         );
@@ -589,7 +589,7 @@ mod tests {
         assert_eq!(
             h.host().events_of("task-list"),
             [
-                r#"{"when":"lstar","percpu":20480,"count":0,"end":"error","error":"read 0x5000: not-mapped"}"#
+                r#"{"when":"lstar","percpu":"0x5000","count":0,"end":"error","error":"read 0x5000: not-mapped"}"#
             ]
         );
         assert!(h.host().logs().iter().any(|l| l.level == LogLevel::Warn));

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use super::installed::{self, Installed};
+use super::kernel::KernelProfile;
 use super::memory::Memory;
 use super::recording::{Constant, Event, LogLine};
 use crate::{Breakpoint, Capabilities, GpaRange, ProtectRequest, Reg, Segment, SegmentReg};
@@ -26,6 +27,7 @@ pub(crate) struct Vm {
     pub(crate) unprotects: Vec<GpaRange>,
     pub(crate) irq_calls: Vec<(u32, bool)>,
     pub(crate) dma_mappings: Vec<GpaRange>,
+    pub(crate) kernel: Option<KernelProfile>,
 }
 
 /// What belongs to one vCPU, and to the policy instance serving it.
@@ -73,10 +75,11 @@ pub(crate) const NULL_SEGMENT: Segment = Segment {
 /// grants, limits and errors (`wit/policy.wit`, `docs/introspection.md`).
 ///
 /// A new fake is vCPU 0 of 1, with no RAM, no virtual mappings, every
-/// register 0, no capability granted, no interrupt line granted, and an
-/// interrupt controller. The test programs it with the `set_*`, `map_*`
-/// and `grant*` methods and reads back what the policy did with the
-/// others; all take `&self`, so a fake can be changed while installed.
+/// register 0, no capability granted, no interrupt line granted, an
+/// interrupt controller, and no kernel profile. The test programs it with
+/// the `set_*`, `map_*` and `grant*` methods and reads back what the
+/// policy did with the others; all take `&self`, so a fake can be changed
+/// while installed.
 ///
 /// A clone is another handle on the same fake. [`for_vcpu`](Self::for_vcpu)
 /// gives the fake of another vCPU of the same VM, for policies whose
@@ -110,6 +113,7 @@ impl FakeHost {
             unprotects: Vec::new(),
             irq_calls: Vec::new(),
             dma_mappings: Vec::new(),
+            kernel: None,
         };
         FakeHost {
             vm: Rc::new(RefCell::new(vm)),
@@ -249,6 +253,22 @@ impl FakeHost {
     /// devices has DMA-mapped them.
     pub fn set_dma_mappings(&self, ranges: Vec<GpaRange>) -> &Self {
         self.vm().dma_mappings = ranges;
+        self
+    }
+
+    /// Gives the VM a kernel profile: the symbols and type layouts the
+    /// `kernel-*` imports answer from. Without one (the default, as for a
+    /// VM booted with neither `--kernel` nor `--kernel-profile`) each of
+    /// them is `unsupported`.
+    pub fn set_kernel_profile(&self, profile: KernelProfile) -> &Self {
+        self.vm().kernel = Some(profile);
+        self
+    }
+
+    /// Takes the kernel profile away: the `kernel-*` imports answer
+    /// `unsupported` again.
+    pub fn clear_kernel_profile(&self) -> &Self {
+        self.vm().kernel = None;
         self
     }
 

@@ -345,6 +345,44 @@ pub fn dma_mappings() -> Vec<GpaRange> {
     with("dma_mappings", |h| h.vm().dma_mappings.clone())
 }
 
+/// Runs `f` on the fake's kernel profile: `unsupported` without one, as
+/// the host answers for a VM with no profile.
+fn with_kernel<T>(
+    import: &str,
+    f: impl FnOnce(&super::KernelProfile) -> T,
+) -> Result<T, HostError> {
+    with(import, |h| match &h.vm().kernel {
+        Some(profile) => Ok(f(profile)),
+        None => Err(HostError::Unsupported),
+    })
+}
+
+/// `kernel-symbol`: the address of kernel symbol `name`, from the profile
+/// set with [`FakeHost::set_kernel_profile`](super::FakeHost::set_kernel_profile);
+/// `none` for a symbol it lacks, `unsupported` without a profile.
+pub fn kernel_symbol(name: &str) -> Result<Option<u64>, HostError> {
+    with_kernel("kernel_symbol", |k| k.lookup(name))
+}
+
+/// `kernel-symbolize`: the profile's symbol at or below `addr` and how
+/// far `addr` lies past it; `none` below the first symbol,
+/// `unsupported` without a profile.
+pub fn kernel_symbolize(addr: u64) -> Result<Option<(String, u64)>, HostError> {
+    with_kernel("kernel_symbolize", |k| k.symbolize(addr))
+}
+
+/// `kernel-type-size`: the size of type `name` in the profile; `none`
+/// for a type it lacks, `unsupported` without a profile.
+pub fn kernel_type_size(name: &str) -> Result<Option<u64>, HostError> {
+    with_kernel("kernel_type_size", |k| k.type_size_of(name))
+}
+
+/// `kernel-member-offset`: the offset of member `path` in the profile;
+/// `none` for a member it lacks, `unsupported` without a profile.
+pub fn kernel_member_offset(path: &str) -> Result<Option<u64>, HostError> {
+    with_kernel("kernel_member_offset", |k| k.member_offset(path))
+}
+
 #[cfg(test)]
 mod tests {
     use crate::bindings::wasmvisor::policy::host as generated;
@@ -386,6 +424,10 @@ mod tests {
             constant_mmio: fn(GpaRange, u64) -> Result<(), HostError>,
             set_irq_line: fn(u32, bool) -> Result<(), HostError>,
             dma_mappings: fn() -> Vec<GpaRange>,
+            kernel_symbol: fn(&str) -> Result<Option<u64>, HostError>,
+            kernel_symbolize: fn(u64) -> Result<Option<(String, u64)>, HostError>,
+            kernel_type_size: fn(&str) -> Result<Option<u64>, HostError>,
+            kernel_member_offset: fn(&str) -> Result<Option<u64>, HostError>,
         );
     }
 }

@@ -3,8 +3,8 @@
 //! Inside wasmvisor, the [`host`](crate::host) functions are imports of
 //! the component. On every other target they act on a [`FakeHost`]
 //! installed on the current thread, so a policy's logic, host calls
-//! included, runs natively: guest memory, registers and mappings come
-//! from the test, and every console write, log line, event, protection,
+//! included, runs natively: guest memory, registers, mappings and the
+//! guest kernel's profile ([`KernelProfile`]) come from the test, and every console write, log line, event, protection,
 //! breakpoint, interrupt line and constant answer is recorded. The fake
 //! follows the host's rules: grants, the 64 KiB transfer limit, the
 //! `host-error` each failure returns. Calling a `host` function with no
@@ -39,7 +39,8 @@
 //!     fn on_io(&mut self, _ev: &Exit, io: IoExit) -> Verdict {
 //!         if io.direction == Direction::Write {
 //!             self.addr = io.data.into();
-//!             host::emit("peek", &format!("{{\"addr\":{}}}", self.addr));
+//!             // Addresses go into events as "0x…" strings (docs/events.md).
+//!             host::emit("peek", &format!("{{\"addr\":\"{:#x}\"}}", self.addr));
 //!             return Verdict::resume();
 //!         }
 //!         match host::read_phys(self.addr, 4) {
@@ -60,7 +61,7 @@
 //! h.exit(exit::io_write(0x510, 4, 0x2000)); // not RAM
 //! assert_eq!(h.exit(exit::io_read(0x510, 4)), Verdict::complete(0xffff_ffff));
 //!
-//! assert_eq!(h.host().events_of("peek"), [r#"{"addr":4096}"#, r#"{"addr":8192}"#]);
+//! assert_eq!(h.host().events_of("peek"), [r#"{"addr":"0x1000"}"#, r#"{"addr":"0x2000"}"#]);
 //! assert_eq!(h.host().logs()[0].msg, "peek 0x2000: out-of-range");
 //! assert_eq!(h.next_seq(), 4);
 //! ```
@@ -88,12 +89,14 @@ mod fake;
 mod harness;
 pub(crate) mod imports;
 mod installed;
+mod kernel;
 mod memory;
 mod recording;
 
 pub use fake::FakeHost;
 pub use harness::Harness;
 pub use installed::Installed;
+pub use kernel::KernelProfile;
 pub use recording::{Constant, Event, LogLine};
 
 #[cfg(test)]
@@ -359,6 +362,54 @@ mod tests {
         fake.set_irqchip(false);
         fake.run(|| assert_eq!(host::set_irq_line(4, false), Err(HostError::Unsupported)));
         assert_eq!(fake.irq_calls(), [(4, true)]);
+    }
+
+    #[test]
+    fn kernel_profile_answers_or_is_unsupported() {
+        let fake = FakeHost::new();
+        fake.run(|| {
+            assert_eq!(host::kernel_symbol("x"), Err(HostError::Unsupported));
+            assert_eq!(host::kernel_symbolize(0), Err(HostError::Unsupported));
+            assert_eq!(host::kernel_type_size("x"), Err(HostError::Unsupported));
+            assert_eq!(
+                host::kernel_member_offset("x.y"),
+                Err(HostError::Unsupported)
+            );
+        });
+        let profile = KernelProfile::new()
+            .symbol("_stext", 0xffff_ffff_8100_0000)
+            .symbol("b_alias", 0xffff_ffff_8100_1000)
+            .symbol("a_func", 0xffff_ffff_8100_1000)
+            .symbol("init_task", 0xffff_ffff_8260_0000)
+            .type_size("task_struct", 0x2700)
+            .member("task_struct.tasks", 0x890)
+            .member("task_struct.tasks", 0x898);
+        fake.set_kernel_profile(profile);
+        // Another vCPU of the VM sees the same kernel.
+        fake.for_vcpu(1).run(|| {
+            assert_eq!(
+                host::kernel_symbol("_stext"),
+                Ok(Some(0xffff_ffff_8100_0000))
+            );
+            assert_eq!(host::kernel_symbol("_etext"), Ok(None));
+            let at = |addr| host::kernel_symbolize(addr).unwrap();
+            assert_eq!(at(0xffff_ffff_80ff_ffff), None);
+            assert_eq!(at(0xffff_ffff_8100_0000), Some(("_stext".into(), 0)));
+            assert_eq!(at(0xffff_ffff_8100_0fff), Some(("_stext".into(), 0xfff)));
+            // Of two symbols at one address, the first by name.
+            assert_eq!(at(0xffff_ffff_8100_1008), Some(("a_func".into(), 8)));
+            assert_eq!(at(u64::MAX), Some(("init_task".into(), 0x7d9f_ffff)));
+            assert_eq!(host::kernel_type_size("task_struct"), Ok(Some(0x2700)));
+            assert_eq!(host::kernel_type_size("mm_struct"), Ok(None));
+            // The latest offset given wins.
+            assert_eq!(
+                host::kernel_member_offset("task_struct.tasks"),
+                Ok(Some(0x898))
+            );
+            assert_eq!(host::kernel_member_offset("task_struct.pid"), Ok(None));
+        });
+        fake.clear_kernel_profile();
+        fake.run(|| assert_eq!(host::kernel_symbol("_stext"), Err(HostError::Unsupported)));
     }
 
     /// A policy that exercises the harness: it declares constant answers

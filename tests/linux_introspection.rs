@@ -1,0 +1,260 @@
+//! Linux-aware introspection on the stock Debian kernel (`make kernel`),
+//! booted through PVH on KVM: the host builds the kernel profile from the
+//! image (kallsyms and BTF), and the Linux policies read the running
+//! guest through it. On this machine's KVM the kernel reaches `Memory:`
+//! and then stops in the instruction emulator (docs/linux.md), so the
+//! policies run at that line (their default trigger).
+//!
+//! One boot serves every check on the real image (one test, since the
+//! test runner gives each test its own process); a second boots a copy
+//! whose `sys_call_table[0]` points at `__x64_sys_write`.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use wasmvisor_profile::{vaddr_to_file_offset, Profile};
+use wasmvisor_tests::*;
+
+fn linux(name: &str) -> PathBuf {
+    let p = assets().join("linux").join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `make kernel` (scripts/fetch-kernel.sh) first",
+        p.display()
+    );
+    p
+}
+
+/// What one boot showed: console, stderr, exit code and events.
+struct Boot {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    events: Vec<Value>,
+}
+
+impl Boot {
+    fn of(&self, kind: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .map(|e| &e["data"])
+            .collect()
+    }
+}
+
+/// Boots `kernel` through PVH under the three Linux policies and the
+/// syscall tracer, until the emulator stops it after `Memory:`.
+fn boot(kernel: &Path, tag: &str) -> Boot {
+    let dir = scratch(&format!("linux-vmi-{tag}"));
+    let events = dir.join("events.jsonl");
+    let info = policy("linux-info");
+    let tasks = policy("linux-tasks");
+    let guard = format!("{}:@grant=protect-memory", policy("syscall-guard"));
+    let tracer = format!("{}:names=linux,@grant=debug", policy("syscall-tracer"));
+    let r = wasmvisor(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--mem",
+        "256M",
+        "--policy",
+        &info,
+        "--policy",
+        &tasks,
+        "--policy",
+        &guard,
+        "--policy",
+        &tracer,
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    let events = if events.is_file() {
+        json_lines(&events)
+    } else {
+        Vec::new()
+    };
+    std::fs::remove_dir_all(&dir).ok();
+    Boot {
+        code: r.code,
+        stdout: r.stdout,
+        stderr: r.stderr,
+        events,
+    }
+}
+
+fn profile() -> &'static Profile {
+    static PROFILE: OnceLock<Profile> = OnceLock::new();
+    PROFILE.get_or_init(|| Profile::from_file(&linux("vmlinux")).expect("the profile"))
+}
+
+#[test]
+fn the_linux_policies_read_the_running_debian_kernel() {
+    if !kvm_available() {
+        return;
+    }
+    let b = boot(&linux("vmlinux"), "real");
+    assert!(
+        b.stdout.contains("Memory:"),
+        "the boot reaches the trigger line: {}\n{}",
+        b.stdout,
+        b.stderr
+    );
+
+    // linux-info: the release the banner prints, read through the guest's
+    // page tables at init_uts_ns.
+    let banner = b
+        .stdout
+        .lines()
+        .find_map(|l| l.split("Linux version ").nth(1))
+        .expect("the banner");
+    let info = b.of("linux-info");
+    assert_eq!(info.len(), 1, "{:?}", b.events);
+    let release = info[0]["release"].as_str().unwrap();
+    assert!(
+        banner.starts_with(release),
+        "banner {banner:?}, release {release:?}"
+    );
+    let version = std::fs::read_to_string(linux("version")).unwrap();
+    assert_eq!(release, version.trim());
+    assert_eq!(info[0]["machine"], "x86_64");
+    assert_eq!(
+        hex_field(&info[0]["init_uts_ns"]),
+        profile().symbols.lookup("init_uts_ns").unwrap(),
+        "PVH: no KASLR, so the link-time address"
+    );
+
+    // linux-tasks: only the boot task exists this early; found from
+    // init_task through BTF offsets.
+    let tasks = b.of("linux-task");
+    let swapper = tasks
+        .iter()
+        .find(|t| t["pid"] == 0)
+        .unwrap_or_else(|| panic!("no pid 0 in {tasks:?}"));
+    assert!(
+        swapper["comm"].as_str().unwrap().starts_with("swapper"),
+        "{swapper}"
+    );
+    assert_eq!(
+        hex_field(&swapper["task"]),
+        profile().symbols.lookup("init_task").unwrap()
+    );
+    assert_eq!(b.of("linux-tasks")[0]["count"], tasks.len());
+
+    // syscall-guard: the whole table, nothing hooked.
+    let table = b.of("syscall-table");
+    assert_eq!(table.len(), 1, "{:?}", b.events);
+    assert_eq!(
+        hex_field(&table[0]["table"]),
+        profile().symbols.lookup("sys_call_table").unwrap()
+    );
+    assert!(table[0]["entries"].as_u64().unwrap() > 300, "{}", table[0]);
+    assert_eq!(table[0]["hooked"], 0, "{}", table[0]);
+    assert!(b.of("syscall-hooked").is_empty());
+
+    // The decoder against the running kernel: the kernel writes LSTAR
+    // with its syscall entry, where the tracer sets its breakpoint;
+    // kallsyms names it.
+    let bp = b.of("breakpoint");
+    assert!(!bp.is_empty(), "the kernel set LSTAR: {:?}", b.events);
+    let lstar = hex_field(&bp[0]["gva"]);
+    assert_eq!(Some(lstar), profile().symbols.lookup("entry_SYSCALL_64"));
+    assert_eq!(
+        profile().symbols.symbolize(lstar),
+        Some(("entry_SYSCALL_64", 0))
+    );
+    assert!(profile().symbols.len() > 50_000);
+}
+
+#[test]
+fn a_hooked_syscall_table_entry_is_reported_by_number_and_name() {
+    if !kvm_available() {
+        return;
+    }
+    let p = profile();
+    let mut image = std::fs::read(linux("vmlinux")).unwrap();
+    let table = p.symbols.lookup("sys_call_table").unwrap();
+    let write = p.symbols.lookup("__x64_sys_write").unwrap();
+    let at = vaddr_to_file_offset(&image, table).expect("the table is in the file");
+    image[at..at + 8].copy_from_slice(&write.to_le_bytes());
+    let dir = scratch("linux-vmi-tampered");
+    let tampered = dir.join("vmlinux");
+    std::fs::write(&tampered, &image).unwrap();
+
+    let b = boot(&tampered, "tampered");
+    let table = b.of("syscall-table");
+    assert_eq!(table.len(), 1, "{}\n{}", b.stdout, b.stderr);
+    assert_eq!(table[0]["hooked"], 1, "{}", table[0]);
+    let hooked = b.of("syscall-hooked");
+    assert_eq!(hooked.len(), 1, "{hooked:?}");
+    assert_eq!(hooked[0]["nr"], 0);
+    assert_eq!(hooked[0]["name"], "read");
+    assert_eq!(hex_field(&hooked[0]["target"]), write);
+    assert_eq!(hooked[0]["symbol"], "__x64_sys_write+0x0");
+    let _ = b.code;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn without_a_profile_the_kernel_imports_answer_unsupported() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("linux-vmi-none");
+    let events = dir.join("events.jsonl");
+    let g = guest("hello.elf");
+    let r = wasmvisor(&[
+        "run",
+        "--guest",
+        g.to_str().unwrap(),
+        "--policy",
+        &format!("{}:at=init", policy("linux-info")),
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.stdout, "Hello from a wasmvisor guest!\n",
+        "the policy declined the console"
+    );
+    let info = events_of(&events, "linux-info");
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert!(
+        info[0]["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no kernel profile"),
+        "{}",
+        info[0]
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_malformed_or_truncated_profile_image_is_one_error_line() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch("linux-vmi-bad");
+    let g = guest("hello.elf");
+    let garbage = dir.join("garbage");
+    std::fs::write(&garbage, b"not a kernel at all").unwrap();
+    let truncated = dir.join("truncated-vmlinux");
+    let image = std::fs::read(linux("vmlinux")).unwrap();
+    std::fs::write(&truncated, &image[..image.len() / 3]).unwrap();
+    for (file, want) in [(&garbage, "not an ELF"), (&truncated, "")] {
+        let line = wasmvisor(&[
+            "run",
+            "--guest",
+            g.to_str().unwrap(),
+            "--kernel-profile",
+            file.to_str().unwrap(),
+        ])
+        .one_error_line();
+        assert!(line.contains("--kernel-profile"), "{line}");
+        assert!(line.contains(file.to_str().unwrap()), "{line}");
+        assert!(line.contains(want), "{line}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
