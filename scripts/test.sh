@@ -86,13 +86,13 @@ run_tests() {
   # shellcheck disable=SC2086 # TEST_ARGS is a list of words
   if cargo nextest --version >/dev/null 2>&1; then
     $CARGO test --release --workspace --doc ${TEST_ARGS:-}
-    set +e
+    local rc=0
     $CARGO nextest run --release --workspace --no-fail-fast \
-      --test-threads "$threads" --final-status-level fail ${TEST_ARGS:-} 2>&1 | tee "$log"
-    local rc=${PIPESTATUS[0]}
-    set -e
-    passed=$(grep -oE '[0-9]+ passed' "$log" | tail -n 1 | cut -d' ' -f1)
-    failed=$(grep -oE '[0-9]+ failed' "$log" | tail -n 1 | cut -d' ' -f1)
+      --test-threads "$threads" --final-status-level fail ${TEST_ARGS:-} 2>&1 | tee "$log" ||
+      rc=${PIPESTATUS[0]}
+    # The counts of nextest's summary line (no "failed" when none did).
+    passed=$(grep -oE '[0-9]+ passed' "$log" | tail -n 1 | cut -d' ' -f1 || true)
+    failed=$(grep -oE '[0-9]+ failed' "$log" | tail -n 1 | cut -d' ' -f1 || true)
     echo "tests: ${passed:-0} passed, ${failed:-0} failed"
     return "$rc"
   else
