@@ -58,9 +58,7 @@ fn missing_guest_file() {
 
 #[test]
 fn guest_larger_than_ram() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("large");
     let p = dir.join("big.bin");
     std::fs::write(&p, vec![0xf4u8; 2 << 20]).unwrap();
@@ -74,9 +72,7 @@ fn guest_larger_than_ram() {
 
 #[test]
 fn bad_elf_header_is_refused() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("badelf");
     let p = dir.join("bad.elf");
     let mut img = std::fs::read(guest("hello.elf")).unwrap();
@@ -116,17 +112,11 @@ fn cli_values_out_of_range() {
 
 #[test]
 fn unknown_policy_config_key_is_refused() {
-    if !kvm_available() {
-        return;
-    }
-    let r = wasmvisor(&[
-        "run",
-        "--guest",
-        &hello(),
-        "--policy",
-        &format!("{}:colour=blue", policy("serial")),
-    ]);
-    let line = r.one_error_line();
+    require_kvm!();
+    let line = Cmd::guest("hello.elf")
+        .policy_with("serial", "colour=blue")
+        .run()
+        .one_error_line();
     assert!(line.contains("unknown config key `colour`"), "{line}");
 }
 

@@ -9,9 +9,7 @@ use wasmvisor_tests::*;
 /// Runs the harness on `target/assets/policies/FILE.wasm` and checks its
 /// identity through `policy check`.
 fn conforms(file: &str, language: &str) {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let path = assets().join("policies").join(format!("{file}.wasm"));
     assert!(
         path.is_file(),
@@ -62,9 +60,7 @@ fn javascript_build_conforms() {
 /// key, exactly the two XOR checks fail, with what they got.
 #[test]
 fn the_guest_reports_a_policy_that_strays_from_the_spec() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let spec = format!("{}:@grant=protect-memory,key=0x1", policy("conformance"));
     let r = run_conformance_guest(&spec, &[]);
     assert_eq!(r.code, 0, "{r:?}");

@@ -15,17 +15,10 @@ fn hostile(sandbox: &str) -> String {
 }
 
 fn faults_guest(sandbox: &str) -> Run {
-    let g = guest("faults.bin");
-    wasmvisor(&[
-        "run",
-        "--guest",
-        g.to_str().unwrap(),
-        "--policy",
-        &policy("serial"),
-        "--policy",
-        &hostile(sandbox),
-        "--stats",
-    ])
+    Cmd::guest("faults.bin")
+        .policy("serial")
+        .args(["--policy", &hostile(sandbox), "--stats"])
+        .run()
 }
 
 fn fault_lines(stderr: &str) -> Vec<&str> {
@@ -40,9 +33,7 @@ const PROBES: &str =
 
 #[test]
 fn fail_open_guest_keeps_running_and_ram_is_untouched() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let r = faults_guest("@quarantine=0");
     assert_eq!(r.code, 0, "{r:?}");
     // Every faulted read fell through to the default (all-ones), and the
@@ -87,9 +78,7 @@ fn fail_open_guest_keeps_running_and_ram_is_untouched() {
 
 #[test]
 fn looping_policy_never_holds_a_vcpu_past_its_deadline() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let r = faults_guest("@quarantine=0,@deadline=10ms");
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
@@ -125,9 +114,7 @@ fn looping_policy_never_holds_a_vcpu_past_its_deadline() {
 
 #[test]
 fn fail_closed_gp_raises_gp_in_the_guest() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let r = faults_guest("@on-fault=gp,@quarantine=0");
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
@@ -142,9 +129,7 @@ fn fail_closed_gp_raises_gp_in_the_guest() {
 
 #[test]
 fn fail_closed_stop_ends_the_vm_with_exit_code_5() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let r = faults_guest("@on-fault=stop");
     assert_eq!(r.code, 5, "{r:?}");
     assert_eq!(r.stdout, "faults: start\npanic: ");
@@ -158,9 +143,7 @@ fn fail_closed_stop_ends_the_vm_with_exit_code_5() {
 
 #[test]
 fn repeated_faults_quarantine_the_policy() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let r = faults_guest("@quarantine=3");
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.starts_with(PROBES), "{}", r.stdout);
@@ -183,19 +166,12 @@ fn repeated_faults_quarantine_the_policy() {
 
 #[test]
 fn ungranted_capability_is_refused_at_load() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let p = assets().join("fixtures/hostile.wasm");
-    let g = guest("faults.bin");
-    let r = wasmvisor(&[
-        "run",
-        "--guest",
-        g.to_str().unwrap(),
-        "--policy",
-        p.to_str().unwrap(),
-    ]);
-    let line = r.one_error_line();
+    let line = Cmd::guest("faults.bin")
+        .args(["--policy", p.to_str().unwrap()])
+        .run()
+        .one_error_line();
     assert!(
         line.contains("policy hostile: asks for the write-memory capability, which was not granted (grant it with @grant=write-memory)"),
         "{line}"

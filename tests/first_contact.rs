@@ -11,23 +11,15 @@ use wasmvisor_tests::*;
 
 #[test]
 fn a_plain_run_of_hello_prints_its_line() {
-    if !kvm_available() {
-        return;
-    }
-    let g = guest("hello.elf");
-    let r = wasmvisor(&["run", "--guest", g.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "{r:?}");
+    require_kvm!();
+    let r = Cmd::guest("hello.elf").expect_exit(0);
     assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n");
 }
 
 #[test]
 fn serial_none_prints_nothing() {
-    if !kvm_available() {
-        return;
-    }
-    let g = guest("hello.elf");
-    let r = wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--serial", "none"]);
-    assert_eq!(r.code, 0, "{r:?}");
+    require_kvm!();
+    let r = Cmd::guest("hello.elf").serial("none").expect_exit(0);
     assert_eq!(r.stdout, "", "no console: {r:?}");
     // The guest's writes went to the default handler instead.
     assert!(r.stderr.contains("built-in devices: 0,"), "{}", r.stderr);
@@ -35,18 +27,8 @@ fn serial_none_prints_nothing() {
 
 #[test]
 fn a_policy_on_the_uart_ports_still_answers_first() {
-    if !kvm_available() {
-        return;
-    }
-    let g = guest("hello.elf");
-    let r = wasmvisor(&[
-        "run",
-        "--guest",
-        g.to_str().unwrap(),
-        "--policy",
-        &policy("serial"),
-    ]);
-    assert_eq!(r.code, 0, "{r:?}");
+    require_kvm!();
+    let r = Cmd::guest("hello.elf").policy("serial").expect_exit(0);
     assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n", "printed once");
     assert!(r.stderr.contains("built-in devices: 0,"), "{}", r.stderr);
     assert!(r.stderr.contains("policy serial: handled "), "{}", r.stderr);
@@ -137,19 +119,11 @@ fn pvh_image(dir: &Path, class: u32, code: u32, msg: &str) -> PathBuf {
 }
 
 fn pvh_boots_and_exits_with_its_code(class: u32, code: u32) {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch(&format!("pvh{class}"));
     let msg = format!("hello from an ELF{class} PVH image\n");
     let elf = pvh_image(&dir, class, code, &msg);
-    let r = wasmvisor(&[
-        "run",
-        "--kernel",
-        elf.to_str().unwrap(),
-        "--device",
-        "debug-exit",
-    ]);
+    let r = Cmd::kernel(&elf).device("debug-exit").run();
     assert_eq!(r.stdout, msg, "{r:?}");
     let want = ((code << 1) | 1) as i32;
     assert_eq!(r.code, want, "{r:?}");
@@ -175,24 +149,22 @@ fn an_elf64_pvh_image_boots_and_exits_through_debug_exit() {
 
 #[test]
 fn debug_exit_on_another_port_and_without_the_device() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("pvh-port");
     let elf = pvh_image(&dir, 32, 3, "x\n");
-    let elf = elf.to_str().unwrap();
     // On 0x501 (QEMU's default port) the write to 0xf4 is the default
     // handler's; the guest halts and, with the irqchip a --kernel boot
     // has, waits: the run is killed after a while.
-    let r = wasmvisor_within(
-        &["run", "--kernel", elf, "--device", "debug-exit=0x501"],
-        std::time::Duration::from_secs(5),
-    );
+    let r = Cmd::kernel(&elf)
+        .device("debug-exit=0x501")
+        .run_within(std::time::Duration::from_secs(5));
     let r = r.expect_err("without an exit port the run goes on");
     assert_eq!(r.stdout, "x\n");
     // A bad port is one error line.
-    let line =
-        wasmvisor(&["run", "--kernel", elf, "--device", "debug-exit=0x10000"]).one_error_line();
+    let line = Cmd::kernel(&elf)
+        .device("debug-exit=0x10000")
+        .run()
+        .one_error_line();
     assert!(
         line.contains("invalid --device `debug-exit=0x10000`"),
         "{line}"
@@ -202,9 +174,7 @@ fn debug_exit_on_another_port_and_without_the_device() {
 
 #[test]
 fn pvh_images_the_loader_refuses_get_one_line_saying_why() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("pvh-bad");
     let good = pvh_image(&dir, 32, 1, "x\n");
     let bytes = std::fs::read(&good).unwrap();
@@ -236,7 +206,7 @@ fn pvh_images_the_loader_refuses_get_one_line_saying_why() {
     for (name, image, want) in cases {
         let p = dir.join(name);
         std::fs::write(&p, image).unwrap();
-        let line = wasmvisor(&["run", "--kernel", p.to_str().unwrap()]).one_error_line();
+        let line = Cmd::kernel(&p).run().one_error_line();
         assert!(line.contains(want), "{name}: {line}");
         assert!(
             line.contains("cannot be booted through PVH"),
@@ -248,12 +218,8 @@ fn pvh_images_the_loader_refuses_get_one_line_saying_why() {
 
 #[test]
 fn a_protected_mode_flat_guest_run_without_mode_gets_a_hint() {
-    if !kvm_available() {
-        return;
-    }
-    let g = guest("devices.bin");
-    let r = wasmvisor(&["run", "--guest", g.to_str().unwrap()]);
-    assert_eq!(r.code, 3, "{r:?}");
+    require_kvm!();
+    let r = Cmd::guest("devices.bin").expect_exit(3);
     assert!(
         r.stderr
             .contains("wasmvisor: hint: a flat binary starts in 16-bit real mode"),
@@ -261,7 +227,6 @@ fn a_protected_mode_flat_guest_run_without_mode_gets_a_hint() {
         r.stderr
     );
     // With the mode the guest runs, and no hint.
-    let r = wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--mode", "protected"]);
-    assert_eq!(r.code, 0, "{r:?}");
+    let r = Cmd::guest("devices.bin").mode("protected").expect_exit(0);
     assert!(!r.stderr.contains("hint"), "{}", r.stderr);
 }

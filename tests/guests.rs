@@ -33,9 +33,7 @@ fn assert_lines_in_order(out: &str, expected: &[&str]) {
 
 #[test]
 fn demo_runs_devices_guest_under_default_policies() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let r = wasmvisor(&["run"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_lines_in_order(&r.stdout, DEVICES_DEMO);
@@ -77,9 +75,7 @@ fn demo_runs_devices_guest_under_default_policies() {
 
 #[test]
 fn denied_msr_is_logged_by_the_guard() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let r = wasmvisor(&["run"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
@@ -91,23 +87,13 @@ fn denied_msr_is_logged_by_the_guard() {
 
 #[test]
 fn cpuid_mask_sets_vendor_seen_by_guest() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let config = assets().join("demo.toml");
-    let r = wasmvisor(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--policy",
-        &policy("serial"),
-        "--policy",
-        &format!(
-            "{}:vendor=WasmVisorCPU,hypervisor=TestHVsig",
-            policy("cpuid-mask")
-        ),
-    ]);
-    assert_eq!(r.code, 0, "{r:?}");
+    let r = Cmd::new()
+        .args(["--config", config.to_str().unwrap()])
+        .policy("serial")
+        .policy_with("cpuid-mask", "vendor=WasmVisorCPU,hypervisor=TestHVsig")
+        .expect_exit(0);
     assert!(
         r.stdout.contains("cpuid 0x0: WasmVisorCPU\n"),
         "{}",
@@ -135,37 +121,19 @@ fn cpuid_mask_sets_vendor_seen_by_guest() {
 
 #[test]
 fn hello_elf_long_mode_through_serial_policy() {
-    if !kvm_available() {
-        return;
-    }
-    let g = guest("hello.elf");
-    let r = wasmvisor(&[
-        "run",
-        "--guest",
-        g.to_str().unwrap(),
-        "--policy",
-        &policy("serial"),
-    ]);
-    assert_eq!(r.code, 0, "{r:?}");
+    require_kvm!();
+    let r = Cmd::guest("hello.elf").policy("serial").expect_exit(0);
     assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n");
     assert!(r.stderr.contains("policy serial: handled "), "{}", r.stderr);
 }
 
 #[test]
 fn hello_elf_with_native_serial_and_no_policy() {
-    if !kvm_available() {
-        return;
-    }
-    let g = guest("hello.elf");
-    let r = wasmvisor(&[
-        "run",
-        "--guest",
-        g.to_str().unwrap(),
-        "--serial",
-        "native",
-        "--stats",
-    ]);
-    assert_eq!(r.code, 0, "{r:?}");
+    require_kvm!();
+    let r = Cmd::guest("hello.elf")
+        .serial("native")
+        .arg("--stats")
+        .expect_exit(0);
     assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n");
     assert!(r.stderr.contains("built-in devices: "), "{}", r.stderr);
     assert!(!r.stderr.contains("built-in devices: 0,"), "{}", r.stderr);
@@ -174,22 +142,12 @@ fn hello_elf_with_native_serial_and_no_policy() {
 
 #[test]
 fn smp_guest_real_mode_on_four_vcpus() {
-    if !kvm_available() {
-        return;
-    }
-    let g = guest("smp.bin");
-    let r = wasmvisor(&[
-        "run",
-        "--guest",
-        g.to_str().unwrap(),
-        "--mode",
-        "real",
-        "--vcpus",
-        "4",
-        "--policy",
-        &policy("serial"),
-    ]);
-    assert_eq!(r.code, 0, "{r:?}");
+    require_kvm!();
+    let r = Cmd::guest("smp.bin")
+        .mode("real")
+        .vcpus(4)
+        .policy("serial")
+        .expect_exit(0);
     let mut lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(lines.pop(), Some("smp: 4 cpus up"), "{}", r.stdout);
     lines.sort();
@@ -203,31 +161,15 @@ fn smp_guest_real_mode_on_four_vcpus() {
 
 #[test]
 fn io_tracer_writes_json_lines_and_declines() {
-    if !kvm_available() {
-        return;
-    }
-    let dir = scratch("tracer");
-    let events = dir.join("events.jsonl");
-    let g = guest("hello.elf");
-    let r = wasmvisor(&[
-        "run",
-        "--guest",
-        g.to_str().unwrap(),
-        "--policy",
-        &format!("{}:ports=0x3f8-0x3ff", policy("io-tracer")),
-        "--policy",
-        &policy("serial"),
-        "--events",
-        events.to_str().unwrap(),
-    ]);
-    assert_eq!(r.code, 0, "{r:?}");
+    require_kvm!();
+    let r = Cmd::guest("hello.elf")
+        .policy_with("io-tracer", "ports=0x3f8-0x3ff")
+        .policy("serial")
+        .events()
+        .expect_exit(0);
     // The tracer declined, so the serial policy still printed.
     assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n");
-    let text = std::fs::read_to_string(&events).unwrap();
-    let records: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect();
+    let records = r.events();
     let outs: Vec<&serde_json::Value> = records
         .iter()
         .filter(|r| r["kind"] == "io" && r["data"]["dir"] == "out" && r["data"]["port"] == 0x3f8)
@@ -242,11 +184,10 @@ fn io_tracer_writes_json_lines_and_declines() {
         .all(|r| r["policy"] == "io-tracer" && r["vcpu"] == 0));
     // Schema 2: `schema` first on every line, RIP a hex string, port and
     // size numbers.
-    assert_event_schema(&events);
+    assert_event_schema(r.events_file());
     assert!(records.iter().all(|r| r["schema"] == EVENT_SCHEMA));
     for r in &outs {
         assert!(hex_field(&r["data"]["rip"]) > 0, "{r}");
         assert_eq!(r["data"]["size"], 1, "{r}");
     }
-    std::fs::remove_dir_all(dir).ok();
 }

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use wasmvisor_tests::{assets, bin, guest, kvm_available, policy, scratch, wasmvisor};
+use wasmvisor_tests::{assets, bin, guest, policy, require_kvm, scratch, wasmvisor};
 use wasmvisor_vmm::control::ControlClient;
 
 /// A VM running in the background, killed if the test fails first.
@@ -209,9 +209,7 @@ fn check_generations(events: &[Value], vcpus: u64, generations: u64) -> Vec<usiz
 
 #[test]
 fn a_hundred_swaps_lose_and_repeat_no_exit() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("hundred");
     let mut vm = Vm::start(&dir, 2, &[counter(0, "")], &[]);
     let mut c = vm.connect();
@@ -269,9 +267,7 @@ fn a_hundred_swaps_lose_and_repeat_no_exit() {
 
 #[test]
 fn state_handoff_keeps_the_count() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("handoff");
     let mut vm = Vm::start(&dir, 1, &[counter(0, "")], &[]);
     let mut c = vm.connect();
@@ -291,9 +287,7 @@ fn state_handoff_keeps_the_count() {
 
 #[test]
 fn broken_components_are_refused_while_the_old_policy_serves() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("broken");
     let garbage = dir.join("garbage.wasm");
     std::fs::write(&garbage, b"\0asm\x0d\0\x01\0this is not a component").unwrap();
@@ -358,9 +352,7 @@ fn broken_components_are_refused_while_the_old_policy_serves() {
 
 #[test]
 fn load_and_unload_change_the_chain() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("load");
     let mut vm = Vm::start(&dir, 1, &[counter(0, "")], &[]);
     let mut c = vm.connect();
@@ -421,9 +413,7 @@ fn wait_for(vm: &Vm, text: &str) {
 
 #[test]
 fn watch_reloads_an_edited_policy() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("watch");
     let watched = dir.join("counter.wasm");
     let original = std::fs::read(policy("counter")).unwrap();
@@ -474,9 +464,7 @@ fn watch_reloads_an_edited_policy() {
 
 #[test]
 fn the_control_socket_refuses_garbage_oversize_and_strangers() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("socket");
     let mut vm = Vm::start(&dir, 1, &[counter(0, "")], &[]);
     let meta = std::fs::symlink_metadata(&vm.control).unwrap();
@@ -570,9 +558,7 @@ fn euid() -> u32 {
 
 #[test]
 fn precompiled_policies_load_from_the_cache_and_tampering_is_caught() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("cache");
     let cache = dir.join("cache");
     let pre = wasmvisor(&[
@@ -610,9 +596,7 @@ fn precompiled_policies_load_from_the_cache_and_tampering_is_caught() {
 
 #[test]
 fn page_protections_change_with_their_policy() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("protect");
     let guard = |range: &str| {
         format!(

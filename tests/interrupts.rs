@@ -16,9 +16,7 @@ fn run_irq_guest(extra: &[&str]) -> Run {
 
 #[test]
 fn the_native_uart_raises_irq_4() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let r = run_irq_guest(&["--irqchip", "--serial", "native"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains(DELIVERED), "{r:?}");
@@ -27,9 +25,7 @@ fn the_native_uart_raises_irq_4() {
 
 #[test]
 fn the_serial_policy_raises_irq_4_when_granted_the_line() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let spec = format!("{}:@irq=4", policy("serial"));
     let r = run_irq_guest(&["--irqchip", "--policy", &spec]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -41,9 +37,7 @@ fn the_serial_policy_raises_irq_4_when_granted_the_line() {
 /// working polled, says so once, and the guest's timer ends its wait.
 #[test]
 fn without_the_grant_the_serial_policy_runs_polled_and_says_so() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let r = run_irq_guest(&["--irqchip", "--policy", &policy("serial")]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("irq: no IRQ 4"), "{r:?}");
@@ -60,9 +54,7 @@ fn without_the_grant_the_serial_policy_runs_polled_and_says_so() {
 /// HLT then ends the run, since no interrupt can wake it.
 #[test]
 fn without_an_interrupt_controller_the_import_is_unsupported() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let spec = format!("{}:@irq=4", policy("serial"));
     let r = run_irq_guest(&["--policy", &spec]);
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);

@@ -210,9 +210,7 @@ fn assert_protected(t: &Traced) {
 
 #[test]
 fn mem_guard_denies_tampering_with_kernel_text_and_page_tables() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let t = minios("mg-deny", &[mem_guard("")]);
     assert_minios_ran(&t);
     assert!(
@@ -232,9 +230,7 @@ fn mem_guard_denies_tampering_with_kernel_text_and_page_tables() {
 
 #[test]
 fn mem_guard_allow_reports_and_lets_writes_land() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let t = minios("mg-allow", &[mem_guard("on-tamper=allow")]);
     assert_minios_ran(&t);
     assert!(
@@ -252,9 +248,7 @@ fn mem_guard_allow_reports_and_lets_writes_land() {
 
 #[test]
 fn mem_guard_unprotect_lets_the_retried_writes_land() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let t = minios("mg-unprotect", &[mem_guard("on-tamper=unprotect")]);
     assert_minios_ran(&t);
     assert!(
@@ -275,9 +269,7 @@ fn mem_guard_unprotect_lets_the_retried_writes_land() {
 /// reported; unprotected after the first, the second is not.
 #[test]
 fn mem_guard_unprotect_stops_reporting_the_page() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let guard = |name: &str, on_tamper: &str| {
         let config = format!("discover=false,protect=0x9000+0x1000,on-tamper={on_tamper}");
         traced(name, "faults.bin", &[mem_guard(&config)])
@@ -323,9 +315,7 @@ fn mem_guard_unprotect_stops_reporting_the_page() {
 
 #[test]
 fn mem_guard_answers_no_access_reads_with_its_own_data() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let t = traced(
         "mg-no-access",
         "faults.bin",
@@ -456,9 +446,7 @@ fn assert_syscalls(t: &Traced) {
 
 #[test]
 fn syscall_tracer_sees_every_system_call() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let t = minios("tracer", &[tracer("")]);
     assert_minios_ran(&t);
     // Untouched tampering: the tracer only observes.
@@ -486,9 +474,7 @@ fn syscall_tracer_sees_every_system_call() {
 /// image, so the linear disassembly is the execution trace.
 #[test]
 fn syscall_tracer_steps_through_the_entry() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let entry = symbol("syscall_entry");
     assert_eq!(entry, KERNEL_VBASE + 0x101000);
     let expected = instruction_addresses(entry, 5);
@@ -593,9 +579,7 @@ fn assert_tasks(t: &Traced, when: &str) {
 
 #[test]
 fn task_lister_walks_the_guest_task_list() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let t = minios("tasks", &[policy("task-lister")]);
     assert_minios_ran(&t);
     assert_tasks(&t, "lstar");
@@ -603,9 +587,7 @@ fn task_lister_walks_the_guest_task_list() {
 
 #[test]
 fn task_lister_at_hlt_sees_the_final_state() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let t = minios("tasks-hlt", &[format!("{}:at=hlt", policy("task-lister"))]);
     assert_minios_ran(&t);
     assert_tasks(&t, "hlt");
@@ -625,9 +607,7 @@ fn task_lister_at_hlt_sees_the_final_state() {
 /// each sees it in turn and KVM still stores the value the guest wrote.
 #[test]
 fn introspection_policies_stack() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let t = minios("stack", &[policy("task-lister"), tracer(""), mem_guard("")]);
     assert_minios_ran(&t);
     assert!(

@@ -8,9 +8,7 @@ use wasmvisor_tests::*;
 
 #[test]
 fn triple_fault_is_one_line_with_vcpu_rip_and_reason() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("triple");
     let p = dir.join("ud2.bin");
     // ud2 in protected mode with no IDT: #UD -> #GP -> #DF -> shutdown.
@@ -34,9 +32,7 @@ fn triple_fault_is_one_line_with_vcpu_rip_and_reason() {
 
 #[test]
 fn emulator_failure_is_one_line_with_instruction_bytes() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("iret");
     let p = dir.join("iret.bin");
     // This machine's KVM emulates CPL0 code and cannot emulate a
@@ -67,9 +63,7 @@ fn emulator_failure_is_one_line_with_instruction_bytes() {
 
 #[test]
 fn sigint_stops_a_spinning_guest() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("spin");
     let p = dir.join("spin.bin");
     std::fs::write(&p, [0xeb, 0xfe]).unwrap(); // jmp $
@@ -95,25 +89,15 @@ fn sigint_stops_a_spinning_guest() {
 
 #[test]
 fn policy_stop_action_sets_exit_code() {
-    if !kvm_available() {
-        return;
-    }
-    let g = guest("devices.bin");
-    let r = wasmvisor(&[
-        "run",
-        "--guest",
-        g.to_str().unwrap(),
-        "--mode",
-        "protected",
-        "--policy",
-        &policy("serial"),
-        "--policy",
-        &format!(
-            "{}:watch=0x170-0x17f,allow=0x174,on-deny=stop,@grant=stop-vm",
-            policy("msr-guard")
-        ),
-    ]);
-    assert_eq!(r.code, 4, "{r:?}");
+    require_kvm!();
+    let r = Cmd::guest("devices.bin")
+        .mode("protected")
+        .policy("serial")
+        .policy_with(
+            "msr-guard",
+            "watch=0x170-0x17f,allow=0x174,on-deny=stop,@grant=stop-vm",
+        )
+        .expect_exit(4);
     assert!(
         r.stderr.contains("stopped by policy msr-guard (failure)"),
         "{}",
@@ -126,9 +110,7 @@ fn policy_stop_action_sets_exit_code() {
 
 #[test]
 fn an_i8042_reset_ends_the_run_cleanly() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let g = guest("reset.bin").display().to_string();
     let r = wasmvisor(&["run", "--guest", &g]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -150,9 +132,7 @@ fn an_i8042_reset_ends_the_run_cleanly() {
 /// kernel) is killed at the limit, and the test hears of it.
 #[test]
 fn a_run_that_outlives_its_limit_is_killed_and_reported() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let g = guest("hello.elf");
     let started = Instant::now();
     let r = wasmvisor_within(

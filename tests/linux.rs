@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use wasmvisor_tests::{assets, bin, kvm_available, policy, scratch};
+use wasmvisor_tests::{assets, bin, policy, require_kvm, scratch};
 
 /// `vmlinuz` (the bzImage) or `vmlinux` (the ELF inside it).
 fn kernel(name: &str) -> PathBuf {
@@ -107,9 +107,7 @@ fn boot_until(
 
 #[test]
 fn a_debian_bzimage_prints_its_banner_our_e820_map_cmdline_and_acpi_cpus() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("linux-native");
     let cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200 wasmvisor.test=native";
     let mut wanted: Vec<String> = vec![
@@ -139,9 +137,7 @@ fn a_debian_bzimage_prints_its_banner_our_e820_map_cmdline_and_acpi_cpus() {
 /// time on this machine).
 #[test]
 fn a_pvh_vmlinux_boots_with_the_wasm_serial_policy_as_console_and_msr_writes_traced() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("linux-policy");
     let stderr = dir.join("stderr.txt");
     let cmdline = "console=ttyS0 earlyprintk=serial,ttyS0,115200 wasmvisor.test=policy";

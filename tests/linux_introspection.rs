@@ -91,9 +91,7 @@ fn profile() -> &'static Profile {
 
 #[test]
 fn the_linux_policies_read_the_running_debian_kernel() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let b = boot(&linux("vmlinux"), "real");
     assert!(
         b.stdout.contains("Memory:"),
@@ -169,9 +167,7 @@ fn the_linux_policies_read_the_running_debian_kernel() {
 
 #[test]
 fn a_hooked_syscall_table_entry_is_reported_by_number_and_name() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let p = profile();
     let mut image = std::fs::read(linux("vmlinux")).unwrap();
     let table = p.symbols.lookup("sys_call_table").unwrap();
@@ -198,27 +194,16 @@ fn a_hooked_syscall_table_entry_is_reported_by_number_and_name() {
 
 #[test]
 fn without_a_profile_the_kernel_imports_answer_unsupported() {
-    if !kvm_available() {
-        return;
-    }
-    let dir = scratch("linux-vmi-none");
-    let events = dir.join("events.jsonl");
-    let g = guest("hello.elf");
-    let r = wasmvisor(&[
-        "run",
-        "--guest",
-        g.to_str().unwrap(),
-        "--policy",
-        &format!("{}:at=init", policy("linux-info")),
-        "--events",
-        events.to_str().unwrap(),
-    ]);
-    assert_eq!(r.code, 0, "{r:?}");
+    require_kvm!();
+    let r = Cmd::guest("hello.elf")
+        .policy_with("linux-info", "at=init")
+        .events()
+        .expect_exit(0);
     assert_eq!(
         r.stdout, "Hello from a wasmvisor guest!\n",
         "the policy declined the console"
     );
-    let info = events_of(&events, "linux-info");
+    let info = r.events_of("linux-info");
     assert_eq!(info.len(), 1, "{info:?}");
     assert!(
         info[0]["data"]["error"]
@@ -228,14 +213,11 @@ fn without_a_profile_the_kernel_imports_answer_unsupported() {
         "{}",
         info[0]
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn a_malformed_or_truncated_profile_image_is_one_error_line() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("linux-vmi-bad");
     let g = guest("hello.elf");
     let garbage = dir.join("garbage");

@@ -18,17 +18,6 @@ fn run_pci_guest(extra: &[&str]) -> Run {
     run_protected_guest("pci.bin", &args)
 }
 
-/// Asserts that `text` has each of `lines` as a whole line.
-fn assert_has_lines<S: AsRef<str>>(text: &str, lines: &[S]) {
-    for line in lines {
-        let line = line.as_ref();
-        assert!(
-            text.lines().any(|l| l == line),
-            "missing `{line}` in:\n{text}"
-        );
-    }
-}
-
 /// The vfio-user test-device server, killed when dropped.
 struct Server {
     child: Child,
@@ -129,9 +118,7 @@ fn expected_sum() -> u32 {
 
 #[test]
 fn the_guest_enumerates_sizes_and_drives_the_test_device() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let r = run_pci_guest(&[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_has_lines(
@@ -164,9 +151,7 @@ fn the_guest_enumerates_sizes_and_drives_the_test_device() {
 
 #[test]
 fn a_policy_vetoes_a_config_write() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("pci-veto");
     let events = dir.join("events.jsonl");
     let guard = format!("{}:lock=0x04", policy("pci-guard"));
@@ -192,9 +177,7 @@ fn a_policy_vetoes_a_config_write() {
 
 #[test]
 fn a_policy_keeps_device_dma_inside_its_window_and_audits_the_doorbell() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("pci-dma");
     let events = dir.join("events.jsonl");
     let guard = format!(
@@ -231,29 +214,21 @@ fn a_policy_keeps_device_dma_inside_its_window_and_audits_the_doorbell() {
 
 #[test]
 fn without_vfio_a_passthrough_device_is_one_clear_error() {
-    let g = guest("pci.bin");
-    let r = wasmvisor(&[
-        "run",
-        "--guest",
-        g.to_str().unwrap(),
-        "--device",
-        "vfio=0000:01:00.0",
-    ]);
-    let line = r.one_error_line();
+    let line = Cmd::guest("pci.bin")
+        .device("vfio=0000:01:00.0")
+        .run()
+        .one_error_line();
     assert!(line.contains("--device vfio=0000:01:00.0"), "{line}");
     if !std::path::Path::new("/dev/vfio/vfio").exists() {
         assert!(line.contains("/dev/vfio/vfio is missing"), "{line}");
     }
-    let line =
-        wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--device", "nic"]).one_error_line();
+    let line = Cmd::guest("pci.bin").device("nic").run().one_error_line();
     assert!(line.contains("invalid --device `nic`"), "{line}");
 }
 
 #[test]
 fn the_guest_drives_a_vfio_user_device_server_which_sees_its_dma() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let (server, device) = served_device("pci-vfio-user");
     let r = run_protected_guest("pci.bin", &["--device", &device]);
     assert_eq!(r.code, 0, "{r:?}");
@@ -303,9 +278,7 @@ fn the_guest_drives_a_vfio_user_device_server_which_sees_its_dma() {
 
 #[test]
 fn a_policy_vetoes_a_config_write_to_a_vfio_user_device_and_learns_its_dma_mappings() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let (_server, device) = served_device("pci-vfio-user-veto");
     let events = scratch("pci-vfio-user-veto-events").join("events.jsonl");
     let guard = format!("{}:lock=0x04", policy("pci-guard"));
@@ -337,9 +310,7 @@ fn a_vfio_user_socket_nobody_serves_is_one_clear_error() {
 
 #[test]
 fn a_policy_subscribed_to_one_page_of_a_mapped_bar_traps_only_that_page() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let (server, device) = served_device("pci-vfio-user-trap");
     let events = scratch("pci-vfio-user-trap-events").join("events.jsonl");
     // The fourth page of BAR 2, audited as if it were a doorbell page.
@@ -378,9 +349,7 @@ fn a_policy_subscribed_to_one_page_of_a_mapped_bar_traps_only_that_page() {
 
 #[test]
 fn a_dma_window_confines_the_emulated_devices_dma() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     // The guest's buffer at 0x60000 lies outside the window: the device's
     // FILL fails with a memory error and the buffer keeps its zeros.
     let r = run_pci_guest(&["--dma-window", "0x100000+0x100000"]);
@@ -407,9 +376,7 @@ fn a_dma_window_confines_the_emulated_devices_dma() {
 
 #[test]
 fn a_dma_window_limits_what_a_vfio_user_device_can_reach() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let (server, device) = served_device("pci-vfio-user-window");
     let events = scratch("pci-vfio-user-window-events").join("events.jsonl");
     let guard = policy("pci-guard");
@@ -453,18 +420,12 @@ fn a_dma_window_limits_what_a_vfio_user_device_can_reach() {
 
 #[test]
 fn a_bad_dma_window_is_one_clear_error() {
-    let g = guest("pci.bin");
     let run = |window: &str| {
-        wasmvisor(&[
-            "run",
-            "--guest",
-            g.to_str().unwrap(),
-            "--device",
-            "test",
-            "--dma-window",
-            window,
-        ])
-        .one_error_line()
+        Cmd::guest("pci.bin")
+            .device("test")
+            .args(["--dma-window", window])
+            .run()
+            .one_error_line()
     };
     let line = run("0x1800+4K");
     assert!(

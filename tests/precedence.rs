@@ -4,23 +4,16 @@
 
 use wasmvisor_tests::*;
 
-fn devices_with(policies: &[String]) -> Run {
-    let g = guest("devices.bin");
-    let mut args: Vec<String> = vec![
-        "run".into(),
-        "--guest".into(),
-        g.display().to_string(),
-        "--mode".into(),
-        "protected".into(),
-        "--policy".into(),
-        policy("serial"),
-    ];
-    for p in policies {
-        args.push("--policy".into());
-        args.push(p.clone());
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    wasmvisor(&refs)
+/// The devices guest under the serial policy and then each of
+/// `policies`, a bundled policy's name and its config; it must exit 0.
+fn devices_with(policies: &[(&str, &str)]) -> Run {
+    policies
+        .iter()
+        .fold(
+            Cmd::guest("devices.bin").mode("protected").policy("serial"),
+            |cmd, (name, config)| cmd.policy_with(name, config),
+        )
+        .expect_exit(0)
 }
 
 fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
@@ -31,17 +24,14 @@ fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
 
 #[test]
 fn first_loaded_policy_wins_on_overlap() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     // A: MMIO only. B: the same MMIO base (overlap) plus ports (disjoint).
-    let a = format!("{}:mmio=0xd0000000+0x1000,id=0xaaaa0001", policy("regbank"));
-    let b = format!(
-        "{}:mmio=0xd0000000+0x20,ports=0x510-0x51f,id=0xbbbb0002",
-        policy("regbank")
+    let a = ("regbank", "mmio=0xd0000000+0x1000,id=0xaaaa0001");
+    let b = (
+        "regbank",
+        "mmio=0xd0000000+0x20,ports=0x510-0x51f,id=0xbbbb0002",
     );
-    let r = devices_with(&[a.clone(), b.clone()]);
-    assert_eq!(r.code, 0, "{r:?}");
+    let r = devices_with(&[a, b]);
     assert_eq!(
         line(&r.stdout, "mmio 0xd0000000: "),
         "mmio 0xd0000000: aaaa0001"
@@ -49,7 +39,6 @@ fn first_loaded_policy_wins_on_overlap() {
     assert_eq!(line(&r.stdout, "port 0x510: "), "port 0x510: bbbb0002");
 
     let r = devices_with(&[b, a]);
-    assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(
         line(&r.stdout, "mmio 0xd0000000: "),
         "mmio 0xd0000000: bbbb0002"
@@ -72,15 +61,12 @@ fn first_loaded_policy_wins_on_overlap() {
 
 #[test]
 fn declining_policy_passes_exit_to_the_next() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     // The tracer subscribes to the register bank's ports but declines, so
     // the bank behind it answers.
-    let tracer = format!("{}:ports=0x510-0x51f", policy("io-tracer"));
-    let bank = format!("{}:ports=0x510-0x51f,id=0x12341234", policy("regbank"));
+    let tracer = ("io-tracer", "ports=0x510-0x51f");
+    let bank = ("regbank", "ports=0x510-0x51f,id=0x12341234");
     let r = devices_with(&[tracer, bank]);
-    assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(line(&r.stdout, "port 0x510: "), "port 0x510: 12341234");
     assert_eq!(line(&r.stdout, "port 0x514: "), "port 0x514: deadbeef");
     let tracer_line = line(&r.stderr, "policy io-tracer: ");

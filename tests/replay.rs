@@ -24,9 +24,7 @@ fn record_conformance(dir: &Path) -> PathBuf {
 
 #[test]
 fn a_recording_holds_each_exit_with_its_import_calls_and_answer() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("replay-format");
     let rec = record_conformance(&dir);
     let all = json_lines(&rec);
@@ -64,9 +62,7 @@ fn a_recording_holds_each_exit_with_its_import_calls_and_answer() {
 
 #[test]
 fn the_same_policy_replays_identically_without_a_vm() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("replay-same");
     let rec = record_conformance(&dir);
     let r = wasmvisor(&[
@@ -87,9 +83,7 @@ fn the_same_policy_replays_identically_without_a_vm() {
 
 #[test]
 fn a_changed_policy_gives_a_readable_diff() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("replay-changed");
     let rec = record_conformance(&dir);
     // noop subscribes to nothing by default and answers every read with 0.
@@ -120,9 +114,7 @@ fn a_changed_policy_gives_a_readable_diff() {
 
 #[test]
 fn a_damaged_recording_is_one_clear_error() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("replay-damaged");
     let rec = record_conformance(&dir);
     let text = std::fs::read_to_string(&rec).unwrap();
@@ -171,25 +163,14 @@ fn a_damaged_recording_is_one_clear_error() {
 /// the syscall tracer replays identically with no guest memory at all.
 #[test]
 fn an_introspection_policy_replays_from_its_recorded_memory_reads() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch("replay-minios");
     let rec = dir.join("minios.rec");
-    let g = guest("minios.elf");
-    let tracer = format!("{}:@grant=debug", policy("syscall-tracer"));
-    let serial = policy("serial");
-    let r = wasmvisor(&[
-        "run",
-        "--guest",
-        g.to_str().unwrap(),
-        "--policy",
-        &tracer,
-        "--policy",
-        &serial,
-        "--record",
-        rec.to_str().unwrap(),
-    ]);
+    let r = Cmd::guest("minios.elf")
+        .policy_with("syscall-tracer", "@grant=debug")
+        .policy("serial")
+        .args(["--record", rec.to_str().unwrap()])
+        .run();
     assert!(r.stdout.ends_with("minios: done\n"), "{r:?}");
     let text = std::fs::read_to_string(&rec).unwrap();
     assert!(text.contains("\"call\":\"read-virt\"") || text.contains("\"call\":\"translate\""));

@@ -29,9 +29,7 @@ fn build(project: &std::path::Path) {
 }
 
 fn scaffold_builds_and_conforms(lang: &str, language: &str) {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let dir = scratch(&format!("scaffold-{lang}"));
     let name = format!("door-audit-{lang}");
     let r = wasmvisor(&[
@@ -105,7 +103,7 @@ fn the_minimal_rust_policy_tests_builds_and_checks_outside_the_checkout() {
         .lines()
         .take_while(|l| !l.starts_with("#[cfg(test)]"))
         .count();
-    assert!(policy_lines <= 45, "{policy_lines} lines before the tests");
+    assert!(policy_lines <= 50, "{policy_lines} lines before the tests");
 
     let tested = cargo(&project, &["test", "--quiet"]);
     let out = String::from_utf8_lossy(&tested.stdout);

@@ -73,9 +73,7 @@ fn check_names_what_is_wrong() {
 
 #[test]
 fn the_conformance_harness_passes_the_reference_and_fails_a_stray_config() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let r = wasmvisor(&["policy", "conformance", &policy("conformance")]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
@@ -115,9 +113,7 @@ fn a_component_built_before_the_kernel_imports_still_loads_and_runs() {
         "{}",
         r.stdout
     );
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let g = guest("hello.elf");
     let r = wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--policy", old]);
     assert_eq!(r.code, 0, "{r:?}");

@@ -14,7 +14,7 @@ use wasmvisor_policy::ConsoleSink;
 use wasmvisor_vmm::config::{parse_mode, GuestSpec, PolicySpec, VmConfig};
 use wasmvisor_vmm::outcome::VmOutcome;
 use wasmvisor_vmm::stats::Stats;
-use wasmvisor_vmm::NativeHandler;
+use wasmvisor_vmm::ExitHook;
 
 use crate::guest;
 
@@ -54,7 +54,7 @@ impl Probe {
     }
 }
 
-impl NativeHandler for Probe {
+impl ExitHook for Probe {
     fn handle(&self, event: &ExitEvent, completion: &mut Completion) -> bool {
         match event.kind {
             ExitKind::Io(io) if io.port == guest::MARKER_PORT => {
@@ -131,8 +131,8 @@ pub fn run_guest(
         marks: Mutex::new(Vec::with_capacity(8)),
         last_write: AtomicU64::new(0),
     });
-    let native: Arc<dyn NativeHandler> = probe.clone();
-    let report = wasmvisor_vmm::run_with_native(&config, Arc::new(NullConsole), Some(native))
+    let native: Arc<dyn ExitHook> = probe.clone();
+    let report = wasmvisor_vmm::run_with_hook(&config, Arc::new(NullConsole), Some(native))
         .context("cannot run the benchmark guest")?;
     if report.outcome != VmOutcome::Halted {
         bail!(

@@ -1,7 +1,10 @@
 //! The pieces of the benchmark suite (`make bench`) that its tests use
 //! too: the benchmark guest, in-process runs with a native handler,
-//! process measurements and statistics. The binary (`src/main.rs`) puts
-//! them together and prints the results.
+//! process measurements and statistics. The binary (`src/main.rs`, with
+//! its own modules `opts`, `paths`, `sections` and `targets`) puts them
+//! together and prints the results.
+
+#![forbid(unsafe_code)]
 
 pub mod bars;
 pub mod dispatch;

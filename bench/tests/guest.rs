@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use wasmvisor_bench::dispatch::{run_guest, RunResult};
 use wasmvisor_bench::{bars, guest};
-use wasmvisor_tests::kvm_available;
+use wasmvisor_tests::require_kvm;
 
 const COUNT: u32 = 300;
 
@@ -44,9 +44,7 @@ fn exits(r: &RunResult, from: u8, to: u8) -> u64 {
 
 #[test]
 fn every_dispatch_phase_makes_count_exits_natively_and_through_a_policy() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let img = image("dispatch");
     let noop = policy("noop", "ports=0x3ff,msrs=0x50000000,mmio=0xd0000000+0x1000");
     for native in [true, false] {
@@ -82,9 +80,7 @@ fn every_dispatch_phase_makes_count_exits_natively_and_through_a_policy() {
 
 #[test]
 fn an_unclaimed_kvm_msr_stays_in_the_kernel_and_ports_always_exit() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let img = image("filter");
     let r = run_guest(&img, guest::ENTRY_FILTER, &[], false).unwrap();
     assert_eq!(exits(&r, 5, 6), 0, "WRMSR 0x174 without a subscription");
@@ -99,9 +95,7 @@ fn an_unclaimed_kvm_msr_stays_in_the_kernel_and_ports_always_exit() {
 
 #[test]
 fn bar_variants_map_all_of_bar_2_or_trap_every_access() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let root = assets().parent().unwrap().to_path_buf();
     let testdev = root.join("release/wasmvisor-vfio-user-testdev");
     let dir = std::env::temp_dir().join(format!("wasmvisor-bench-bars-{}", std::process::id()));

@@ -31,7 +31,6 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("wit_action_conversion", wit_action_conversion::fuzz),
 ];
 
-use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
 use arbitrary::{Result, Unstructured};
@@ -39,8 +38,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 use wasmvisor_exit::{
     Action, Capabilities, DebugCause, DebugExit, DebugState, Direction, EventSet, Exception,
     ExitEvent, ExitKind, GpaRange, HwBreakpoint, HwBreakpointKind, IoExit, MemAccess, MemViolation,
-    MmioExit, MsrExit, MsrReason, ProtectRequest, Protection, Reg, Segment, SegmentReg,
-    ShutdownReason, StopRequest, Subscriptions, VcpuAccess, VcpuAccessError,
+    MmioExit, MsrExit, MsrReason, ProtectRequest, Protection, Reg, ShutdownReason, StopRequest,
+    Subscriptions,
 };
 
 /// Every register, in WIT order.
@@ -320,64 +319,10 @@ pub fn subscriptions(
     })
 }
 
-/// A vCPU that records what apply and the default handler do to it.
-#[derive(Default, Debug)]
-pub struct FakeVcpu {
-    pub regs: HashMap<Reg, u64>,
-    pub injected: Vec<Exception>,
-    pub msrs: HashMap<u32, u64>,
-    pub segments: [Segment; 8],
-    pub debug: DebugState,
-    pub set_calls: usize,
-}
-
-impl VcpuAccess for FakeVcpu {
-    fn index(&self) -> u32 {
-        0
-    }
-    fn get_reg(&mut self, reg: Reg) -> std::result::Result<u64, VcpuAccessError> {
-        Ok(*self.regs.get(&reg).unwrap_or(&0))
-    }
-    fn set_reg(&mut self, reg: Reg, value: u64) -> std::result::Result<(), VcpuAccessError> {
-        self.set_calls += 1;
-        self.regs.insert(reg, value);
-        Ok(())
-    }
-    fn inject_exception(&mut self, e: Exception) -> std::result::Result<(), VcpuAccessError> {
-        self.injected.push(e);
-        Ok(())
-    }
-    fn host_rdmsr(&mut self, index: u32) -> std::result::Result<Option<u64>, VcpuAccessError> {
-        Ok(self.msrs.get(&index).copied())
-    }
-    fn host_wrmsr(&mut self, index: u32, value: u64) -> std::result::Result<bool, VcpuAccessError> {
-        match self.msrs.get_mut(&index) {
-            Some(v) => {
-                *v = value;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-    fn get_segment(&mut self, s: SegmentReg) -> std::result::Result<Segment, VcpuAccessError> {
-        Ok(self.segments[s as usize])
-    }
-    fn set_segment(
-        &mut self,
-        s: SegmentReg,
-        v: Segment,
-    ) -> std::result::Result<(), VcpuAccessError> {
-        self.segments[s as usize] = v;
-        Ok(())
-    }
-    fn debug_state(&self) -> DebugState {
-        self.debug
-    }
-    fn set_debug_state(&mut self, d: DebugState) -> std::result::Result<(), VcpuAccessError> {
-        self.debug = d;
-        Ok(())
-    }
-}
+/// The vCPU that apply and the default handler act on: the shared fake,
+/// which records what they do to it (registers, injected exceptions,
+/// MSRs, segments, debug state, `set_reg` calls).
+pub use wasmvisor_exit::testing::FakeVcpu;
 
 /// A debug state with arbitrary breakpoints and step flags.
 pub fn debug_state(u: &mut Unstructured) -> Result<DebugState> {

@@ -83,6 +83,8 @@
 //! CPUID entries pass unchanged, `save-state` returns nothing and
 //! `restore-state` fails.
 
+#![forbid(unsafe_code)]
+
 mod config;
 pub mod host;
 pub mod json;

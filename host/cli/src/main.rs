@@ -2,6 +2,8 @@
 //! the VM, prints the summary and turns the outcome into an exit code.
 //! Every error is one line on stderr and a non-zero exit code.
 
+#![forbid(unsafe_code)]
+
 mod assets;
 mod check;
 mod conformance;

@@ -403,7 +403,7 @@ mod tests {
         assert!(lib.starts_with("//! door-audit: a wasmvisor policy"));
         assert!(!lib.contains("template"), "{lib}");
         let code = lib.lines().take_while(|l| !l.starts_with("#[cfg(test)]"));
-        assert!(code.count() <= 45, "the policy itself stays small");
+        assert!(code.count() <= 50, "the policy itself stays small");
         let toml = &fs.iter().find(|f| f.path == "Cargo.toml").unwrap().text;
         assert!(toml.contains("path = \"../../wv/policy-sdk\""), "{toml}");
     }

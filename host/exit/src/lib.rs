@@ -20,6 +20,8 @@ mod protection;
 mod regs;
 mod routes;
 mod subscription;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod validate;
 
 pub use action::{Action, Exception, ProtectRequest, Protection, StopRequest};

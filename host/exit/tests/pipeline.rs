@@ -1,45 +1,9 @@
 //! classify, validate, apply and the default handler, driven with a fake
 //! vCPU and a real `GuestMemoryMmap`.
 
-use std::collections::HashMap;
-
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use wasmvisor_exit::testing::FakeVcpu;
 use wasmvisor_exit::*;
-
-#[derive(Default)]
-struct FakeVcpu {
-    regs: HashMap<Reg, u64>,
-    injected: Vec<Exception>,
-    msrs: HashMap<u32, u64>,
-}
-
-impl VcpuAccess for FakeVcpu {
-    fn index(&self) -> u32 {
-        0
-    }
-    fn get_reg(&mut self, reg: Reg) -> Result<u64, VcpuAccessError> {
-        Ok(*self.regs.get(&reg).unwrap_or(&0))
-    }
-    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), VcpuAccessError> {
-        self.regs.insert(reg, value);
-        Ok(())
-    }
-    fn inject_exception(&mut self, e: Exception) -> Result<(), VcpuAccessError> {
-        self.injected.push(e);
-        Ok(())
-    }
-    fn host_rdmsr(&mut self, index: u32) -> Result<Option<u64>, VcpuAccessError> {
-        Ok(self.msrs.get(&index).copied())
-    }
-    fn host_wrmsr(&mut self, index: u32, value: u64) -> Result<bool, VcpuAccessError> {
-        if let std::collections::hash_map::Entry::Occupied(mut e) = self.msrs.entry(index) {
-            e.insert(value);
-            Ok(true)
-        } else {
-            Ok(false)
-        }
-    }
-}
 
 fn mem() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
@@ -555,41 +519,6 @@ fn protect_actions_need_whole_pages_of_ram_and_the_grant() {
     ));
 }
 
-/// A vCPU that keeps its debug state.
-#[derive(Default)]
-struct DebugVcpu {
-    inner: FakeVcpu,
-    debug: DebugState,
-}
-
-impl VcpuAccess for DebugVcpu {
-    fn index(&self) -> u32 {
-        0
-    }
-    fn get_reg(&mut self, reg: Reg) -> Result<u64, VcpuAccessError> {
-        self.inner.get_reg(reg)
-    }
-    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), VcpuAccessError> {
-        self.inner.set_reg(reg, value)
-    }
-    fn inject_exception(&mut self, e: Exception) -> Result<(), VcpuAccessError> {
-        self.inner.inject_exception(e)
-    }
-    fn host_rdmsr(&mut self, index: u32) -> Result<Option<u64>, VcpuAccessError> {
-        self.inner.host_rdmsr(index)
-    }
-    fn host_wrmsr(&mut self, index: u32, value: u64) -> Result<bool, VcpuAccessError> {
-        self.inner.host_wrmsr(index, value)
-    }
-    fn debug_state(&self) -> DebugState {
-        self.debug
-    }
-    fn set_debug_state(&mut self, d: DebugState) -> Result<(), VcpuAccessError> {
-        self.debug = d;
-        Ok(())
-    }
-}
-
 #[test]
 fn an_empty_answer_continues_a_debug_exit_like_resume() {
     let bp = HwBreakpoint {
@@ -609,7 +538,7 @@ fn an_empty_answer_continues_a_debug_exit_like_resume() {
         protector: &p,
     };
     let after = |actions: &[Action]| {
-        let mut vcpu = DebugVcpu::default();
+        let mut vcpu = FakeVcpu::default();
         vcpu.debug.hw[2] = Some(bp);
         let mut completion = Completion::default();
         assert_eq!(
@@ -643,7 +572,7 @@ fn an_answer_without_a_debug_finisher_still_steps_over_the_breakpoint() {
         mem: &m,
         protector: &p,
     };
-    let mut vcpu = DebugVcpu::default();
+    let mut vcpu = FakeVcpu::default();
     vcpu.debug.hw[0] = Some(bp);
     let set = Action::SetReg {
         reg: Reg::Rax,
@@ -655,5 +584,5 @@ fn an_answer_without_a_debug_finisher_still_steps_over_the_breakpoint() {
         Some((0, bp)),
         "stepped over, not re-fired"
     );
-    assert_eq!(vcpu.inner.regs.get(&Reg::Rax), Some(&5));
+    assert_eq!(vcpu.regs.get(&Reg::Rax), Some(&5));
 }

@@ -27,6 +27,10 @@ pub enum KvmError {
     /// The requested boot state is impossible.
     #[error("{0}")]
     BadBootState(String),
+    /// KVM refused the guest-debug state (breakpoints, single-step) the
+    /// run loop needed while the guest ran.
+    #[error("cannot set the vCPU's debug state: {0}")]
+    Debug(String),
 }
 
 impl KvmError {

@@ -244,7 +244,7 @@ impl Vcpu {
                     state.hw[usize::from(slot)] = Some(bp);
                     let asked = state.step_always || state.step_once;
                     self.set_debug_state(state)
-                        .map_err(|e| KvmError::BadBootState(e.to_string()))?;
+                        .map_err(|e| KvmError::Debug(e.to_string()))?;
                     if !asked {
                         return self.run();
                     }

@@ -7,7 +7,7 @@
 use vm_memory::{Bytes, GuestAddress};
 use wasmvisor_exit::{GpaRange, MemoryProtector, Protection, PAGE_SIZE};
 use wasmvisor_kvm::Vm;
-use wasmvisor_tests::kvm_available;
+use wasmvisor_tests::require_kvm;
 
 const PAGES: u64 = 1024; // 4 MiB of RAM
 
@@ -24,9 +24,7 @@ impl Rng {
 
 #[test]
 fn random_protect_unprotect_matches_model_and_keeps_ram() {
-    if !kvm_available() {
-        return;
-    }
+    require_kvm!();
     let vm = Vm::new(PAGES * PAGE_SIZE).expect("VM");
     let mem = vm.memory();
     // A recognisable pattern in every page.

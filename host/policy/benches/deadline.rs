@@ -24,10 +24,8 @@ use std::time::{Duration, Instant};
 
 use cpu_time::ThreadTime;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use wasmvisor_exit::{
-    Capabilities, Direction, Exception, ExitEvent, ExitKind, IoExit, Reg, VcpuAccess,
-    VcpuAccessError,
-};
+use wasmvisor_exit::testing::FakeVcpu;
+use wasmvisor_exit::{Capabilities, Direction, ExitEvent, ExitKind, IoExit, Reg};
 use wasmvisor_policy::{
     CallError, ConsoleSink, DeadlineMechanism, InstanceContext, Limits, PolicyEngine, PolicyImage,
     PolicyInstance, Shared, Verdict,
@@ -78,34 +76,9 @@ const GET_RAX: u16 = 0x11;
 const PANIC: u16 = 0x12;
 const SPIN: u16 = 0x13;
 
-/// A vCPU whose registers read as fixed values.
-#[derive(Debug, Default)]
-struct FakeVcpu;
-
-impl VcpuAccess for FakeVcpu {
-    fn index(&self) -> u32 {
-        0
-    }
-
-    fn get_reg(&mut self, reg: Reg) -> Result<u64, VcpuAccessError> {
-        Ok(if reg == Reg::Rax { 0x42 } else { 0 })
-    }
-
-    fn set_reg(&mut self, _reg: Reg, _value: u64) -> Result<(), VcpuAccessError> {
-        Ok(())
-    }
-
-    fn inject_exception(&mut self, _exception: Exception) -> Result<(), VcpuAccessError> {
-        Ok(())
-    }
-
-    fn host_rdmsr(&mut self, _index: u32) -> Result<Option<u64>, VcpuAccessError> {
-        Ok(None)
-    }
-
-    fn host_wrmsr(&mut self, _index: u32, _value: u64) -> Result<bool, VcpuAccessError> {
-        Ok(false)
-    }
+/// A vCPU whose RAX reads 0x42 and every other register 0.
+fn vcpu() -> FakeVcpu {
+    FakeVcpu::new().with_reg(Reg::Rax, 0x42)
 }
 
 /// A console that drops what it is given, so that millions of serial
@@ -292,7 +265,7 @@ struct Sample {
 
 /// Runs `w` on each variant in interleaved rounds.
 fn measure(variants: &[Variant], shared: &Arc<Shared>, w: &Workload) -> Vec<Sample> {
-    let mut vcpu = Some(FakeVcpu);
+    let mut vcpu = Some(vcpu());
     let mut instances: Vec<_> = variants
         .iter()
         .map(|v| {
@@ -372,7 +345,7 @@ fn time_traps(
     expect: fn(&CallError) -> bool,
 ) -> (Vec<f64>, Vec<f64>) {
     let mut p = instance(variant, shared, "hostile_fixture.wasm", &[]);
-    let mut vcpu = Some(FakeVcpu);
+    let mut vcpu = Some(vcpu());
     let event = io(port, Direction::Read, 1);
     let (mut wall, mut cpu): (Vec<f64>, Vec<f64>) = (0..TRAPS)
         .map(|_| {
@@ -431,7 +404,7 @@ fn timeouts(
     w: &Workload,
     time: Duration,
 ) -> Vec<(u64, u64)> {
-    let mut vcpu = Some(FakeVcpu);
+    let mut vcpu = Some(vcpu());
     variants
         .iter()
         .map(|v| {

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{io, Capture, FakeVcpu, RAM_BYTES};
+use common::{io, vcpu, Capture, FakeVcpu, RAM_BYTES};
 use wasmvisor_exit::{
     Action, Capabilities, Constant, ConstantTarget, Direction, EventSet, Exception, ExitEvent,
     ExitKind, GpaRange, ProtectRequest, Protection, Reg, StopRequest,
@@ -61,10 +61,7 @@ fn start(capture: &Capture) -> PolicyInstance<FakeVcpu> {
 
 /// Calls the fixture on `port` and returns the value it completes with.
 fn ask(p: &mut PolicyInstance<FakeVcpu>, port: u16, data: u32) -> Result<u64, CallError> {
-    let mut vcpu = Some(FakeVcpu {
-        rax: 0x42,
-        reads: 0,
-    });
+    let mut vcpu = Some(vcpu(0x42));
     match p.handle_exit(&io(port, Direction::Read, data), &mut vcpu)? {
         Verdict::Handled(actions) => match actions.as_slice() {
             [Action::CompleteRead(v)] => Ok(*v),
@@ -145,7 +142,7 @@ fn init_can_reject_or_trap() {
 fn decline_and_other_exit_kinds() {
     let capture = Capture::new(None);
     let mut p = start(&capture);
-    let mut vcpu = Some(FakeVcpu::default());
+    let mut vcpu = Some(vcpu(0));
     let decline = p.handle_exit(&io(port::DECLINE, Direction::Write, 0), &mut vcpu);
     assert_eq!(decline, Ok(Verdict::Decline));
     let hlt = ExitEvent {
@@ -161,10 +158,7 @@ fn decline_and_other_exit_kinds() {
 fn get_reg_reaches_the_lent_vcpu_which_comes_back() {
     let capture = Capture::new(None);
     let mut p = start(&capture);
-    let mut vcpu = Some(FakeVcpu {
-        rax: 0xabcd,
-        reads: 0,
-    });
+    let mut vcpu = Some(vcpu(0xabcd));
     let verdict = p
         .handle_exit(&io(port::GET_RAX, Direction::Read, 0), &mut vcpu)
         .unwrap();
@@ -194,7 +188,7 @@ fn get_reg_without_a_vcpu_traps_and_the_instance_recovers() {
 fn a_vcpu_failure_is_a_host_fault_and_the_vcpu_comes_back() {
     let capture = Capture::new(None);
     let mut p = start(&capture);
-    let mut vcpu = Some(FakeVcpu::default());
+    let mut vcpu = Some(vcpu(0));
     let err = p
         .handle_exit(&io(port::GET_CR3, Direction::Read, 0), &mut vcpu)
         .unwrap_err();
@@ -211,7 +205,7 @@ fn a_panic_traps_then_the_instance_is_rebuilt_and_reinitialised() {
     let mut p = start(&capture);
     assert_eq!(ask(&mut p, port::CALLS, 0), Ok(1));
     assert_eq!(ask(&mut p, port::CALLS, 0), Ok(2));
-    let mut vcpu = Some(FakeVcpu::default());
+    let mut vcpu = Some(vcpu(0));
     let err = p
         .handle_exit(&io(port::PANIC, Direction::Read, 0), &mut vcpu)
         .unwrap_err();
@@ -485,7 +479,7 @@ fn handles_are_shareable_and_instances_movable() {
 fn every_action_arrives_in_domain_terms() {
     let capture = Capture::new(None);
     let mut p = start(&capture);
-    let mut vcpu = Some(FakeVcpu::default());
+    let mut vcpu = Some(vcpu(0));
     let verdict = p
         .handle_exit(&io(port::EVERY_ACTION, Direction::Write, 0), &mut vcpu)
         .unwrap();

@@ -9,15 +9,14 @@ use thiserror::Error;
 use wasmvisor_kvm::{BootMode, MAX_BOOT_VCPUS, MMIO_HOLE_START};
 use wasmvisor_pci::{DmaDomain, DmaWindowError, Window};
 
-use crate::sandbox::Sandbox;
+use crate::policies::sandbox::{Sandbox, SandboxError};
+pub use crate::units::{format_size, parse_number, parse_size, UnitError};
 
 /// A configuration value is unusable.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("invalid size `{0}`: use a number with an optional K, M or G suffix, e.g. 64M")]
-    Size(String),
-    #[error("invalid number `{0}`: use decimal or 0x-prefixed hex")]
-    Number(String),
+    #[error(transparent)]
+    Unit(#[from] UnitError),
     #[error("--mem {0} is out of range: guest RAM must be between 1M and 3G")]
     MemRange(String),
     #[error("--vcpus {0} is out of range: wasmvisor runs 1 to {MAX_BOOT_VCPUS} vCPUs")]
@@ -34,8 +33,8 @@ pub enum ConfigError {
     PolicyConfig(String),
     #[error("cannot read config file {path}: {reason}")]
     File { path: String, reason: String },
-    #[error("{0}")]
-    Sandbox(String),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     #[error("config file {path}: {reason}")]
     Toml { path: String, reason: String },
 }
@@ -276,30 +275,6 @@ impl VmConfig {
     }
 }
 
-/// Formats a byte count the way `parse_size` reads it.
-pub fn format_size(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{}G", b >> 30),
-        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
-        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}K", b >> 10),
-        b => b.to_string(),
-    }
-}
-
-/// Parses `64M`, `1G`, `4096`, `512K`.
-pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
-    let err = || ConfigError::Size(s.to_string());
-    let t = s.trim();
-    let (num, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&t[..t.len() - 1], 10),
-        Some('M') => (&t[..t.len() - 1], 20),
-        Some('G') => (&t[..t.len() - 1], 30),
-        _ => (t, 0),
-    };
-    let n: u64 = num.parse().map_err(|_| err())?;
-    n.checked_mul(1 << shift).ok_or_else(err)
-}
-
 /// Parses one `--dma-window BASE+SIZE`: the base as a number, the size
 /// as a number or a size (`0x100000`, `1M`). Alignment is checked when
 /// the windows make a [`DmaDomain`].
@@ -311,16 +286,6 @@ pub fn parse_dma_window(s: &str) -> Result<Window, ConfigError> {
         .or_else(|_| parse_size(size))
         .map_err(|_| err())?;
     Ok(Window::new(base, size))
-}
-
-/// Parses decimal or 0x-hex.
-pub fn parse_number(s: &str) -> Result<u64, ConfigError> {
-    let t = s.trim().replace('_', "");
-    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => t.parse(),
-    };
-    r.map_err(|_| ConfigError::Number(s.to_string()))
 }
 
 /// Parses `real`, `protected` or `long`.
@@ -498,7 +463,7 @@ mod tests {
         assert!(PolicySpec::parse("p.wasm:=1").is_err());
         let s = PolicySpec::parse("p.wasm:@on-fault=stop,port=1,@grant=stop-vm").unwrap();
         assert_eq!(s.config, vec![("port".into(), "1".into())]);
-        assert_eq!(s.sandbox.on_fault, crate::sandbox::OnFault::Stop);
+        assert_eq!(s.sandbox.on_fault, crate::policies::sandbox::OnFault::Stop);
         assert!(s.sandbox.grants.stop_vm);
         assert!(PolicySpec::parse("p.wasm:@bogus=1").is_err());
     }
@@ -589,7 +554,7 @@ sandbox = { deadline = "5ms", grant = ["stop-vm", "set-registers"], on-fault = "
         assert!(p.config.contains(&("allow".into(), "372".into())));
         assert!(p.config.contains(&("allow".into(), "0x175".into())));
         assert!(p.sandbox.grants.stop_vm && p.sandbox.grants.set_registers);
-        assert_eq!(p.sandbox.on_fault, crate::sandbox::OnFault::Gp);
+        assert_eq!(p.sandbox.on_fault, crate::policies::sandbox::OnFault::Gp);
         std::fs::write(&file, "bogus = 1").unwrap();
         assert!(matches!(
             read_config_file(&file),

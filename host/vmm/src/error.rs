@@ -32,7 +32,7 @@ pub enum VmmError {
     #[error("{0}")]
     Engine(String),
     #[error(transparent)]
-    Linux(#[from] crate::linux::LinuxError),
+    Linux(#[from] crate::boot::linux::LinuxError),
     #[error("--kernel-profile: {0}")]
     KernelProfile(String),
 }

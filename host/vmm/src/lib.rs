@@ -1,32 +1,26 @@
 //! wasmvisor's VMM: turns a configuration into a running VM whose exits
 //! go through the policy pipeline, and reports how it ended.
 
-pub mod acpi;
-mod bar_maps;
-mod builtin;
+#![forbid(unsafe_code)]
+
+pub mod boot;
 pub mod config;
 pub mod control;
-mod cpuid;
-mod debug_exit;
+pub mod devices;
 mod error;
-pub mod hotswap;
-mod i8042;
-mod ledger;
-pub mod linux;
-pub mod loader;
 mod machine;
-mod native;
 pub mod outcome;
-pub mod pci;
-mod policy_set;
-pub mod pvh;
-mod quiesce;
-pub mod sandbox;
-mod serial;
+pub mod policies;
 mod signals;
 pub mod stats;
-mod vcpu_loop;
+mod units;
+mod vcpu;
+
+// The paths other crates and the fuzz targets use.
+pub use boot::{acpi, linux, loader, pvh};
+pub use devices::pci;
+pub use policies::{hotswap, sandbox};
 
 pub use error::VmmError;
-pub use machine::{run, run_with_native, RunReport, DEFAULT_LOAD_ADDR};
-pub use native::NativeHandler;
+pub use machine::{run, run_with_hook, RunReport, DEFAULT_LOAD_ADDR};
+pub use vcpu::hook::ExitHook;

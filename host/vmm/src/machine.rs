@@ -10,31 +10,35 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use wasmvisor_exit::{GpaRange, InterruptLines, MemoryProtector, Routes, Subscriptions};
-use wasmvisor_kvm::{install_kick_handler, BootMode, BootState, KickList, Kicker, Vcpu, Vm};
+use wasmvisor_exit::{InterruptLines, MemoryProtector, Subscriptions};
+use wasmvisor_kvm::{
+    install_kick_handler, BootMode, BootState, CpuidEntry, KickList, Kicker, Vcpu, Vm,
+};
 use wasmvisor_policy::{
     ComponentCache, ConsoleSink, KernelProfile, PolicyEngine, PolicyInstance, Recorder, Shared,
 };
 
-use crate::builtin::BuiltinDevice;
+use crate::boot::cpuid::{cpuid_table, per_vcpu_cpuid};
+use crate::boot::linux::{load_linux, LinuxArgs};
+use crate::boot::loader::{is_elf, load_elf, load_flat};
 use crate::config::{DeviceSpec, PolicyCache, SerialBackend, VmConfig};
 use crate::control::Services;
-use crate::cpuid::{cpuid_table, per_vcpu_cpuid};
-use crate::debug_exit::DebugExit;
+use crate::devices::builtin::BuiltinDevice;
+use crate::devices::debug_exit::DebugExit;
+use crate::devices::i8042::I8042;
+use crate::devices::pci::PciPlatform;
+use crate::devices::serial::Uart;
 use crate::error::VmmError;
-use crate::hotswap::{HotSwap, HotSwapParts};
-use crate::i8042::I8042;
-use crate::linux::{load_linux, LinuxArgs};
-use crate::loader::{is_elf, load_elf, load_flat};
-use crate::native::NativeHandler;
 use crate::outcome::VmOutcome;
-use crate::pci::PciPlatform;
-use crate::policy_set::{unique_name, PolicyEnv, Prepared};
-use crate::quiesce::Quiesce;
-use crate::serial::NativeSerial;
+use crate::policies::hotswap::{HotSwap, HotSwapParts};
+use crate::policies::policy_set::{unique_name, PolicyEnv, Prepared, Slot};
+use crate::policies::quiesce::Quiesce;
+use crate::policies::routing::{plan_routes, Claims};
+use crate::policies::slot::VcpuPolicy;
 use crate::signals;
 use crate::stats::Stats;
-use crate::vcpu_loop::{Control, VcpuEnd, VcpuPolicy, VcpuWorker, VmHandles};
+use crate::vcpu::hook::ExitHook;
+use crate::vcpu::worker::{StopFlag, VcpuWorker, VmHandles};
 
 /// Default load address for flat binaries: just above the host-reserved
 /// low memory.
@@ -79,7 +83,7 @@ fn read_file(path: &Path, what: &'static str, limit: u64) -> Result<Vec<u8>, Vmm
 
 /// Builds the VM described by `config` and runs it until it ends.
 pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport, VmmError> {
-    run_with_native(config, console, None)
+    run_with_hook(config, console, None)
 }
 
 /// The engine, with the precompiled-policy cache the config asks for.
@@ -176,79 +180,25 @@ fn kernel_profile(config: &VmConfig) -> Result<Option<Arc<KernelProfile>>, VmmEr
     Ok(Some(kernel))
 }
 
-/// [`run`], with a native handler that sees every exit before the
-/// policies (benchmarks).
-pub fn run_with_native(
+/// [`run`], with an exit hook (native code) that sees every exit before the
+/// policies (benchmarks). The VM is built in named steps: the platform,
+/// the guest, the host state the policies share, the built-in devices,
+/// the policies, their routes, the vCPUs, and the control services.
+pub fn run_with_hook(
     config: &VmConfig,
     console: Arc<dyn ConsoleSink>,
-    native: Option<Arc<dyn NativeHandler>>,
+    hook: Option<Arc<dyn ExitHook>>,
 ) -> Result<RunReport, VmmError> {
     config.check()?;
     let engine = engine(config)?;
     let vm = Arc::new(new_vm(config)?);
-    // The PC platform must exist before the first vCPU.
-    let irqchip = config.irqchip || config.linux.is_some() || !config.devices.is_empty();
-    let irq: Option<Arc<dyn InterruptLines>> = if irqchip {
-        vm.create_pc_platform()?;
-        Some(Arc::clone(&vm) as Arc<dyn InterruptLines>)
-    } else {
-        None
-    };
-    let boot = match &config.linux {
-        Some(linux) => {
-            let args = LinuxArgs {
-                ram_size: config.mem_bytes,
-                vcpus: config.vcpus,
-                initrd: linux.initrd.as_deref(),
-                cmdline: &linux.cmdline,
-            };
-            let loaded = load_linux(vm.memory(), &linux.kernel, &args)?;
-            BootState {
-                mode: loaded.mode,
-                entry: loaded.entry,
-                vcpu_count: config.vcpus,
-                linux: Some(loaded.info),
-            }
-        }
-        None => load_guest(config, &vm)?,
-    };
-    boot.check()?;
-    boot.write_tables(vm.memory())?;
-
-    let protector: Arc<dyn MemoryProtector> = vm.memslots();
-    let mut shared = Shared::new(Arc::clone(&console), config.events.as_deref())
-        .map_err(|e| VmmError::Engine(e.to_string()))?;
-    if let Some(path) = &config.record {
-        let recorder =
-            Recorder::create(path, config.vcpus).map_err(|e| VmmError::Engine(e.to_string()))?;
-        shared = shared.with_recorder(recorder);
-    }
-    if let Some(kernel) = kernel_profile(config)? {
-        shared = shared.with_kernel(kernel);
-    }
-    let shared = Arc::new(shared);
+    let irq = pc_platform(config, &vm)?;
+    let boot = boot_guest(config, &vm)?;
+    let shared = shared_state(config, &console)?;
     // Built-in devices come before the policies: passthrough devices are
     // DMA-mapped before any policy's init can ask what was mapped.
-    let mut builtins: Vec<Arc<dyn BuiltinDevice>> = Vec::new();
-    if config.serial == SerialBackend::Native {
-        builtins.push(Arc::new(NativeSerial::new(
-            Arc::clone(&console),
-            irq.clone(),
-        )));
-    }
-    builtins.push(Arc::new(I8042));
-    if let Some(port) = config.debug_exit {
-        builtins.push(Arc::new(DebugExit::new(port)));
-    }
-    let mut pci_platform: Option<Arc<PciPlatform>> = None;
-    if !config.devices.is_empty() {
-        let pci = PciPlatform::build(&vm, config.mem_bytes, &config.devices, &config.dma_domain)?;
-        // Before any policy's init, which may ask (`dma-mappings`).
-        shared.set_dma_mappings(pci.dma_mappings().to_vec());
-        let pci = Arc::new(pci);
-        pci_platform = Some(Arc::clone(&pci));
-        builtins.push(pci);
-    }
+    let (builtins, pci_platform) = builtin_devices(config, &vm, &console, &irq, &shared)?;
+    let protector: Arc<dyn MemoryProtector> = vm.memslots();
     let env = PolicyEnv {
         engine,
         memory: vm.memory().clone(),
@@ -258,39 +208,16 @@ pub fn run_with_native(
         vcpu_count: config.vcpus,
         irq: irq.clone(),
     };
-    // Instantiate and initialise every policy on every vCPU, then apply
-    // what they protect at init.
-    let mut prepared: Vec<Prepared> = Vec::new();
-    for (index, spec) in config.policies.iter().enumerate() {
-        let mut spec = spec.clone();
-        if let (false, Some(d)) = (spec.sandbox.deadline_set, config.policy_deadline) {
-            spec.sandbox.limits.deadline = d;
-        }
-        let taken = prepared.iter().map(|p| p.slot.name.as_str());
-        let name = unique_name(&spec.path, taken);
-        prepared.push(env.prepare(&spec, index, &name, 1)?);
-    }
-    for p in &prepared {
-        p.activate()?;
-    }
-    let policy_mmio: Vec<GpaRange> = prepared
-        .iter()
-        .flat_map(|p| p.slot.subs.mmio.iter().copied())
-        .collect();
-    for b in &builtins {
-        b.set_policy_mmio(&policy_mmio);
-    }
+    let mut prepared = prepare_policies(config, &env)?;
     let names: Vec<String> = prepared.iter().map(|p| p.slot.name.clone()).collect();
-
-    let builtin_claims: Vec<(Vec<std::ops::RangeInclusive<u16>>, Vec<GpaRange>)> =
-        builtins.iter().map(|b| b.claims()).collect();
+    let builtin_claims: Vec<Claims> = builtins.iter().map(|b| b.claims()).collect();
     let sub_refs: Vec<&Subscriptions> = prepared.iter().map(|p| &p.slot.subs).collect();
-    let routes = Arc::new(
-        Routes::build(&sub_refs, &builtin_claims).map_err(|e| VmmError::Routes(e.to_string()))?,
-    );
-    if !routes.msr_filter().is_empty() {
-        vm.set_msr_filter(routes.msr_filter())?;
+    let plan = plan_routes(&sub_refs, &builtin_claims).map_err(VmmError::Routes)?;
+    plan.tell_devices(&builtins);
+    if !plan.routes.msr_filter().is_empty() {
+        vm.set_msr_filter(plan.routes.msr_filter())?;
     }
+    let routes = plan.routes;
 
     // The CPUID table is the same on every vCPU but for the APIC IDs; the
     // policies are asked once, through vCPU 0's instances.
@@ -301,43 +228,29 @@ pub fn run_with_native(
         .collect();
     let cpuid = cpuid_table(&vm.supported_cpuid()?, &mut first, &subs, &names)?;
 
-    let control = Arc::new(Control::default());
+    let control = Arc::new(StopFlag::default());
     let quiesce = Arc::new(Quiesce::new(config.vcpus as usize));
     let kicks = Arc::new(KickList::new(config.vcpus as usize));
     let handles = VmHandles {
-        routes: Arc::clone(&routes),
+        routes,
         builtins: builtins.clone(),
-        native,
+        hook,
         memory: vm.memory().clone(),
-        protector: Arc::clone(&protector),
+        protector,
         shared: Arc::clone(&shared),
         control: Arc::clone(&control),
         quiesce: Arc::clone(&quiesce),
         kicks: Arc::clone(&kicks),
     };
-    let mut per_vcpu: Vec<Vec<VcpuPolicy>> = (0..config.vcpus).map(|_| Vec::new()).collect();
-    let mut slots = Vec::new();
-    for p in prepared {
-        for (v, instance) in p.instances.into_iter().enumerate() {
-            per_vcpu[v].push(p.slot.for_vcpu(instance));
-        }
-        slots.push(p.slot);
-    }
-    let mut workers = Vec::new();
-    for (index, policies) in per_vcpu.into_iter().enumerate() {
-        let mut vcpu = vm.create_vcpu(index as u32)?;
-        vcpu.set_cpuid(&per_vcpu_cpuid(&cpuid, vcpu.index()))?;
-        if irqchip {
-            // LINT0 takes the PIC's interrupts, LINT1 NMIs, as on a PC.
-            vcpu.set_lapic_lints()?;
-        }
-        // Linux: the boot CPU starts at the entry; the others wait in
-        // their LAPIC for the kernel's INIT/SIPI.
-        if boot.linux.is_none() || index == 0 {
-            vcpu.boot(&boot)?;
-        }
-        workers.push(VcpuWorker::new(vcpu, policies, handles.clone()));
-    }
+    let (workers, slots) = vcpu_workers(
+        config,
+        &vm,
+        &boot,
+        irq.is_some(),
+        &cpuid,
+        prepared,
+        &handles,
+    )?;
 
     let services = if config.control.is_some() || config.watch {
         let kicks = Arc::clone(&kicks);
@@ -373,17 +286,164 @@ pub fn run_with_native(
     Ok(report)
 }
 
+/// The in-kernel PIC, IOAPIC and PIT, when the VM needs interrupts (a
+/// Linux boot, `--irqchip`, a PCI device); they must exist before the
+/// first vCPU.
+fn pc_platform(
+    config: &VmConfig,
+    vm: &Arc<Vm>,
+) -> Result<Option<Arc<dyn InterruptLines>>, VmmError> {
+    if config.irqchip || config.linux.is_some() || !config.devices.is_empty() {
+        vm.create_pc_platform()?;
+        Ok(Some(Arc::clone(vm) as Arc<dyn InterruptLines>))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Loads the kernel or guest image and writes the boot tables.
+fn boot_guest(config: &VmConfig, vm: &Vm) -> Result<BootState, VmmError> {
+    let boot = match &config.linux {
+        Some(linux) => {
+            let args = LinuxArgs {
+                ram_size: config.mem_bytes,
+                vcpus: config.vcpus,
+                initrd: linux.initrd.as_deref(),
+                cmdline: &linux.cmdline,
+            };
+            let loaded = load_linux(vm.memory(), &linux.kernel, &args)?;
+            BootState {
+                mode: loaded.mode,
+                entry: loaded.entry,
+                vcpu_count: config.vcpus,
+                linux: Some(loaded.info),
+            }
+        }
+        None => load_guest(config, vm)?,
+    };
+    boot.check()?;
+    boot.write_tables(vm.memory())?;
+    Ok(boot)
+}
+
+/// Console, events, the recording and the kernel profile: what every
+/// policy and vCPU shares.
+fn shared_state(
+    config: &VmConfig,
+    console: &Arc<dyn ConsoleSink>,
+) -> Result<Arc<Shared>, VmmError> {
+    let mut shared = Shared::new(Arc::clone(console), config.events.as_deref())
+        .map_err(|e| VmmError::Engine(e.to_string()))?;
+    if let Some(path) = &config.record {
+        let recorder =
+            Recorder::create(path, config.vcpus).map_err(|e| VmmError::Engine(e.to_string()))?;
+        shared = shared.with_recorder(recorder);
+    }
+    if let Some(kernel) = kernel_profile(config)? {
+        shared = shared.with_kernel(kernel);
+    }
+    Ok(Arc::new(shared))
+}
+
+/// The UART, the i8042, the debug-exit port and the PCI segment, in route
+/// order.
+type Builtins = (Vec<Arc<dyn BuiltinDevice>>, Option<Arc<PciPlatform>>);
+
+fn builtin_devices(
+    config: &VmConfig,
+    vm: &Arc<Vm>,
+    console: &Arc<dyn ConsoleSink>,
+    irq: &Option<Arc<dyn InterruptLines>>,
+    shared: &Shared,
+) -> Result<Builtins, VmmError> {
+    let mut builtins: Vec<Arc<dyn BuiltinDevice>> = Vec::new();
+    if config.serial == SerialBackend::Native {
+        builtins.push(Arc::new(Uart::new(Arc::clone(console), irq.clone())));
+    }
+    builtins.push(Arc::new(I8042));
+    if let Some(port) = config.debug_exit {
+        builtins.push(Arc::new(DebugExit::new(port)));
+    }
+    let mut pci_platform = None;
+    if !config.devices.is_empty() {
+        let pci = PciPlatform::build(vm, config.mem_bytes, &config.devices, &config.dma_domain)?;
+        // Before any policy's init, which may ask (`dma-mappings`).
+        shared.set_dma_mappings(pci.dma_mappings().to_vec());
+        let pci = Arc::new(pci);
+        pci_platform = Some(Arc::clone(&pci));
+        builtins.push(pci);
+    }
+    Ok((builtins, pci_platform))
+}
+
+/// Instantiates and initialises every policy on every vCPU, then applies
+/// what they protect at init.
+fn prepare_policies(config: &VmConfig, env: &PolicyEnv) -> Result<Vec<Prepared>, VmmError> {
+    let mut prepared: Vec<Prepared> = Vec::new();
+    for (index, spec) in config.policies.iter().enumerate() {
+        let mut spec = spec.clone();
+        if let (false, Some(d)) = (spec.sandbox.deadline_set, config.policy_deadline) {
+            spec.sandbox.limits.deadline = d;
+        }
+        let taken = prepared.iter().map(|p| p.slot.name.as_str());
+        let name = unique_name(&spec.path, taken);
+        prepared.push(env.prepare(&spec, index, &name, 1)?);
+    }
+    for p in &prepared {
+        p.activate()?;
+    }
+    Ok(prepared)
+}
+
+/// Creates the vCPUs with their CPUID and boot state, and a worker for
+/// each holding its instances of every policy; returns the workers and
+/// the policies' slots (for hot swap).
+fn vcpu_workers(
+    config: &VmConfig,
+    vm: &Vm,
+    boot: &BootState,
+    irqchip: bool,
+    cpuid: &[CpuidEntry],
+    prepared: Vec<Prepared>,
+    handles: &VmHandles,
+) -> Result<(Vec<VcpuWorker>, Vec<Slot>), VmmError> {
+    let mut per_vcpu: Vec<Vec<VcpuPolicy>> = (0..config.vcpus).map(|_| Vec::new()).collect();
+    let mut slots = Vec::new();
+    for p in prepared {
+        for (v, instance) in p.instances.into_iter().enumerate() {
+            per_vcpu[v].push(p.slot.for_vcpu(instance));
+        }
+        slots.push(p.slot);
+    }
+    let mut workers = Vec::new();
+    for (index, policies) in per_vcpu.into_iter().enumerate() {
+        let mut vcpu = vm.create_vcpu(index as u32)?;
+        vcpu.set_cpuid(&per_vcpu_cpuid(cpuid, vcpu.index()))?;
+        if irqchip {
+            // LINT0 takes the PIC's interrupts, LINT1 NMIs, as on a PC.
+            vcpu.set_lapic_lints()?;
+        }
+        // Linux: the boot CPU starts at the entry; the others wait in
+        // their LAPIC for the kernel's INIT/SIPI.
+        if boot.linux.is_none() || index == 0 {
+            vcpu.boot(boot)?;
+        }
+        workers.push(VcpuWorker::new(vcpu, policies, handles.clone()));
+    }
+    Ok((workers, slots))
+}
+
 /// Starts one thread per vCPU and waits for the VM to end.
 fn run_workers(
     workers: Vec<VcpuWorker>,
-    control: &Arc<Control>,
+    control: &Arc<StopFlag>,
     kicks: &KickList,
     names: &[String],
 ) -> Result<RunReport, VmmError> {
     install_kick_handler()?;
     signals::install()
         .map_err(|e| VmmError::Engine(format!("cannot install signal handlers: {e}")))?;
-    let (tx, rx) = mpsc::channel::<(VcpuEnd, Stats)>();
+    let (tx, rx) = mpsc::channel::<(VmOutcome, Stats)>();
     let started = Instant::now();
     let mut handles = Vec::new();
     for (i, worker) in workers.into_iter().enumerate() {
@@ -412,7 +472,7 @@ fn run_workers(
     };
     while remaining > 0 {
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok((VcpuEnd::Done(end), vcpu_stats)) => {
+            Ok((end, vcpu_stats)) => {
                 remaining -= 1;
                 stats.merge(&vcpu_stats);
                 // A vCPU that halted leaves the others running; any other

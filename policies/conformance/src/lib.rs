@@ -2,6 +2,8 @@
 //! the C, Python and JavaScript builds are checked against. Every line of
 //! behaviour here is a row of the spec's table.
 
+#![forbid(unsafe_code)]
+
 use wasmvisor_policy_sdk::{
     export_policy, host, mask, Action, Capabilities, Config, Direction, EventSet, Exit, IoExit,
     MemAccess, MemViolation, MmioExit, MsrExit, Policy, Protection, Subscriptions, Verdict,

@@ -65,6 +65,8 @@
 //! policy wanted and `got` the one written; in `guest-mismatch`, `got` is
 //! the count the guest reports having read.
 
+#![forbid(unsafe_code)]
+
 use wasmvisor_policy_sdk::json::Object;
 use wasmvisor_policy_sdk::{
     export_policy, host, Capabilities, Config, Direction, Exit, IoExit, Policy, Subscriptions,

@@ -1,6 +1,8 @@
 //! Rewrites the guest's CPUID table: the vendor string, the hypervisor
 //! signature, and feature bits to hide.
 
+#![forbid(unsafe_code)]
+
 use wasmvisor_policy_sdk::{export_policy, Config, CpuidLeaf, Policy, Subscriptions};
 
 /// The hypervisor leaf range base.

@@ -1,6 +1,8 @@
 //! Records every port I/O exit it sees as an `io` event and passes the exit
 //! on. List it before the policies it observes.
 
+#![forbid(unsafe_code)]
+
 use wasmvisor_policy_sdk::json::Object;
 use wasmvisor_policy_sdk::{
     export_policy, host, Config, Direction, Exit, IoExit, LogLevel, Policy, PortRange,

@@ -7,6 +7,8 @@
 //! profile: the address of `init_uts_ns` and the offsets of
 //! `uts_namespace.name` and `new_utsname.{release,version,machine}`.
 
+#![forbid(unsafe_code)]
+
 use wasmvisor_policy_sdk::json::Object;
 use wasmvisor_policy_sdk::kernel::{member, symbol, Failure};
 use wasmvisor_policy_sdk::{

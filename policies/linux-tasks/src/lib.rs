@@ -6,6 +6,8 @@
 //! `tasks` member of the next task, until it is back at `init_task`. The
 //! addresses and offsets come from the VM's kernel profile.
 
+#![forbid(unsafe_code)]
+
 use wasmvisor_policy_sdk::json::Object;
 use wasmvisor_policy_sdk::kernel::{member, symbol, Failure};
 use wasmvisor_policy_sdk::{

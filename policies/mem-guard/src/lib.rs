@@ -9,6 +9,8 @@
 //! that is reported and denied, allowed, or let through for good. Explicit
 //! GPA ranges can be guarded too, write-protected or no-access.
 
+#![forbid(unsafe_code)]
+
 #[cfg(test)]
 mod minios;
 mod walk;

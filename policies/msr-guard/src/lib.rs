@@ -1,6 +1,8 @@
 //! Guards MSRs: watched MSRs are either allowed through to the host,
 //! emulated as virtual MSRs, or refused with #GP.
 
+#![forbid(unsafe_code)]
+
 use wasmvisor_policy_sdk::json::Object;
 use wasmvisor_policy_sdk::{
     export_policy, host, Capabilities, Config, Direction, Exit, LogLevel, MsrExit, Policy,

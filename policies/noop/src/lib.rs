@@ -3,6 +3,8 @@
 //! through a policy; with `constant=true` it declares those answers as
 //! constants instead, and the host gives them without calling it.
 
+#![forbid(unsafe_code)]
+
 use wasmvisor_policy_sdk::{
     export_policy, host, Config, Direction, Exit, IoExit, MmioExit, MsrExit, Policy, Subscriptions,
     Verdict,

@@ -23,6 +23,8 @@
 //! Everything the policy does not refuse it declines, so the device (the
 //! built-in PCI segment, or a passthrough device) answers as usual.
 
+#![forbid(unsafe_code)]
+
 use wasmvisor_policy_sdk::json::{self, Object};
 use wasmvisor_policy_sdk::{
     export_policy, host, Config, Direction, Exit, IoExit, MmioExit, Policy, Subscriptions, Verdict,

@@ -1,6 +1,8 @@
 //! A register bank reachable by port I/O and/or MMIO: a read-only 32-bit
 //! ID register at offset 0, then bytes the guest may read and write.
 
+#![forbid(unsafe_code)]
+
 use wasmvisor_policy_sdk::{
     export_policy, Config, Direction, Exit, IoExit, MmioExit, Policy, Subscriptions, Verdict,
 };

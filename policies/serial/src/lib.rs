@@ -12,103 +12,12 @@
 //! programs the UART on one vCPU and writes to it from another sees the
 //! registers of the vCPU it is on.
 
+#![forbid(unsafe_code)]
+
 use wasmvisor_policy_sdk::{
     export_policy, host, Config, Direction, Exit, HostError, IoExit, Policy, Subscriptions, Verdict,
 };
-
-/// LCR bit 7: the divisor latch is mapped at offsets 0 and 1.
-const LCR_DLAB: u8 = 0x80;
-/// MCR bit 4: loopback, the modem outputs drive the modem inputs.
-const MCR_LOOP: u8 = 0x10;
-/// IIR: no interrupt pending; THR empty pending.
-const IIR_NONE: u8 = 0x01;
-const IIR_THRI: u8 = 0x02;
-/// IER bit 1: interrupt when THR is empty.
-const IER_THRI: u8 = 0x02;
-/// MCR bit 3: OUT2, which connects the interrupt to the PIC on a PC.
-const MCR_OUT2: u8 = 0x08;
-/// LSR: transmit holding register empty, transmitter empty.
-const LSR_IDLE: u8 = 0x60;
-/// MSR: carrier detect, data set ready, clear to send.
-const MSR_IDLE: u8 = 0xb0;
-
-/// The UART's registers (one copy per vCPU instance).
-#[derive(Debug, Default)]
-struct Uart {
-    ier: u8,
-    lcr: u8,
-    mcr: u8,
-    scr: u8,
-    dll: u8,
-    dlm: u8,
-    /// The THR-empty interrupt is pending (not yet acknowledged).
-    thre_pending: bool,
-}
-
-impl Uart {
-    fn dlab(&self) -> bool {
-        self.lcr & LCR_DLAB != 0
-    }
-
-    /// The level of the interrupt output.
-    fn irq_level(&self) -> bool {
-        self.ier & IER_THRI != 0 && self.thre_pending && self.mcr & MCR_OUT2 != 0
-    }
-
-    /// The value a read of register `offset` returns.
-    fn read(&mut self, offset: u16) -> u8 {
-        match offset {
-            0 if self.dlab() => self.dll,
-            0 => 0, // RBR: nothing received
-            1 if self.dlab() => self.dlm,
-            1 => self.ier,
-            2 if self.ier & IER_THRI != 0 && self.thre_pending => {
-                // Reading IIR acknowledges the THR-empty interrupt.
-                self.thre_pending = false;
-                IIR_THRI
-            }
-            2 => IIR_NONE,
-            3 => self.lcr,
-            4 => self.mcr,
-            5 => LSR_IDLE,
-            6 if self.mcr & MCR_LOOP != 0 => self.loopback_msr(),
-            6 => MSR_IDLE,
-            _ => self.scr,
-        }
-    }
-
-    /// Stores a write of `value` to register `offset`; returns the byte to
-    /// transmit for a THR write.
-    fn write(&mut self, offset: u16, value: u8) -> Option<u8> {
-        match offset {
-            0 if self.dlab() => self.dll = value,
-            0 => {
-                self.thre_pending = true;
-                return Some(value);
-            }
-            1 if self.dlab() => self.dlm = value,
-            1 => {
-                // Enabling the interrupt while THR is empty raises it.
-                if value & IER_THRI != 0 && self.ier & IER_THRI == 0 {
-                    self.thre_pending = true;
-                }
-                self.ier = value & 0x0f;
-            }
-            2 => {} // FCR: the FIFOs are not modelled
-            3 => self.lcr = value,
-            4 => self.mcr = value & 0x1f,
-            5 | 6 => {} // LSR and MSR are read-only
-            _ => self.scr = value,
-        }
-        None
-    }
-
-    /// MSR in loopback mode: DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD.
-    fn loopback_msr(&self) -> u8 {
-        let m = self.mcr;
-        ((m & 0x01) << 5) | ((m & 0x02) << 3) | ((m & 0x04) << 4) | ((m & 0x08) << 4)
-    }
-}
+use wasmvisor_uart16550::Uart16550 as Uart;
 
 struct Serial {
     base: u16,
@@ -193,6 +102,7 @@ export_policy!(Serial);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmvisor_uart16550::{IER_THRI, IIR_NONE, IIR_THRI, MCR_OUT2};
 
     #[test]
     fn idle_status_registers() {

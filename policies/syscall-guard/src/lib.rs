@@ -11,6 +11,8 @@
 //! memory violation, is reported with the writer's RIP named from the
 //! kernel's symbols, and is allowed.
 
+#![forbid(unsafe_code)]
+
 use wasmvisor_policy_sdk::linux_syscalls::X86_64_SYSCALLS;
 
 use wasmvisor_policy_sdk::json::{self, Object};

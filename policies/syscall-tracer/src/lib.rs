@@ -9,6 +9,8 @@
 //! lets the guest continue. Optionally it single-steps the first few
 //! instructions of the first call.
 
+#![forbid(unsafe_code)]
+
 use wasmvisor_policy_sdk::json::Object;
 use wasmvisor_policy_sdk::linux_syscalls::x86_64_syscall;
 use wasmvisor_policy_sdk::{

@@ -10,6 +10,8 @@
 //! when the kernel has finished its set-up, at its WRMSR of IA32_LSTAR
 //! (and/or at its first HLT), and emits one `task` event per task.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeSet;
 
 use wasmvisor_policy_sdk::json::Object;

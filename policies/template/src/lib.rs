@@ -5,6 +5,8 @@
 //! `wasmvisor run --guest G --policy template.wasm:port=0x510,value=7`.
 //! More: docs/writing-a-policy.md in the wasmvisor repository.
 
+#![forbid(unsafe_code)]
+
 use wasmvisor_policy_sdk::{
     export_policy, host, Config, Direction, Exit, IoExit, Policy, Subscriptions, Verdict,
 };

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use wasmvisor_exit::{Capabilities, Direction, ExitEvent, ExitKind, IoExit, Reg, VcpuAccess};
-use wasmvisor_exit::{Exception, VcpuAccessError};
+use wasmvisor_exit::testing::FakeOp;
+use wasmvisor_exit::{Capabilities, Direction, ExitEvent, ExitKind, IoExit, Reg};
 use wasmvisor_policy::{CaptureConsole, InstanceContext, PolicyEngine, PolicyImage, Shared};
 
 /// Guest RAM size of the test contexts.
@@ -111,44 +111,12 @@ pub fn io(port: u16, direction: Direction, data: u32) -> ExitEvent {
     }
 }
 
-/// A vCPU whose registers hold fixed values; control registers fail like
-/// a broken ioctl.
-#[derive(Debug, Default)]
-pub struct FakeVcpu {
-    pub rax: u64,
-    pub reads: u32,
-}
+pub use wasmvisor_exit::testing::FakeVcpu;
 
-impl VcpuAccess for FakeVcpu {
-    fn index(&self) -> u32 {
-        0
-    }
-
-    fn get_reg(&mut self, reg: Reg) -> Result<u64, VcpuAccessError> {
-        self.reads += 1;
-        match reg {
-            Reg::Rax => Ok(self.rax),
-            r if r.is_general() => Ok(0),
-            _ => Err(VcpuAccessError {
-                op: "KVM_GET_SREGS",
-                reason: "injected failure".into(),
-            }),
-        }
-    }
-
-    fn set_reg(&mut self, _reg: Reg, _value: u64) -> Result<(), VcpuAccessError> {
-        Ok(())
-    }
-
-    fn inject_exception(&mut self, _exception: Exception) -> Result<(), VcpuAccessError> {
-        Ok(())
-    }
-
-    fn host_rdmsr(&mut self, _index: u32) -> Result<Option<u64>, VcpuAccessError> {
-        Ok(None)
-    }
-
-    fn host_wrmsr(&mut self, _index: u32, _value: u64) -> Result<bool, VcpuAccessError> {
-        Ok(false)
-    }
+/// A vCPU whose RAX reads `rax` and other general registers 0; control
+/// registers fail like a broken `KVM_GET_SREGS` ioctl.
+pub fn vcpu(rax: u64) -> FakeVcpu {
+    FakeVcpu::new()
+        .with_reg(Reg::Rax, rax)
+        .failing(FakeOp::GetControlReg)
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::VmmError;
-use crate::hotswap::HotSwap;
+use crate::policies::hotswap::HotSwap;
 
 pub use client::{ClientError, ControlClient};
 pub use protocol::{Reply, Request, MAX_REQUEST_BYTES};

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::PolicySpec;
-use crate::hotswap::{Change, ChangeReport, Listing};
+use crate::policies::hotswap::{Change, ChangeReport, Listing};
 
 /// Longest request line accepted, newline included.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;

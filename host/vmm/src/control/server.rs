@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::VmmError;
-use crate::hotswap::HotSwap;
+use crate::policies::hotswap::HotSwap;
 
 use super::protocol::{self, Command, Reply, MAX_REQUEST_BYTES};
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::hotswap::{Change, HotSwap};
+use crate::policies::hotswap::{Change, HotSwap};
 
 const POLL: Duration = Duration::from_millis(250);
 

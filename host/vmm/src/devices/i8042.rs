@@ -12,7 +12,7 @@ use std::ops::RangeInclusive;
 
 use wasmvisor_exit::{Completion, Direction, ExitEvent, ExitKind, GpaRange};
 
-use crate::builtin::{reads_zero, BuiltinDevice};
+use crate::devices::builtin::{reads_zero, BuiltinDevice};
 use crate::outcome::VmOutcome;
 
 /// The data port.

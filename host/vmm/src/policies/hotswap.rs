@@ -11,19 +11,19 @@
 //! by exactly one generation, and a change that fails at any step leaves
 //! the old policies serving.
 
-use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use wasmvisor_exit::{GpaRange, Routes, Subscriptions};
+use wasmvisor_exit::{Routes, Subscriptions};
 use wasmvisor_kvm::{CpuidEntry, Vm};
 
-use crate::builtin::BuiltinDevice;
+use crate::boot::cpuid::{ask, entries_of};
 use crate::config::PolicySpec;
-use crate::cpuid::{ask, entries_of};
-use crate::policy_set::{unique_name, PolicyEnv, Prepared, Slot};
-use crate::quiesce::{Handover, Quiesce};
+use crate::devices::builtin::BuiltinDevice;
+use crate::policies::policy_set::{unique_name, PolicyEnv, Prepared, Slot};
+use crate::policies::quiesce::{Handover, Quiesce};
+use crate::policies::routing::{plan_routes, Claims};
 
 /// How long the vCPUs get to reach an exit boundary. A policy call in
 /// flight is bounded by its deadline, so this is only hit by a host stall.
@@ -90,7 +90,7 @@ pub struct HotSwap {
     vm: Arc<Vm>,
     quiesce: Arc<Quiesce>,
     kick: Box<dyn Fn() + Send + Sync>,
-    builtin_claims: Vec<(Vec<RangeInclusive<u16>>, Vec<GpaRange>)>,
+    builtin_claims: Vec<Claims>,
     /// Told of the policies' MMIO ranges after each change.
     builtins: Vec<Arc<dyn BuiltinDevice>>,
     /// The CPUID table the vCPUs were started with (before per-vCPU APIC
@@ -106,7 +106,7 @@ pub(crate) struct HotSwapParts {
     pub vm: Arc<Vm>,
     pub quiesce: Arc<Quiesce>,
     pub kick: Box<dyn Fn() + Send + Sync>,
-    pub builtin_claims: Vec<(Vec<RangeInclusive<u16>>, Vec<GpaRange>)>,
+    pub builtin_claims: Vec<Claims>,
     pub builtins: Vec<Arc<dyn BuiltinDevice>>,
     pub cpuid: Vec<CpuidEntry>,
     pub default_deadline: Option<Duration>,
@@ -232,9 +232,8 @@ impl HotSwap {
                 }
             })
             .collect();
-        let routes =
-            Arc::new(Routes::build(&subs, &self.builtin_claims).map_err(|e| e.to_string())?);
-        let policy_mmio: Vec<GpaRange> = subs.iter().flat_map(|s| s.mmio.iter().copied()).collect();
+        let plan = plan_routes(&subs, &self.builtin_claims)?;
+        let routes = Arc::clone(&plan.routes);
         let prepare_us = started.elapsed().as_micros() as u64;
         let cache = prepared
             .as_ref()
@@ -273,9 +272,7 @@ impl HotSwap {
         }
         // Mapped device memory the new policies subscribe to is trapped
         // (and what they dropped is mapped) before any vCPU runs again.
-        for b in &self.builtins {
-            b.set_policy_mmio(&policy_mmio);
-        }
+        plan.tell_devices(&self.builtins);
         if index == state.names.len() {
             state.names.push(name.clone());
         }

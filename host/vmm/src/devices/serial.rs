@@ -1,6 +1,7 @@
-//! The built-in native 16550 UART (`--serial native`): the same device
-//! the Wasm serial policy models, for guests and benchmarks that want the
-//! console without a policy in the path.
+//! The built-in 16550 UART, the default console (`--serial native`): the
+//! same register model as the Wasm serial policy (`wasmvisor-uart16550`),
+//! for guests and benchmarks that want the console without a policy in
+//! the path.
 //!
 //! Transmit only: every byte written to THR goes out at once, so THR is
 //! always empty. With an interrupt controller (Linux boots, `--irqchip`)
@@ -13,54 +14,35 @@ use std::sync::{Arc, Mutex};
 
 use wasmvisor_exit::{Completion, Direction, ExitEvent, ExitKind, GpaRange, InterruptLines};
 use wasmvisor_policy::ConsoleSink;
+use wasmvisor_uart16550::Uart16550;
 
-use crate::builtin::BuiltinDevice;
+use crate::devices::builtin::BuiltinDevice;
 
 /// COM1.
 pub const COM1: u16 = 0x3f8;
 /// COM1's ISA interrupt line.
 pub const COM1_IRQ: u32 = 4;
 
-/// IER bit 1: interrupt when THR is empty.
-const IER_THRI: u8 = 0x02;
-/// MCR bit 3: OUT2, which connects the UART's interrupt to the PIC on a PC.
-const MCR_OUT2: u8 = 0x08;
-/// IIR: no interrupt pending; THR empty pending.
-const IIR_NONE: u8 = 0x01;
-const IIR_THRI: u8 = 0x02;
-
+/// The registers (the model the serial policy shares) and the level the
+/// interrupt line was last set to.
 #[derive(Debug, Default)]
 struct Regs {
-    ier: u8,
-    lcr: u8,
-    mcr: u8,
-    scr: u8,
-    dll: u8,
-    dlm: u8,
-    /// The THR-empty interrupt is pending (not yet acknowledged).
-    thre_pending: bool,
-    /// The level the interrupt line was last set to.
+    uart: Uart16550,
     line: bool,
-}
-
-impl Regs {
-    fn irq_level(&self) -> bool {
-        self.ier & IER_THRI != 0 && self.thre_pending && self.mcr & MCR_OUT2 != 0
-    }
 }
 
 /// A transmit-only 16550 shared by all vCPUs.
 #[derive(Clone)]
-pub struct NativeSerial {
+pub struct Uart {
     regs: Arc<Mutex<Regs>>,
     console: Arc<dyn ConsoleSink>,
     irq: Option<Arc<dyn InterruptLines>>,
 }
 
-impl NativeSerial {
+impl Uart {
     /// A UART writing to `console`, raising IRQ 4 through `irq` if given.
     pub fn new(console: Arc<dyn ConsoleSink>, irq: Option<Arc<dyn InterruptLines>>) -> Self {
-        NativeSerial {
+        Uart {
             regs: Arc::new(Mutex::new(Regs::default())),
             console,
             irq,
@@ -68,7 +50,7 @@ impl NativeSerial {
     }
 }
 
-impl BuiltinDevice for NativeSerial {
+impl BuiltinDevice for Uart {
     fn claims(&self) -> (Vec<RangeInclusive<u16>>, Vec<GpaRange>) {
         (vec![COM1..=COM1 + 7], Vec::new())
     }
@@ -79,53 +61,18 @@ impl BuiltinDevice for NativeSerial {
             return;
         };
         let offset = io.port.wrapping_sub(COM1);
-        let byte = io.data as u8;
         // A poisoned lock only means another vCPU panicked mid-access; the
         // registers are plain bytes, so keep serving.
         let mut r = self.regs.lock().unwrap_or_else(|p| p.into_inner());
-        let dlab = r.lcr & 0x80 != 0;
         match io.direction {
-            Direction::Write => match (offset, dlab) {
-                (0, false) => {
+            Direction::Write => {
+                if let Some(byte) = r.uart.write(offset, io.data as u8) {
                     self.console.write(&[byte]);
-                    r.thre_pending = true;
                 }
-                (0, true) => r.dll = byte,
-                (1, false) => {
-                    // Enabling the interrupt while THR is empty raises it.
-                    if byte & IER_THRI != 0 && r.ier & IER_THRI == 0 {
-                        r.thre_pending = true;
-                    }
-                    r.ier = byte & 0x0f;
-                }
-                (1, true) => r.dlm = byte,
-                (3, _) => r.lcr = byte,
-                (4, _) => r.mcr = byte,
-                (7, _) => r.scr = byte,
-                _ => {}
-            },
-            Direction::Read => {
-                let value = match (offset, dlab) {
-                    (0, false) => 0,
-                    (0, true) => r.dll,
-                    (1, false) => r.ier,
-                    (1, true) => r.dlm,
-                    (2, _) if r.ier & IER_THRI != 0 && r.thre_pending => {
-                        // Reading IIR acknowledges the THR-empty interrupt.
-                        r.thre_pending = false;
-                        IIR_THRI
-                    }
-                    (2, _) => IIR_NONE,
-                    (3, _) => r.lcr,
-                    (4, _) => r.mcr,
-                    (5, _) => 0x60,
-                    (6, _) => 0xb0,
-                    _ => r.scr,
-                };
-                completion.read = Some(u64::from(value));
             }
+            Direction::Read => completion.read = Some(u64::from(r.uart.read(offset))),
         }
-        let level = r.irq_level();
+        let level = r.uart.irq_level();
         if level != r.line {
             if let Some(irq) = &self.irq {
                 // The line is KVM's; if setting it fails the guest just
@@ -142,13 +89,14 @@ impl BuiltinDevice for NativeSerial {
 mod tests {
     use super::*;
     use wasmvisor_exit::{IoExit, RecordedLines};
+    use wasmvisor_uart16550::{IER_THRI, IIR_NONE, IIR_THRI, MCR_OUT2};
 
     struct Sink;
     impl ConsoleSink for Sink {
         fn write(&self, _bytes: &[u8]) {}
     }
 
-    fn access(uart: &NativeSerial, offset: u16, direction: Direction, data: u8) -> Option<u64> {
+    fn access(uart: &Uart, offset: u16, direction: Direction, data: u8) -> Option<u64> {
         let event = ExitEvent {
             vcpu: 0,
             seq: 0,
@@ -168,7 +116,7 @@ mod tests {
     #[test]
     fn the_thr_empty_interrupt_follows_ier_iir_thr_and_out2() {
         let lines = Arc::new(RecordedLines::default());
-        let uart = NativeSerial::new(Arc::new(Sink), Some(lines.clone()));
+        let uart = Uart::new(Arc::new(Sink), Some(lines.clone()));
         let calls = || lines.calls.lock().unwrap().clone();
         // Enabled in IER but OUT2 off: pending, not on the line.
         access(&uart, 1, Direction::Write, IER_THRI);
@@ -206,7 +154,7 @@ mod tests {
 
     #[test]
     fn without_an_interrupt_controller_the_uart_runs_polled() {
-        let uart = NativeSerial::new(Arc::new(Sink), None);
+        let uart = Uart::new(Arc::new(Sink), None);
         access(&uart, 4, Direction::Write, MCR_OUT2);
         access(&uart, 1, Direction::Write, IER_THRI);
         assert_eq!(

@@ -37,7 +37,7 @@ use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use wasmvisor_kvm::{BootMode, LinuxEntry};
 
-use crate::{acpi, pvh};
+use crate::{boot::acpi, boot::pvh};
 
 /// Where the zero page (or PVH start_info) goes.
 pub const ZERO_PAGE: u64 = 0x7000;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use wasmvisor_exit::Routes;
 
-use crate::vcpu_loop::VcpuPolicy;
+use crate::policies::slot::VcpuPolicy;
 
 /// The instances one vCPU holds, by policy slot (`None`: unloaded).
 pub(crate) type Instances = Vec<Option<VcpuPolicy>>;

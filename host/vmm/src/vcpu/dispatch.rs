@@ -1,264 +1,85 @@
-//! The per-vCPU thread: run, classify, dispatch, validate, apply,
-//! complete, repeat.
+//! Exit dispatch, apart from the vCPU thread: for one exit, find who
+//! answers it (the embedder's hook, the policies in route order with their
+//! declared constants, fault modes and quarantine, the built-in devices,
+//! then the default handler), check the answer and apply it to the vCPU.
+//! It is generic over the vCPU (`VcpuAccess`), so tests drive it with a
+//! fake vCPU and real policy components, without KVM (`tests.rs`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use vm_memory::GuestMemoryMmap;
 use wasmvisor_exit::{
     apply, classify, constant_answer, default_actions, perform_access, validate, Action,
-    ApplyError, Capabilities, Completion, Constant, ConstantAnswer, Direction, Exception,
-    ExitEvent, ExitKind, Flow, GuestEnv, MemAccess, MemViolation, MemoryProtector, Route, Routes,
-    Target,
+    ApplyError, Completion, ConstantAnswer, Direction, Exception, ExitEvent, ExitKind, Flow,
+    GuestEnv, MemAccess, MemViolation, MemoryProtector, Route, Routes, Target, VcpuAccess,
 };
-use wasmvisor_kvm::{KickList, Kicker, RunOutcome, Vcpu};
-use wasmvisor_policy::{CallError, PolicyInstance, Shared, Verdict};
+use wasmvisor_policy::{CallError, Shared, Verdict};
 
-use crate::builtin::BuiltinDevice;
-use crate::ledger::OwnedProtector;
-use crate::native::NativeHandler;
+use crate::devices::builtin::BuiltinDevice;
 use crate::outcome::VmOutcome;
-use crate::quiesce::Quiesce;
-use crate::sandbox::OnFault;
-use crate::stats::{PolicyStats, Stats};
+use crate::policies::sandbox::OnFault;
+use crate::policies::slot::VcpuPolicy;
+use crate::stats::Stats;
+use crate::vcpu::hook::ExitHook;
 
-/// State shared by all vCPU threads of one VM.
-#[derive(Default)]
-pub(crate) struct Control {
-    /// Set when the VM must stop; every vCPU checks it after each exit.
-    pub stop: AtomicBool,
-}
+#[cfg(test)]
+mod tests;
 
-/// Fault count and quarantine state of one policy, shared by its
-/// instances on every vCPU.
-pub(crate) struct PolicyHealth {
-    faults: AtomicU64,
-    quarantine_after: u64,
-    quarantined: AtomicBool,
-}
-
-impl PolicyHealth {
-    pub fn new(quarantine_after: u64) -> PolicyHealth {
-        PolicyHealth {
-            faults: AtomicU64::new(0),
-            quarantine_after,
-            quarantined: AtomicBool::new(false),
-        }
-    }
-
-    /// Faults so far, over all vCPUs.
-    pub fn faults(&self) -> u64 {
-        self.faults.load(Ordering::Relaxed)
-    }
-
-    fn is_quarantined(&self) -> bool {
-        self.quarantined.load(Ordering::Relaxed)
-    }
-
-    /// Counts a fault; returns the total and whether this one tipped the
-    /// policy into quarantine.
-    fn record(&self) -> (u64, bool) {
-        let n = self.faults.fetch_add(1, Ordering::AcqRel) + 1;
-        let tip = self.quarantine_after != 0
-            && n >= self.quarantine_after
-            && !self.quarantined.swap(true, Ordering::AcqRel);
-        (n, tip)
-    }
-}
-
-/// One loaded policy as a vCPU thread holds it.
-pub(crate) struct VcpuPolicy {
-    pub name: String,
-    pub instance: PolicyInstance<Vcpu>,
-    pub grants: Capabilities,
-    pub on_fault: OnFault,
-    pub health: Arc<PolicyHealth>,
-    /// Its handle on page protections, which remembers what it protected.
-    pub protector: Arc<OwnedProtector>,
-    /// Answers it declared at init, given by the host without a call.
-    pub constants: Vec<Constant>,
-}
-
-/// Everything a vCPU thread owns.
-pub(crate) struct VcpuWorker {
-    pub vcpu: Option<Vcpu>,
+/// What one vCPU's exits are dispatched through.
+pub(crate) struct Dispatcher<V> {
+    /// The vCPU; lent to a policy's store during its call.
+    pub vcpu: Option<V>,
     /// By policy slot; `None` for a policy unloaded while the VM ran.
-    pub policies: Vec<Option<VcpuPolicy>>,
-    pub routes: Arc<Routes>,
+    pub policies: Vec<Option<VcpuPolicy<V>>>,
     pub builtins: Vec<Arc<dyn BuiltinDevice>>,
-    /// The embedder's native handler, consulted before the routes.
-    pub native: Option<Arc<dyn NativeHandler>>,
+    /// The embedder's exit hook, consulted before the routes.
+    pub hook: Option<Arc<dyn ExitHook>>,
     pub memory: GuestMemoryMmap,
     /// Page protections (memslot layout) of the VM.
     pub protector: Arc<dyn MemoryProtector>,
     /// Console, events and counters, for host-side events.
     pub shared: Arc<Shared>,
     ram_size: u64,
-    pub control: Arc<Control>,
-    /// Where this vCPU parks while the policies change.
-    quiesce: Arc<Quiesce>,
-    /// Where this vCPU's thread is registered for kicks.
-    kicks: Arc<KickList>,
     pub stats: Stats,
-    /// The policy whose stop action ends the VM, for the report.
-    answered_by: Option<String>,
+    /// The policy whose answer ended the exit, when it matters for the
+    /// report (a stop) or the event stream (a memory violation).
+    pub answered_by: Option<String>,
 }
 
-/// How this vCPU ended.
-pub(crate) enum VcpuEnd {
-    /// HLT, or stopped because another vCPU asked the VM to stop.
-    Done(VmOutcome),
-}
-
-/// What every vCPU thread of one VM shares.
-#[derive(Clone)]
-pub(crate) struct VmHandles {
-    pub routes: Arc<Routes>,
+/// What a dispatcher is built from, besides its vCPU and policies.
+pub(crate) struct DispatchParts {
     pub builtins: Vec<Arc<dyn BuiltinDevice>>,
-    pub native: Option<Arc<dyn NativeHandler>>,
+    pub hook: Option<Arc<dyn ExitHook>>,
     pub memory: GuestMemoryMmap,
     pub protector: Arc<dyn MemoryProtector>,
     pub shared: Arc<Shared>,
-    pub control: Arc<Control>,
-    pub quiesce: Arc<Quiesce>,
-    pub kicks: Arc<KickList>,
 }
 
-impl VcpuWorker {
-    pub fn new(vcpu: Vcpu, policies: Vec<VcpuPolicy>, vm: VmHandles) -> VcpuWorker {
+impl<V> Dispatcher<V> {
+    pub fn new(vcpu: V, policies: Vec<VcpuPolicy<V>>, parts: DispatchParts) -> Dispatcher<V> {
         let names: Vec<String> = policies.iter().map(|p| p.name.clone()).collect();
-        VcpuWorker {
+        Dispatcher {
             vcpu: Some(vcpu),
             policies: policies.into_iter().map(Some).collect(),
-            ram_size: vm_memory::GuestMemoryBackend::last_addr(&vm.memory).0 + 1,
-            routes: vm.routes,
-            builtins: vm.builtins,
-            native: vm.native,
-            memory: vm.memory,
-            protector: vm.protector,
-            shared: vm.shared,
-            control: vm.control,
-            quiesce: vm.quiesce,
-            kicks: vm.kicks,
+            ram_size: vm_memory::GuestMemoryBackend::last_addr(&parts.memory).0 + 1,
+            builtins: parts.builtins,
+            hook: parts.hook,
+            memory: parts.memory,
+            protector: parts.protector,
+            shared: parts.shared,
             stats: Stats::new(&names),
             answered_by: None,
         }
     }
-
-    fn vcpu(&mut self) -> &mut Vcpu {
-        self.vcpu
-            .as_mut()
-            .expect("the vCPU is only lent out during a policy call")
-    }
-
-    /// Runs until this vCPU halts or the VM stops.
-    pub fn run(mut self) -> (VcpuEnd, Stats) {
-        let mut vcpu = self.vcpu.take().expect("vCPU present at start");
-        let kicker = Kicker::arm(&mut vcpu);
-        self.vcpu = Some(vcpu);
-        let end = self.run_loop();
-        let index = self.vcpu().index() as usize;
-        self.kicks.leave(index);
-        self.quiesce.leave(index);
-        drop(kicker);
-        (VcpuEnd::Done(end), self.stats)
-    }
-
-    fn run_loop(&mut self) -> VmOutcome {
-        // Held for the whole run, so dispatch can borrow the routes while
-        // it mutates the worker, without touching the shared refcount on
-        // every exit.
-        let mut routes = Arc::clone(&self.routes);
-        let index = self.vcpu().index() as usize;
-        loop {
-            let exits = self.vcpu().exits();
-            self.quiesce.note_exits(index, exits);
-            if self.control.stop.load(Ordering::Acquire) {
-                return VmOutcome::Halted;
-            }
-            if self.quiesce.requested() {
-                self.park();
-                routes = Arc::clone(&self.routes);
-            }
-            let outcome = match self.vcpu().run() {
-                Ok(o) => o,
-                Err(e) => return VmOutcome::HostFailure(e.to_string()),
-            };
-            match outcome {
-                RunOutcome::Interrupted => continue,
-                RunOutcome::Fatal(fatal) => {
-                    let event = ExitEvent {
-                        vcpu: fatal.vcpu,
-                        seq: self.vcpu().exits(),
-                        rip: fatal.rip,
-                        kind: ExitKind::Shutdown {
-                            reason: fatal.reason,
-                        },
-                    };
-                    // Subscribers hear about it; the VM stops regardless.
-                    let mut completion = Completion::default();
-                    let _ = self.dispatch(&routes, &event, &mut completion);
-                    return VmOutcome::GuestFault(fatal);
-                }
-                RunOutcome::Exit(mut event) => loop {
-                    let mut completion = Completion::default();
-                    let flow = match self.dispatch_exit(&routes, &mut event, &mut completion) {
-                        Ok(flow) => flow,
-                        Err(outcome) => return outcome,
-                    };
-                    let next = self.vcpu().complete(&completion);
-                    match flow {
-                        Flow::Continue => {}
-                        Flow::Halt => return VmOutcome::Halted,
-                        Flow::Stop(req) => {
-                            return VmOutcome::Stopped {
-                                policy: self.answered_by.take().unwrap_or_default(),
-                                clean: req.clean,
-                                reason: req.reason,
-                            }
-                        }
-                    }
-                    match next {
-                        Some(e) => event = e,
-                        None => break,
-                    }
-                },
-            }
-        }
-    }
 }
 
-impl VcpuWorker {
-    /// Holds this vCPU at its exit boundary while the policies change,
-    /// then takes up the new generation.
-    fn park(&mut self) {
-        let index = self.vcpu().index() as usize;
-        let policies = std::mem::take(&mut self.policies);
-        let handover = self.quiesce.park(index, policies);
-        self.policies = handover.policies;
-        if let Some(routes) = handover.routes {
-            self.routes = routes;
-        }
-        for (i, name) in handover.names.iter().enumerate() {
-            match self.stats.policies.get_mut(i) {
-                Some(row) => row.name.clone_from(name),
-                None => self.stats.policies.push(PolicyStats {
-                    name: name.clone(),
-                    ..Default::default()
-                }),
-            }
-        }
-    }
-}
-
-/// Dispatch lives in its own impl block: it is the hot path.
-impl VcpuWorker {
+impl<V: VcpuAccess + Send + 'static> Dispatcher<V> {
     /// An MMIO exit inside RAM is an access to a protected page (a
     /// read-only slot or a hole): it becomes a mem-violation event. If the
     /// page is no longer protected, the exit raced a layout change and the
     /// access is simply performed against RAM.
-    fn dispatch_exit(
+    pub fn dispatch_exit(
         &mut self,
         routes: &Routes,
         event: &mut ExitEvent,
@@ -321,7 +142,7 @@ impl VcpuWorker {
     }
 
     /// Finds who answers `event`, gets the answer, checks and applies it.
-    fn dispatch(
+    pub fn dispatch(
         &mut self,
         routes: &Routes,
         event: &ExitEvent,
@@ -329,8 +150,8 @@ impl VcpuWorker {
     ) -> Result<Flow, VmOutcome> {
         self.stats.count_exit(&event.kind);
         self.answered_by = None;
-        if let Some(native) = &self.native {
-            if native.handle(event, completion) {
+        if let Some(hook) = &self.hook {
+            if hook.handle(event, completion) {
                 self.stats.builtin += 1;
                 return Ok(Flow::Continue);
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use wasmvisor_exit::{Capabilities, IrqSet, MAX_IRQ_LINE};
 use wasmvisor_policy::{Limits, WasiGrants};
 
-use crate::config::{parse_number, parse_size, ConfigError};
+use crate::units::{parse_number, parse_size, UnitError};
 
 /// What happens when a policy traps, times out or returns an invalid
 /// answer.
@@ -56,8 +56,19 @@ impl Default for Sandbox {
     }
 }
 
-fn bad(key: &str, value: &str, why: &str) -> ConfigError {
-    ConfigError::Sandbox(format!("@{key}={value}: {why}"))
+/// A sandbox setting (`@key=value`) that is not valid, in words.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("{0}")]
+pub struct SandboxError(pub String);
+
+impl From<UnitError> for SandboxError {
+    fn from(e: UnitError) -> SandboxError {
+        SandboxError(e.to_string())
+    }
+}
+
+fn bad(key: &str, value: &str, why: &str) -> SandboxError {
+    SandboxError(format!("@{key}={value}: {why}"))
 }
 
 /// Parses `500us`, `5ms`, `2s` (a bare number is milliseconds).
@@ -78,7 +89,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 
 impl Sandbox {
     /// Applies one setting (`key` without the `@`).
-    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), SandboxError> {
         match key {
             "deadline" => {
                 let d = parse_duration(value)
@@ -152,7 +163,7 @@ impl Sandbox {
                     })?;
             }
             _ => {
-                return Err(ConfigError::Sandbox(format!(
+                return Err(SandboxError(format!(
                     "unknown sandbox setting @{key}: use @deadline, @memory, @tables, @on-fault, @quarantine, @grant, @wasi or @irq"
                 )))
             }

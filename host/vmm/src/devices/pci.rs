@@ -31,9 +31,9 @@ use wasmvisor_vfio::{
     KernelVfio, PassthroughDevice, VfioPciFunction, VfioUserDevice,
 };
 
-use crate::bar_maps::BarMaps;
-use crate::builtin::BuiltinDevice;
 use crate::config::DeviceSpec;
+use crate::devices::bar_maps::BarMaps;
+use crate::devices::builtin::BuiltinDevice;
 use crate::error::VmmError;
 use crate::stats::DeviceStats;
 

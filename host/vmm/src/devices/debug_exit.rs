@@ -8,7 +8,7 @@ use std::ops::RangeInclusive;
 
 use wasmvisor_exit::{Completion, Direction, ExitEvent, ExitKind, GpaRange};
 
-use crate::builtin::{reads_zero, BuiltinDevice};
+use crate::devices::builtin::{reads_zero, BuiltinDevice};
 use crate::outcome::VmOutcome;
 
 /// Ports the device answers from its base, as QEMU's `iosize=4`.

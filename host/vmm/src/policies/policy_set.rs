@@ -15,8 +15,8 @@ use wasmvisor_policy::{
 
 use crate::config::PolicySpec;
 use crate::error::VmmError;
-use crate::ledger::OwnedProtector;
-use crate::vcpu_loop::{PolicyHealth, VcpuPolicy};
+use crate::policies::ledger::OwnedProtector;
+use crate::policies::slot::{PolicyHealth, VcpuPolicy};
 
 /// What preparing a policy needs from the VM.
 #[derive(Clone)]

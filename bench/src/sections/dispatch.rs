@@ -1,0 +1,196 @@
+//! Section 1, exit dispatch: ns per port, MSR and MMIO write exit,
+//! answered natively, by the no-op policy (called, and with its answers
+//! declared as constants) and by the real policies.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use wasmvisor_bench::stats::{median, min};
+use wasmvisor_bench::{dispatch, guest};
+
+use crate::opts::Opts;
+use crate::paths::Paths;
+
+struct Variant {
+    name: &'static str,
+    what: &'static str,
+    policies: Vec<String>,
+    native_answers: bool,
+}
+
+const KINDS: [(&str, u8, u8); 3] = [("port", 1, 2), ("msr", 2, 3), ("mmio", 3, 4)];
+
+fn dispatch_variants(p: &Paths) -> Vec<Variant> {
+    let mmio = format!("{:#x}+{:#x}", guest::MMIO_BASE, guest::MMIO_LEN);
+    let noop = p.policy(
+        "noop",
+        &format!(
+            "ports={:#x},msrs={:#x},mmio={mmio}",
+            guest::SCRATCH_PORT,
+            guest::VIRT_MSR
+        ),
+    );
+    let noop_const = format!("{noop},constant=true");
+    vec![
+        // The no-op policy stays loaded, so KVM's MSR filter (and so the
+        // kernel's path for each exit) is the same as in the Wasm runs;
+        // the native handler answers ahead of it and it is never called.
+        Variant {
+            name: "native",
+            what: "a native Rust handler, ahead of the routes (noop loaded, never called)",
+            policies: vec![noop.clone()],
+            native_answers: true,
+        },
+        Variant {
+            name: "noop",
+            what: "policies/noop, one policy claiming all three",
+            policies: vec![noop],
+            native_answers: false,
+        },
+        Variant {
+            name: "const",
+            what: "policies/noop with constant=true: the same answers declared at init, given by the host without a call",
+            policies: vec![noop_const],
+            native_answers: false,
+        },
+        Variant {
+            name: "real",
+            what: "port: io-tracer then serial (scratch register); msr: msr-guard virtual MSR; mmio: regbank",
+            policies: vec![
+                p.policy("io-tracer", &format!("ports={:#x}", guest::SCRATCH_PORT)),
+                p.policy("serial", ""),
+                p.policy("msr-guard", &format!("msr.{:#x}=0", guest::VIRT_MSR)),
+                p.policy("regbank", &format!("mmio={mmio}")),
+            ],
+            native_answers: false,
+        },
+    ]
+}
+
+pub fn run(p: &Paths, o: &Opts) -> Result<Value> {
+    let image = guest::patched(&p.bench_bin, &p.work, o.count)?;
+    let mut variants = dispatch_variants(p);
+    if let Some(only) = &o.variant {
+        variants.retain(|v| v.name == only);
+        if variants.is_empty() {
+            bail!("no dispatch variant `{only}`: use native, noop, const or real");
+        }
+        return profile_variant(&image, &variants[0], o);
+    }
+    // samples[variant][kind] = ns per exit, one per round
+    let mut samples = vec![vec![Vec::new(); KINDS.len()]; variants.len()];
+    let mut policy_ns: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for round in 0..o.rounds {
+        for k in 0..variants.len() {
+            // Rotate the order so drift in host load spreads evenly.
+            let vi = (k + round) % variants.len();
+            let v = &variants[vi];
+            let r =
+                dispatch::run_guest(&image, guest::ENTRY_DISPATCH, &v.policies, v.native_answers)
+                    .with_context(|| format!("dispatch variant {}", v.name))?;
+            for (ki, (kind, from, to)) in KINDS.iter().enumerate() {
+                let (ns, exits) = r.phase(*from, *to)?;
+                if exits != u64::from(o.count) {
+                    bail!(
+                        "{} {kind}: {exits} exits reached user space, expected {}",
+                        v.name,
+                        o.count
+                    );
+                }
+                samples[vi][ki].push(ns / exits as f64);
+            }
+            for ps in &r.stats.policies {
+                let calls = ps.handled + ps.declined + ps.faults;
+                if calls > 0 {
+                    policy_ns
+                        .entry(format!("{}/{}", v.name, ps.name))
+                        .or_default()
+                        .push(ps.time.as_nanos() as f64 / calls as f64);
+                }
+            }
+        }
+        eprint!(".");
+    }
+    eprintln!();
+
+    let med = |vi: usize, ki: usize| median(&samples[vi][ki]).unwrap_or(f64::NAN);
+    println!(
+        "1. Exit dispatch: ns per exit, median of {} runs, {} exits per phase",
+        o.rounds, o.count
+    );
+    for v in &variants {
+        println!("   {:<7} {}", v.name, v.what);
+    }
+    println!();
+    println!(
+        "   {:<5} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>7} {:>9} {:>7} {:>7}  target (<=1.05x, <=+150 ns)",
+        "kind", "native", "noop", "ratio", "added", "const", "ratio", "added", "real", "ratio", "added"
+    );
+    let mut rows = Vec::new();
+    for (ki, (kind, _, _)) in KINDS.iter().enumerate() {
+        let n = med(0, ki);
+        let (b, k, c) = (med(1, ki), med(2, ki), med(3, ki));
+        let met = |x: f64| x / n <= 1.05 && x - n <= 150.0;
+        let word = |x: f64| if met(x) { "met" } else { "missed" };
+        println!(
+            "   {:<5} {:>9.0} {:>9.0} {:>6.3}x {:>+7.0} {:>9.0} {:>6.3}x {:>+7.0} {:>9.0} {:>6.3}x {:>+7.0}  noop {}, const {}, real {}",
+            kind,
+            n,
+            b,
+            b / n,
+            b - n,
+            k,
+            k / n,
+            k - n,
+            c,
+            c / n,
+            c - n,
+            word(b),
+            word(k),
+            word(c),
+        );
+        rows.push(json!({
+            "kind": kind,
+            "native_ns": n, "noop_ns": b, "const_ns": k, "real_ns": c,
+            "noop_ratio": b / n, "noop_added_ns": b - n,
+            "const_ratio": k / n, "const_added_ns": k - n,
+            "real_ratio": c / n, "real_added_ns": c - n,
+            "native_min_ns": min(&samples[0][ki]), "noop_min_ns": min(&samples[1][ki]),
+            "const_min_ns": min(&samples[2][ki]), "real_min_ns": min(&samples[3][ki]),
+            "samples_ns": {"native": samples[0][ki], "noop": samples[1][ki], "const": samples[2][ki], "real": samples[3][ki]},
+        }));
+    }
+    println!();
+    println!(
+        "   time inside the policy call (handle_exit, host side included), ns per call, median:"
+    );
+    let mut calls = serde_json::Map::new();
+    for (name, v) in &policy_ns {
+        let m = median(v).unwrap_or(f64::NAN);
+        println!("     {name:<20} {m:>7.0}");
+        calls.insert(name.clone(), json!(m));
+    }
+    println!();
+    Ok(json!({"count": o.count, "rounds": o.rounds, "rows": rows, "policy_call_ns": calls}))
+}
+
+/// Runs one dispatch variant `rounds` times and prints its ns per exit;
+/// meant to run under `perf record` or `perf stat`.
+fn profile_variant(image: &Path, v: &Variant, o: &Opts) -> Result<Value> {
+    for _ in 0..o.rounds {
+        let r = dispatch::run_guest(image, guest::ENTRY_DISPATCH, &v.policies, v.native_answers)?;
+        let line: Vec<String> = KINDS
+            .iter()
+            .map(|(kind, from, to)| {
+                r.phase(*from, *to)
+                    .map(|(ns, n)| format!("{kind} {:.0} ns", ns / n as f64))
+                    .unwrap_or_else(|e| format!("{kind}: {e}"))
+            })
+            .collect();
+        println!("{}: {}", v.name, line.join(", "));
+    }
+    Ok(json!(null))
+}

@@ -1,0 +1,72 @@
+//! The closing summary: one line per target of the issue.
+
+use serde_json::Value;
+
+/// One line per target of the issue, from the sections that ran.
+pub fn print(results: &serde_json::Map<String, Value>) {
+    println!("Targets");
+    if let Some(rows) = results.get("dispatch").and_then(|d| d["rows"].as_array()) {
+        let parts: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {:.2}x {:+.0} ns",
+                    r["kind"].as_str().unwrap_or("?"),
+                    r["noop_ratio"].as_f64().unwrap_or(f64::NAN),
+                    r["noop_added_ns"].as_f64().unwrap_or(f64::NAN)
+                )
+            })
+            .collect();
+        let met = rows.iter().all(|r| {
+            r["noop_ratio"].as_f64().is_some_and(|x| x <= 1.05)
+                && r["noop_added_ns"].as_f64().is_some_and(|x| x <= 150.0)
+        });
+        println!(
+            "   dispatch, no-op policy vs native, <= 1.05x and <= +150 ns per exit: {} ({})",
+            if met { "met" } else { "missed" },
+            parts.join(", ")
+        );
+        let parts: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {:.3}x {:+.0} ns",
+                    r["kind"].as_str().unwrap_or("?"),
+                    r["const_ratio"].as_f64().unwrap_or(f64::NAN),
+                    r["const_added_ns"].as_f64().unwrap_or(f64::NAN)
+                )
+            })
+            .collect();
+        let met = rows.iter().all(|r| {
+            r["const_ratio"].as_f64().is_some_and(|x| x <= 1.05)
+                && r["const_added_ns"].as_f64().is_some_and(|x| x <= 150.0)
+        });
+        println!(
+            "   dispatch, no-op policy with declared constants vs native, same target: {} ({})",
+            if met { "met" } else { "missed" },
+            parts.join(", ")
+        );
+    }
+    if let Some(rows) = results.get("startup").and_then(|d| d["rows"].as_array()) {
+        for r in rows {
+            if let Some(x) = r["qemu_over_this"].as_f64() {
+                println!(
+                    "   start-up >= 10x faster than QEMU, {}: {} ({x:.2}x)",
+                    r["variant"].as_str().unwrap_or("?"),
+                    if x >= 10.0 { "met" } else { "missed" }
+                );
+            }
+        }
+    }
+    if let Some(rows) = results.get("hot_swap").and_then(|d| d["rows"].as_array()) {
+        for r in rows.iter().filter(|r| r["cache"] == "hit") {
+            let t = r["total_us_median"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "   hot swap active within 1 ms, precompiled, {} vCPU(s): {} (median {t:.0} us)",
+                r["vcpus"],
+                if t <= 1000.0 { "met" } else { "missed" }
+            );
+        }
+    }
+    println!();
+}

@@ -1,0 +1,175 @@
+//! The per-vCPU thread: run the vCPU, hand each exit to the dispatcher
+//! (`dispatch`), complete it, repeat; park while the policies change.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
+use wasmvisor_exit::{Completion, ExitEvent, ExitKind, Flow, MemoryProtector, Routes};
+use wasmvisor_kvm::{KickList, Kicker, RunOutcome, Vcpu};
+use wasmvisor_policy::Shared;
+
+use crate::devices::builtin::BuiltinDevice;
+use crate::outcome::VmOutcome;
+use crate::policies::quiesce::Quiesce;
+use crate::policies::slot::VcpuPolicy;
+use crate::stats::{PolicyStats, Stats};
+use crate::vcpu::dispatch::{DispatchParts, Dispatcher};
+use crate::vcpu::hook::ExitHook;
+
+/// Set when the VM must stop; every vCPU checks it after each exit.
+#[derive(Default)]
+pub(crate) struct StopFlag {
+    pub stop: AtomicBool,
+}
+
+/// Everything a vCPU thread owns.
+pub(crate) struct VcpuWorker {
+    /// Dispatch of this vCPU's exits, holding the vCPU and its policies.
+    d: Dispatcher<Vcpu>,
+    pub routes: Arc<Routes>,
+    pub control: Arc<StopFlag>,
+    /// Where this vCPU parks while the policies change.
+    quiesce: Arc<Quiesce>,
+    /// Where this vCPU's thread is registered for kicks.
+    kicks: Arc<KickList>,
+}
+
+/// What every vCPU thread of one VM shares.
+#[derive(Clone)]
+pub(crate) struct VmHandles {
+    pub routes: Arc<Routes>,
+    pub builtins: Vec<Arc<dyn BuiltinDevice>>,
+    pub hook: Option<Arc<dyn ExitHook>>,
+    pub memory: GuestMemoryMmap,
+    pub protector: Arc<dyn MemoryProtector>,
+    pub shared: Arc<Shared>,
+    pub control: Arc<StopFlag>,
+    pub quiesce: Arc<Quiesce>,
+    pub kicks: Arc<KickList>,
+}
+
+impl VcpuWorker {
+    pub fn new(vcpu: Vcpu, policies: Vec<VcpuPolicy>, vm: VmHandles) -> VcpuWorker {
+        let parts = DispatchParts {
+            builtins: vm.builtins,
+            hook: vm.hook,
+            memory: vm.memory,
+            protector: vm.protector,
+            shared: vm.shared,
+        };
+        VcpuWorker {
+            d: Dispatcher::new(vcpu, policies, parts),
+            routes: vm.routes,
+            control: vm.control,
+            quiesce: vm.quiesce,
+            kicks: vm.kicks,
+        }
+    }
+
+    fn vcpu(&mut self) -> &mut Vcpu {
+        self.d
+            .vcpu
+            .as_mut()
+            .expect("the vCPU is only lent out during a policy call")
+    }
+
+    /// Runs until this vCPU halts or the VM stops.
+    pub fn run(mut self) -> (VmOutcome, Stats) {
+        let mut vcpu = self.d.vcpu.take().expect("vCPU present at start");
+        let kicker = Kicker::arm(&mut vcpu);
+        self.d.vcpu = Some(vcpu);
+        let end = self.run_loop();
+        let index = self.vcpu().index() as usize;
+        self.kicks.leave(index);
+        self.quiesce.leave(index);
+        drop(kicker);
+        (end, self.d.stats)
+    }
+
+    fn run_loop(&mut self) -> VmOutcome {
+        // Held for the whole run, so dispatch can borrow the routes while
+        // it mutates the worker, without touching the shared refcount on
+        // every exit.
+        let mut routes = Arc::clone(&self.routes);
+        let index = self.vcpu().index() as usize;
+        loop {
+            let exits = self.vcpu().exits();
+            self.quiesce.note_exits(index, exits);
+            if self.control.stop.load(Ordering::Acquire) {
+                return VmOutcome::Halted;
+            }
+            if self.quiesce.requested() {
+                self.park();
+                routes = Arc::clone(&self.routes);
+            }
+            let outcome = match self.vcpu().run() {
+                Ok(o) => o,
+                Err(e) => return VmOutcome::HostFailure(e.to_string()),
+            };
+            match outcome {
+                RunOutcome::Interrupted => continue,
+                RunOutcome::Fatal(fatal) => {
+                    let event = ExitEvent {
+                        vcpu: fatal.vcpu,
+                        seq: self.vcpu().exits(),
+                        rip: fatal.rip,
+                        kind: ExitKind::Shutdown {
+                            reason: fatal.reason,
+                        },
+                    };
+                    // Subscribers hear about it; the VM stops regardless.
+                    let mut completion = Completion::default();
+                    let _ = self.d.dispatch(&routes, &event, &mut completion);
+                    return VmOutcome::GuestFault(fatal);
+                }
+                RunOutcome::Exit(mut event) => loop {
+                    let mut completion = Completion::default();
+                    let flow = match self.d.dispatch_exit(&routes, &mut event, &mut completion) {
+                        Ok(flow) => flow,
+                        Err(outcome) => return outcome,
+                    };
+                    let next = self.vcpu().complete(&completion);
+                    match flow {
+                        Flow::Continue => {}
+                        Flow::Halt => return VmOutcome::Halted,
+                        Flow::Stop(req) => {
+                            return VmOutcome::Stopped {
+                                policy: self.d.answered_by.take().unwrap_or_default(),
+                                clean: req.clean,
+                                reason: req.reason,
+                            }
+                        }
+                    }
+                    match next {
+                        Some(e) => event = e,
+                        None => break,
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl VcpuWorker {
+    /// Holds this vCPU at its exit boundary while the policies change,
+    /// then takes up the new generation.
+    fn park(&mut self) {
+        let index = self.vcpu().index() as usize;
+        let policies = std::mem::take(&mut self.d.policies);
+        let handover = self.quiesce.park(index, policies);
+        self.d.policies = handover.policies;
+        if let Some(routes) = handover.routes {
+            self.routes = routes;
+        }
+        for (i, name) in handover.names.iter().enumerate() {
+            match self.d.stats.policies.get_mut(i) {
+                Some(row) => row.name.clone_from(name),
+                None => self.d.stats.policies.push(PolicyStats {
+                    name: name.clone(),
+                    ..Default::default()
+                }),
+            }
+        }
+    }
+}
