@@ -213,15 +213,9 @@ fn mem_guard_denies_tampering_with_kernel_text_and_page_tables() {
     require_kvm!();
     let t = minios("mg-deny", &[mem_guard("")]);
     assert_minios_ran(&t);
-    assert!(
-        t.run.stdout.contains("tamper text: cc\n"),
-        "{}",
-        t.run.stdout
-    );
-    assert!(
-        t.run.stdout.contains("tamper pt: 0000000000000000\n"),
-        "{}",
-        t.run.stdout
+    assert_has_lines(
+        &t.run.stdout,
+        &["tamper text: cc", "tamper pt: 0000000000000000"],
     );
     assert_protected(&t);
     assert_two_tampers(&t, "deny");
@@ -233,15 +227,9 @@ fn mem_guard_allow_reports_and_lets_writes_land() {
     require_kvm!();
     let t = minios("mg-allow", &[mem_guard("on-tamper=allow")]);
     assert_minios_ran(&t);
-    assert!(
-        t.run.stdout.contains("tamper text: 90\n"),
-        "{}",
-        t.run.stdout
-    );
-    assert!(
-        t.run.stdout.contains("tamper pt: 0000000000000200\n"),
-        "{}",
-        t.run.stdout
+    assert_has_lines(
+        &t.run.stdout,
+        &["tamper text: 90", "tamper pt: 0000000000000200"],
     );
     assert_two_tampers(&t, "allow");
 }
@@ -251,15 +239,9 @@ fn mem_guard_unprotect_lets_the_retried_writes_land() {
     require_kvm!();
     let t = minios("mg-unprotect", &[mem_guard("on-tamper=unprotect")]);
     assert_minios_ran(&t);
-    assert!(
-        t.run.stdout.contains("tamper text: 90\n"),
-        "{}",
-        t.run.stdout
-    );
-    assert!(
-        t.run.stdout.contains("tamper pt: 0000000000000200\n"),
-        "{}",
-        t.run.stdout
+    assert_has_lines(
+        &t.run.stdout,
+        &["tamper text: 90", "tamper pt: 0000000000000200"],
     );
     assert_two_tampers(&t, "unprotect");
 }
@@ -450,11 +432,7 @@ fn syscall_tracer_sees_every_system_call() {
     let t = minios("tracer", &[tracer("")]);
     assert_minios_ran(&t);
     // Untouched tampering: the tracer only observes.
-    assert!(
-        t.run.stdout.contains("tamper text: 90\n"),
-        "{}",
-        t.run.stdout
-    );
+    assert_has_lines(&t.run.stdout, &["tamper text: 90"]);
     assert_syscalls(&t);
     // One breakpoint hit per system call the guest counted ("24 syscalls"):
     // the tracer handled exactly 24 debug exits. (The summary's debug
@@ -610,15 +588,9 @@ fn introspection_policies_stack() {
     require_kvm!();
     let t = minios("stack", &[policy("task-lister"), tracer(""), mem_guard("")]);
     assert_minios_ran(&t);
-    assert!(
-        t.run.stdout.contains("tamper text: cc\n"),
-        "{}",
-        t.run.stdout
-    );
-    assert!(
-        t.run.stdout.contains("tamper pt: 0000000000000000\n"),
-        "{}",
-        t.run.stdout
+    assert_has_lines(
+        &t.run.stdout,
+        &["tamper text: cc", "tamper pt: 0000000000000000"],
     );
     assert_tasks(&t, "lstar");
     assert_syscalls(&t);

@@ -22,7 +22,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::{DebugState, Exception, Reg, Segment, SegmentReg, VcpuAccess, VcpuAccessError};
+use crate::{
+    DebugState, Direction, Exception, ExitEvent, ExitKind, IoExit, Reg, Segment, SegmentReg,
+    VcpuAccess, VcpuAccessError,
+};
 
 /// The reason of every failure a [`FakeVcpu`] is told to produce.
 pub const INJECTED_FAILURE: &str = "injected failure";
@@ -238,6 +241,22 @@ impl VcpuAccess for FakeVcpu {
         self.check(FakeOp::SetDebugState)?;
         self.debug = d;
         Ok(())
+    }
+}
+
+/// A port I/O exit of `size` bytes on vCPU 0 at RIP 0x1000: what most
+/// tests of dispatch, devices and policies start from.
+pub fn io_exit(port: u16, size: u8, direction: Direction, data: u32) -> ExitEvent {
+    ExitEvent {
+        vcpu: 0,
+        seq: 1,
+        rip: 0x1000,
+        kind: ExitKind::Io(IoExit {
+            port,
+            size,
+            direction,
+            data,
+        }),
     }
 }
 

@@ -8,7 +8,10 @@ use thiserror::Error;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::event::size_mask;
-use crate::{Action, Capabilities, ExitEvent, ExitKind, GpaRange, Protection, PAGE_SIZE};
+use crate::{
+    Action, Capabilities, Exception, ExitEvent, ExitKind, GpaRange, ProtectRequest, Protection,
+    Reg, PAGE_SIZE,
+};
 
 /// Largest guest-memory write one action may carry.
 pub const MAX_WRITE_LEN: usize = 64 * 1024;
@@ -91,6 +94,38 @@ fn article(exit: &'static str) -> &'static str {
     }
 }
 
+/// What an accepted action does to the exit it answers.
+#[derive(Clone, Copy)]
+struct Effect {
+    /// It finishes the exit: at most one action may.
+    finishes: bool,
+    /// It says what the guest reads (or makes that moot).
+    answers_read: bool,
+}
+
+impl Effect {
+    /// Neither finishes the exit nor answers a read.
+    const NONE: Effect = Effect {
+        finishes: false,
+        answers_read: false,
+    };
+    /// Finishes the exit without answering a read.
+    const FINISHES: Effect = Effect {
+        finishes: true,
+        answers_read: false,
+    };
+    /// Answers a read without finishing the exit.
+    const ANSWERS_READ: Effect = Effect {
+        finishes: false,
+        answers_read: true,
+    };
+    /// Finishes the exit and answers a read.
+    const FINISHES_READ: Effect = Effect {
+        finishes: true,
+        answers_read: true,
+    };
+}
+
 /// Checks `actions` as an answer to `event` from a policy holding `grants`.
 pub fn validate(
     event: &ExitEvent,
@@ -98,131 +133,209 @@ pub fn validate(
     grants: Capabilities,
     mem: &GuestMemoryMmap,
 ) -> Result<(), ActionFault> {
-    let exit = event.kind.name();
-    let wrong = |action: &Action| ActionFault::WrongExit {
-        action: action.name(),
-        exit,
-        exit_article: article(exit),
-    };
-    let need = |granted: bool, action: &Action, capability: &'static str| {
-        if granted {
-            Ok(())
-        } else {
-            Err(ActionFault::NotGranted {
-                action: action.name(),
-                capability,
-            })
-        }
-    };
     // The action that finishes the exit, if any: at most one is allowed.
     let mut finisher: Option<&'static str> = None;
-    let mut finish = |action: &Action| match finisher {
+    let mut answered_read = false;
+    for action in actions {
+        let effect = check_action(event, action, grants, mem)?;
+        if effect.finishes {
+            finish(&mut finisher, action)?;
+        }
+        answered_read |= effect.answers_read;
+    }
+    check_read_answered(event, answered_read)
+}
+
+/// Checks one action on its own; what it does to the exit is checked
+/// against the other actions by [`validate`].
+fn check_action(
+    event: &ExitEvent,
+    action: &Action,
+    grants: Capabilities,
+    mem: &GuestMemoryMmap,
+) -> Result<Effect, ActionFault> {
+    match action {
+        Action::Resume => Ok(Effect::FINISHES),
+        Action::CompleteRead(value) => check_complete_read(event, action, *value),
+        Action::Inject(e) => check_inject(event, action, e),
+        Action::SetReg { reg, .. } => check_set_reg(grants, action, reg),
+        Action::WritePhys { gpa, data } => check_write_phys(grants, mem, action, *gpa, data),
+        Action::Allow | Action::Deny | Action::UnprotectRetry => {
+            check_violation_verdict(event, grants, action)
+        }
+        Action::Protect(req) => check_protect(grants, mem, action, req),
+        Action::Unprotect(range) => {
+            need(grants.protect_memory, action, "protect-memory")?;
+            check_pages(*range, mem)?;
+            Ok(Effect::NONE)
+        }
+        Action::Step | Action::RemoveBreakpoint => check_debug(event, grants, action),
+        Action::Pause => Err(ActionFault::Unsupported(action.name())),
+        Action::Stop(_) => {
+            need(grants.stop_vm, action, "stop-vm")?;
+            Ok(Effect::FINISHES_READ)
+        }
+    }
+}
+
+/// Notes that `action` finishes the exit, unless an earlier one did.
+fn finish(finisher: &mut Option<&'static str>, action: &Action) -> Result<(), ActionFault> {
+    match *finisher {
         Some(first) => Err(ActionFault::Conflicting {
             first,
             second: action.name(),
         }),
         None => {
-            finisher = Some(action.name());
+            *finisher = Some(action.name());
             Ok(())
         }
-    };
-    let mut answered_read = false;
-    for action in actions {
-        match action {
-            Action::Resume => finish(action)?,
-            Action::CompleteRead(value) => {
-                let Some(size) = event.kind.read_size() else {
-                    return Err(wrong(action));
-                };
-                if value & !size_mask(size) != 0 {
-                    return Err(ActionFault::WrongSize {
-                        value: *value,
-                        size,
-                    });
-                }
-                finish(action)?;
-                answered_read = true;
-            }
-            Action::Inject(e) => {
-                if e.vector > 31 || matches!(e.vector, 2 | 9 | 15 | 22..=27 | 31) {
-                    return Err(ActionFault::BadException {
-                        vector: e.vector,
-                        detail: ": not an exception vector a policy may raise",
-                    });
-                }
-                if e.error_code.is_some() != pushes_error_code(e.vector) {
-                    return Err(ActionFault::BadException {
-                        vector: e.vector,
-                        detail: if e.error_code.is_some() {
-                            " with an error code: this vector has none"
-                        } else {
-                            " without an error code: this vector needs one"
-                        },
-                    });
-                }
-                if matches!(event.kind, ExitKind::Shutdown { .. }) {
-                    return Err(wrong(action));
-                }
-                answered_read = true;
-            }
-            Action::SetReg { reg, .. } => {
-                need(grants.set_registers, action, "set-registers")?;
-                if matches!(reg, crate::Reg::Cr8) {
-                    return Err(ActionFault::BadRegister("cr8"));
-                }
-            }
-            Action::WritePhys { gpa, data } => {
-                need(grants.write_memory, action, "write-memory")?;
-                if data.len() > MAX_WRITE_LEN {
-                    return Err(ActionFault::TooLarge { len: data.len() });
-                }
-                if !data.is_empty() && !mem.check_range(GuestAddress(*gpa), data.len()) {
-                    return Err(ActionFault::OutOfRam {
-                        gpa: *gpa,
-                        len: data.len(),
-                    });
-                }
-            }
-            Action::Allow | Action::Deny | Action::UnprotectRetry => {
-                if !matches!(event.kind, ExitKind::MemViolation(_)) {
-                    return Err(wrong(action));
-                }
-                if *action == Action::UnprotectRetry {
-                    need(grants.protect_memory, action, "protect-memory")?;
-                }
-                finish(action)?;
-                answered_read = true;
-            }
-            Action::Protect(req) => {
-                need(grants.protect_memory, action, "protect-memory")?;
-                if req.mode == Protection::NoExecute {
-                    return Err(ActionFault::Unsupported(
-                        "execute protection (stock KVM cannot trap instruction fetches)",
-                    ));
-                }
-                check_pages(req.range, mem)?;
-            }
-            Action::Unprotect(range) => {
-                need(grants.protect_memory, action, "protect-memory")?;
-                check_pages(*range, mem)?;
-            }
-            Action::Step | Action::RemoveBreakpoint => {
-                if !matches!(event.kind, ExitKind::Debug(_)) {
-                    return Err(wrong(action));
-                }
-                need(grants.debug, action, "debug")?;
-                finish(action)?;
-            }
-            Action::Pause => return Err(ActionFault::Unsupported(action.name())),
-            Action::Stop(_) => {
-                need(grants.stop_vm, action, "stop-vm")?;
-                finish(action)?;
-                answered_read = true;
-            }
-        }
     }
+}
+
+/// A read exit must be told what the guest reads.
+fn check_read_answered(event: &ExitEvent, answered_read: bool) -> Result<(), ActionFault> {
     if event.kind.read_size().is_some() && !answered_read {
-        return Err(ActionFault::ReadUnanswered { exit });
+        return Err(ActionFault::ReadUnanswered {
+            exit: event.kind.name(),
+        });
     }
     Ok(())
+}
+
+/// `action` does not apply to `event`'s kind of exit.
+fn wrong_exit(event: &ExitEvent, action: &Action) -> ActionFault {
+    let exit = event.kind.name();
+    ActionFault::WrongExit {
+        action: action.name(),
+        exit,
+        exit_article: article(exit),
+    }
+}
+
+/// `action` needs `capability`, held if `granted`.
+fn need(granted: bool, action: &Action, capability: &'static str) -> Result<(), ActionFault> {
+    if granted {
+        Ok(())
+    } else {
+        Err(ActionFault::NotGranted {
+            action: action.name(),
+            capability,
+        })
+    }
+}
+
+/// complete-read: only for a read, with a value that fits the access.
+fn check_complete_read(
+    event: &ExitEvent,
+    action: &Action,
+    value: u64,
+) -> Result<Effect, ActionFault> {
+    let Some(size) = event.kind.read_size() else {
+        return Err(wrong_exit(event, action));
+    };
+    if value & !size_mask(size) != 0 {
+        return Err(ActionFault::WrongSize { value, size });
+    }
+    Ok(Effect::FINISHES_READ)
+}
+
+/// inject: an exception a policy may raise, with an error code exactly
+/// when its vector pushes one, never in answer to a shutdown.
+fn check_inject(event: &ExitEvent, action: &Action, e: &Exception) -> Result<Effect, ActionFault> {
+    if e.vector > 31 || matches!(e.vector, 2 | 9 | 15 | 22..=27 | 31) {
+        return Err(ActionFault::BadException {
+            vector: e.vector,
+            detail: ": not an exception vector a policy may raise",
+        });
+    }
+    if e.error_code.is_some() != pushes_error_code(e.vector) {
+        return Err(ActionFault::BadException {
+            vector: e.vector,
+            detail: if e.error_code.is_some() {
+                " with an error code: this vector has none"
+            } else {
+                " without an error code: this vector needs one"
+            },
+        });
+    }
+    if matches!(event.kind, ExitKind::Shutdown { .. }) {
+        return Err(wrong_exit(event, action));
+    }
+    Ok(Effect::ANSWERS_READ)
+}
+
+/// set-reg: granted, and never of CR8.
+fn check_set_reg(grants: Capabilities, action: &Action, reg: &Reg) -> Result<Effect, ActionFault> {
+    need(grants.set_registers, action, "set-registers")?;
+    if matches!(reg, Reg::Cr8) {
+        return Err(ActionFault::BadRegister("cr8"));
+    }
+    Ok(Effect::NONE)
+}
+
+/// write-phys: granted, within the size limit and inside guest RAM.
+fn check_write_phys(
+    grants: Capabilities,
+    mem: &GuestMemoryMmap,
+    action: &Action,
+    gpa: u64,
+    data: &[u8],
+) -> Result<Effect, ActionFault> {
+    need(grants.write_memory, action, "write-memory")?;
+    if data.len() > MAX_WRITE_LEN {
+        return Err(ActionFault::TooLarge { len: data.len() });
+    }
+    if !data.is_empty() && !mem.check_range(GuestAddress(gpa), data.len()) {
+        return Err(ActionFault::OutOfRam {
+            gpa,
+            len: data.len(),
+        });
+    }
+    Ok(Effect::NONE)
+}
+
+/// allow, deny and unprotect-retry: only for a memory violation;
+/// unprotect-retry needs the protect-memory grant.
+fn check_violation_verdict(
+    event: &ExitEvent,
+    grants: Capabilities,
+    action: &Action,
+) -> Result<Effect, ActionFault> {
+    if !matches!(event.kind, ExitKind::MemViolation(_)) {
+        return Err(wrong_exit(event, action));
+    }
+    if *action == Action::UnprotectRetry {
+        need(grants.protect_memory, action, "protect-memory")?;
+    }
+    Ok(Effect::FINISHES_READ)
+}
+
+/// protect: granted, a mode the host can enforce, whole pages of RAM.
+fn check_protect(
+    grants: Capabilities,
+    mem: &GuestMemoryMmap,
+    action: &Action,
+    req: &ProtectRequest,
+) -> Result<Effect, ActionFault> {
+    need(grants.protect_memory, action, "protect-memory")?;
+    if req.mode == Protection::NoExecute {
+        return Err(ActionFault::Unsupported(
+            "execute protection (stock KVM cannot trap instruction fetches)",
+        ));
+    }
+    check_pages(req.range, mem)?;
+    Ok(Effect::NONE)
+}
+
+/// step and remove-breakpoint: only for a debug exit, and granted.
+fn check_debug(
+    event: &ExitEvent,
+    grants: Capabilities,
+    action: &Action,
+) -> Result<Effect, ActionFault> {
+    if !matches!(event.kind, ExitKind::Debug(_)) {
+        return Err(wrong_exit(event, action));
+    }
+    need(grants.debug, action, "debug")?;
+    Ok(Effect::FINISHES)
 }

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use cpu_time::ThreadTime;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use wasmvisor_exit::testing::FakeVcpu;
-use wasmvisor_exit::{Capabilities, Direction, ExitEvent, ExitKind, IoExit, Reg};
+use wasmvisor_exit::testing::{io_exit, FakeVcpu};
+use wasmvisor_exit::{Capabilities, Direction, ExitEvent, Reg};
 use wasmvisor_policy::{
     CallError, ConsoleSink, DeadlineMechanism, InstanceContext, Limits, PolicyEngine, PolicyImage,
     PolicyInstance, Shared, Verdict,
@@ -101,17 +101,7 @@ fn policy_dir() -> PathBuf {
 }
 
 fn io(port: u16, direction: Direction, data: u32) -> ExitEvent {
-    ExitEvent {
-        vcpu: 0,
-        seq: 7,
-        rip: 0x1000,
-        kind: ExitKind::Io(IoExit {
-            port,
-            size: 1,
-            direction,
-            data,
-        }),
-    }
+    io_exit(port, 1, direction, data)
 }
 
 /// One kind of exit answered by one policy.

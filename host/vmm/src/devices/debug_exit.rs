@@ -50,20 +50,10 @@ impl BuiltinDevice for DebugExit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmvisor_exit::IoExit;
+    use wasmvisor_exit::testing::io_exit;
 
     fn io(port: u16, size: u8, direction: Direction, data: u32) -> ExitEvent {
-        ExitEvent {
-            vcpu: 0,
-            seq: 0,
-            rip: 0,
-            kind: ExitKind::Io(IoExit {
-                port,
-                size,
-                direction,
-                data,
-            }),
-        }
+        io_exit(port, size, direction, data)
     }
 
     #[test]

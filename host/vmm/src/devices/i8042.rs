@@ -52,20 +52,10 @@ impl BuiltinDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmvisor_exit::IoExit;
+    use wasmvisor_exit::testing::io_exit;
 
     fn io(port: u16, direction: Direction, data: u32) -> ExitEvent {
-        ExitEvent {
-            vcpu: 0,
-            seq: 0,
-            rip: 0,
-            kind: ExitKind::Io(IoExit {
-                port,
-                size: 1,
-                direction,
-                data,
-            }),
-        }
+        io_exit(port, 1, direction, data)
     }
 
     #[test]

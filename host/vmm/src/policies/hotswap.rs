@@ -16,14 +16,16 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use wasmvisor_exit::{Routes, Subscriptions};
-use wasmvisor_kvm::{CpuidEntry, Vm};
+use wasmvisor_kvm::{CpuidEntry, Vcpu, Vm};
+use wasmvisor_policy::PolicyInstance;
 
 use crate::boot::cpuid::{ask, entries_of};
 use crate::config::PolicySpec;
 use crate::devices::builtin::BuiltinDevice;
 use crate::policies::policy_set::{unique_name, PolicyEnv, Prepared, Slot};
-use crate::policies::quiesce::{Handover, Quiesce};
-use crate::policies::routing::{plan_routes, Claims};
+use crate::policies::quiesce::{Handover, Paused, Quiesce};
+use crate::policies::routing::{plan_routes, Claims, RoutePlan};
+use crate::policies::slot::VcpuPolicy;
 
 /// How long the vCPUs get to reach an exit boundary. A policy call in
 /// flight is bounded by its deadline, so this is only hit by a host stall.
@@ -183,136 +185,40 @@ impl HotSwap {
         let exits_before = self.quiesce.total_exits();
         let mut state = self.lock();
         let generation = state.generation + 1;
-        let find = |state: &State, name: &str| {
-            state
-                .slots
-                .iter()
-                .position(|s| s.as_ref().is_some_and(|s| s.name == name))
-                .ok_or_else(|| format!("no policy named `{name}` is loaded"))
-        };
-        let (index, name, spec) = match change {
-            Change::Swap { name, spec } => (find(&state, &name)?, name, Some(spec)),
-            Change::Unload { name } => (find(&state, &name)?, name, None),
-            Change::Load { spec } => {
-                let taken = state.slots.iter().flatten().map(|s| s.name.as_str());
-                let name = unique_name(&spec.path, taken);
-                (state.slots.len(), name, Some(spec))
-            }
-        };
-        if index > usize::from(u8::MAX) {
-            return Err("too many policies have been loaded into this VM".into());
-        }
-        let mut prepared = match spec {
-            Some(mut spec) => {
-                if let (false, Some(d)) = (spec.sandbox.deadline_set, self.default_deadline) {
-                    spec.sandbox.limits.deadline = d;
-                }
-                Some(
-                    self.env
-                        .prepare(&spec, index, &name, generation)
-                        .map_err(|e| e.to_string())?,
-                )
-            }
-            None => None,
-        };
-        let old_subs = state
-            .slots
-            .get(index)
-            .and_then(|s| s.as_ref())
-            .map(|s| &s.subs);
-        self.check_cpuid(&name, old_subs, prepared.as_mut())?;
-
-        let empty = Subscriptions::default();
-        let subs: Vec<&Subscriptions> = (0..state.slots.len().max(index + 1))
-            .map(|i| {
-                if i == index {
-                    prepared.as_ref().map_or(&empty, |p| &p.slot.subs)
-                } else {
-                    state.slots[i].as_ref().map_or(&empty, |s| &s.subs)
-                }
-            })
-            .collect();
-        let plan = plan_routes(&subs, &self.builtin_claims)?;
+        let (index, name, spec) = target_of(&state, change)?;
+        let mut prepared = self.prepare_incoming(&state, index, &name, spec, generation)?;
+        let plan = self.plan(&state, index, prepared.as_ref())?;
         let routes = Arc::clone(&plan.routes);
         let prepare_us = started.elapsed().as_micros() as u64;
-        let cache = prepared
-            .as_ref()
-            .map(|p| p.slot.cache.label().to_string())
-            .unwrap_or_default();
+        let cache = cache_label(prepared.as_ref());
 
         // From here on the guest is held.
         let switch_started = Instant::now();
-        let mut paused = self.quiesce.pause(&*self.kick, PAUSE_TIMEOUT)?;
-        let exits_during = self.quiesce.total_exits().saturating_sub(exits_before);
-        let mut incoming: Vec<Option<_>> = prepared
-            .as_mut()
-            .map(|p| p.instances.drain(..).map(Some).collect())
-            .unwrap_or_default();
-        // State handoff, vCPU by vCPU: the outgoing instance has handled
-        // its last exit, the incoming one has not handled its first.
-        if let Some(p) = &prepared {
-            for (vcpu, policies) in &mut paused.vcpus {
-                let old = policies.get_mut(index).and_then(Option::as_mut);
-                let new = incoming.get_mut(*vcpu).and_then(Option::as_mut);
-                if let (Some(old), Some(new)) = (old, new) {
-                    let handoff = old
-                        .instance
-                        .save_state()
-                        .and_then(|bytes| new.restore_state(&bytes));
-                    if let Err(e) = handoff {
-                        self.quiesce.resume(Vec::new());
-                        return Err(format!("state handoff to {} failed: {e}", p.slot.name));
-                    }
-                }
-            }
-        }
-        if let Err(e) = self.commit_vm_state(&state, index, prepared.as_ref(), &routes) {
-            self.quiesce.resume(Vec::new());
-            return Err(e);
-        }
+        let (mut paused, exits_during) = self.pause_vcpus(exits_before)?;
+        let mut incoming = take_instances(prepared.as_mut());
+        hand_over_state(&mut paused, index, prepared.as_ref(), &mut incoming)
+            .map_err(|e| self.resume_unchanged(e))?;
+        self.commit_vm_state(&state, index, prepared.as_ref(), &routes)
+            .map_err(|e| self.resume_unchanged(e))?;
         // Mapped device memory the new policies subscribe to is trapped
         // (and what they dropped is mapped) before any vCPU runs again.
         plan.tell_devices(&self.builtins);
-        if index == state.names.len() {
-            state.names.push(name.clone());
-        }
-        let names = state.names.clone();
+        let names = record_name(&mut state, index, &name);
         let vcpus = paused.vcpus.len();
-        let mut outgoing = Vec::new();
-        let handovers = paused
-            .vcpus
-            .into_iter()
-            .map(|(vcpu, mut policies)| {
-                if policies.len() <= index {
-                    policies.resize_with(index + 1, || None);
-                }
-                let new = match (&prepared, incoming.get_mut(vcpu).and_then(Option::take)) {
-                    (Some(p), Some(instance)) => Some(p.slot.for_vcpu(instance)),
-                    _ => None,
-                };
-                outgoing.push(std::mem::replace(&mut policies[index], new));
-                (
-                    vcpu,
-                    Handover {
-                        policies,
-                        routes: Some(Arc::clone(&routes)),
-                        names: names.clone(),
-                    },
-                )
-            })
-            .collect();
+        let (handovers, outgoing) = handovers(
+            paused,
+            index,
+            prepared.as_ref(),
+            &mut incoming,
+            &routes,
+            &names,
+        );
         self.quiesce.resume(handovers);
         // Active on every vCPU from here on.
         let switch_us = switch_started.elapsed().as_micros() as u64;
         let total_us = started.elapsed().as_micros() as u64;
 
-        let slot = prepared.map(|p| p.slot);
-        if index == state.slots.len() {
-            state.slots.push(slot);
-        } else {
-            state.slots[index] = slot;
-        }
-        state.generation = generation;
+        record_slot(&mut state, index, prepared.map(|p| p.slot), generation);
         drop(state);
         // The outgoing instances are dropped here, off the vCPU threads and
         // after the new generation is active (unmapping their memories
@@ -328,6 +234,75 @@ impl HotSwap {
             vcpus,
             exits_during,
         })
+    }
+
+    /// Prepares the incoming policy (none for an unload) in slot `index`,
+    /// with the VM's default deadline unless its spec sets one, and checks
+    /// that it keeps the CPUID table as it is.
+    fn prepare_incoming(
+        &self,
+        state: &State,
+        index: usize,
+        name: &str,
+        spec: Option<PolicySpec>,
+        generation: u64,
+    ) -> Result<Option<Prepared>, String> {
+        let mut prepared = match spec {
+            Some(mut spec) => {
+                if let (false, Some(d)) = (spec.sandbox.deadline_set, self.default_deadline) {
+                    spec.sandbox.limits.deadline = d;
+                }
+                Some(
+                    self.env
+                        .prepare(&spec, index, name, generation)
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            None => None,
+        };
+        let old_subs = state
+            .slots
+            .get(index)
+            .and_then(|s| s.as_ref())
+            .map(|s| &s.subs);
+        self.check_cpuid(name, old_subs, prepared.as_mut())?;
+        Ok(prepared)
+    }
+
+    /// Plans the routes of the chain with slot `index` holding `prepared`
+    /// (empty for an unload).
+    fn plan(
+        &self,
+        state: &State,
+        index: usize,
+        prepared: Option<&Prepared>,
+    ) -> Result<RoutePlan, String> {
+        let empty = Subscriptions::default();
+        let subs: Vec<&Subscriptions> = (0..state.slots.len().max(index + 1))
+            .map(|i| {
+                if i == index {
+                    prepared.map_or(&empty, |p| &p.slot.subs)
+                } else {
+                    state.slots[i].as_ref().map_or(&empty, |s| &s.subs)
+                }
+            })
+            .collect();
+        plan_routes(&subs, &self.builtin_claims)
+    }
+
+    /// Brings every running vCPU to an exit boundary and holds it; also
+    /// returns the exits handled since `exits_before`.
+    fn pause_vcpus(&self, exits_before: u64) -> Result<(Paused, u64), String> {
+        let paused = self.quiesce.pause(&*self.kick, PAUSE_TIMEOUT)?;
+        let exits_during = self.quiesce.total_exits().saturating_sub(exits_before);
+        Ok((paused, exits_during))
+    }
+
+    /// Rolls back after a failure while the vCPUs are held: they resume
+    /// with the policies they had. Returns `error`.
+    fn resume_unchanged(&self, error: String) -> String {
+        self.quiesce.resume(Vec::new());
+        error
     }
 
     /// While the vCPUs are held: page protections and the MSR filter. On
@@ -415,4 +390,123 @@ impl HotSwap {
         }
         Ok(())
     }
+}
+
+/// The slot, name and spec (none for an unload) `change` concerns.
+fn target_of(state: &State, change: Change) -> Result<(usize, String, Option<PolicySpec>), String> {
+    let find = |state: &State, name: &str| {
+        state
+            .slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.name == name))
+            .ok_or_else(|| format!("no policy named `{name}` is loaded"))
+    };
+    let (index, name, spec) = match change {
+        Change::Swap { name, spec } => (find(state, &name)?, name, Some(spec)),
+        Change::Unload { name } => (find(state, &name)?, name, None),
+        Change::Load { spec } => {
+            let taken = state.slots.iter().flatten().map(|s| s.name.as_str());
+            let name = unique_name(&spec.path, taken);
+            (state.slots.len(), name, Some(spec))
+        }
+    };
+    if index > usize::from(u8::MAX) {
+        return Err("too many policies have been loaded into this VM".into());
+    }
+    Ok((index, name, spec))
+}
+
+/// The cache outcome of the incoming policy; empty for an unload.
+fn cache_label(prepared: Option<&Prepared>) -> String {
+    prepared
+        .map(|p| p.slot.cache.label().to_string())
+        .unwrap_or_default()
+}
+
+/// Takes the incoming policy's instances, by vCPU index.
+fn take_instances(prepared: Option<&mut Prepared>) -> Vec<Option<PolicyInstance<Vcpu>>> {
+    prepared
+        .map(|p| p.instances.drain(..).map(Some).collect())
+        .unwrap_or_default()
+}
+
+/// State handoff, vCPU by vCPU: the outgoing instance has handled its last
+/// exit, the incoming one has not handled its first.
+fn hand_over_state(
+    paused: &mut Paused,
+    index: usize,
+    prepared: Option<&Prepared>,
+    incoming: &mut [Option<PolicyInstance<Vcpu>>],
+) -> Result<(), String> {
+    let Some(p) = prepared else { return Ok(()) };
+    for (vcpu, policies) in &mut paused.vcpus {
+        let old = policies.get_mut(index).and_then(Option::as_mut);
+        let new = incoming.get_mut(*vcpu).and_then(Option::as_mut);
+        if let (Some(old), Some(new)) = (old, new) {
+            let handoff = old
+                .instance
+                .save_state()
+                .and_then(|bytes| new.restore_state(&bytes));
+            if let Err(e) = handoff {
+                return Err(format!("state handoff to {} failed: {e}", p.slot.name));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gives slot `index` a name if it is new; returns the names by slot.
+fn record_name(state: &mut State, index: usize, name: &str) -> Vec<String> {
+    if index == state.names.len() {
+        state.names.push(name.to_owned());
+    }
+    state.names.clone()
+}
+
+/// The new generation for each held vCPU: its policies with slot `index`
+/// replaced by the incoming instance (none for an unload), and the new
+/// routes. Also returns the outgoing instances, in vCPU order.
+fn handovers(
+    paused: Paused,
+    index: usize,
+    prepared: Option<&Prepared>,
+    incoming: &mut [Option<PolicyInstance<Vcpu>>],
+    routes: &Arc<Routes>,
+    names: &[String],
+) -> (Vec<(usize, Handover)>, Vec<Option<VcpuPolicy>>) {
+    let mut outgoing = Vec::new();
+    let handovers = paused
+        .vcpus
+        .into_iter()
+        .map(|(vcpu, mut policies)| {
+            if policies.len() <= index {
+                policies.resize_with(index + 1, || None);
+            }
+            let new = match (prepared, incoming.get_mut(vcpu).and_then(Option::take)) {
+                (Some(p), Some(instance)) => Some(p.slot.for_vcpu(instance)),
+                _ => None,
+            };
+            outgoing.push(std::mem::replace(&mut policies[index], new));
+            (
+                vcpu,
+                Handover {
+                    policies,
+                    routes: Some(Arc::clone(routes)),
+                    names: names.to_vec(),
+                },
+            )
+        })
+        .collect();
+    (handovers, outgoing)
+}
+
+/// Puts `slot` (none after an unload) in place `index` and makes
+/// `generation` the active one.
+fn record_slot(state: &mut State, index: usize, slot: Option<Slot>, generation: u64) {
+    if index == state.slots.len() {
+        state.slots.push(slot);
+    } else {
+        state.slots[index] = slot;
+    }
+    state.generation = generation;
 }

@@ -7,10 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use wasmvisor_exit::testing::FakeVcpu;
-use wasmvisor_exit::{
-    Completion, Direction, Exception, ExitEvent, ExitKind, Flow, IoExit, ProtectionMap, Routes,
-};
+use wasmvisor_exit::testing::{io_exit, FakeVcpu};
+use wasmvisor_exit::{Completion, Direction, Exception, ExitEvent, Flow, ProtectionMap, Routes};
 use wasmvisor_policy::{CaptureConsole, InstanceContext, PolicyEngine, PolicyImage, Shared};
 
 use super::{DispatchParts, Dispatcher};
@@ -115,17 +113,7 @@ fn setup(
 }
 
 fn io(port: u16, direction: Direction, data: u32) -> ExitEvent {
-    ExitEvent {
-        vcpu: 0,
-        seq: 1,
-        rip: 0x1000,
-        kind: ExitKind::Io(IoExit {
-            port,
-            size: 1,
-            direction,
-            data,
-        }),
-    }
+    io_exit(port, 1, direction, data)
 }
 
 impl Setup {
