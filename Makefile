@@ -71,10 +71,11 @@ clippy:
 test:
 	bash scripts/test.sh
 
-## The fast loop: unit tests and the fuzz replay, which need neither KVM
-## nor built assets.
-unit:
-	$(CARGO) test --release --workspace --lib --bins --test replay
+## The fast loop, under a minute on a warm build: unit tests and the fuzz
+## replay, none of which needs KVM. The dispatcher's tests run the policy
+## fixture, so the policy components are built first.
+unit: policies
+	$(CARGO) test --release --workspace --lib --bins --test fuzz_replay
 
 ## The integration and end-to-end tests alone (after `make build kernel
 ## lang-policies`). Every cargo command here names --workspace: selecting
@@ -83,9 +84,9 @@ e2e:
 	$(CARGO) test --release --workspace --test '*'
 
 ## The fuzz pass of `make test`: every target's seeds and a fixed set of
-## mutations, in the ordinary build (fuzz/tests/replay.rs).
+## mutations, in the ordinary build (fuzz/tests/fuzz_replay.rs).
 fuzz-replay:
-	$(CARGO) test --release --workspace --test replay
+	$(CARGO) test --release --workspace --test fuzz_replay
 
 ## Coverage-guided fuzzing under libFuzzer, instrumented: every target for
 ## FUZZ_SECS seconds (results: docs/fuzzing.md).

@@ -2,7 +2,7 @@
 # Builds and runs every cargo-fuzz target (fuzz/libfuzzer, each a wrapper of
 # a wasmvisor-fuzz function) for a fixed time each, instrumented, under
 # libFuzzer. `make test` does not run this: it replays the seeds in the
-# ordinary test build (fuzz/tests/replay.rs); this is `make fuzz`.
+# ordinary test build (fuzz/tests/fuzz_replay.rs); this is `make fuzz`.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
