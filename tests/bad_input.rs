@@ -124,29 +124,21 @@ fn unknown_policy_config_key_is_refused() {
 fn inspect_shows_name_version_and_subscriptions() {
     let r = wasmvisor(&["policy", "inspect", &policy("serial")]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("name:         serial\n"), "{}", r.stdout);
+    assert_contains(&r.stdout, &["name:         serial\n"]);
     assert!(
         r.stdout
             .contains("exports:      wasmvisor:policy/handler@0.1.0\n"),
         "{}",
         r.stdout
     );
-    assert!(
-        r.stdout.contains("  ports:        0x3f8-0x3ff\n"),
-        "{}",
-        r.stdout
-    );
+    assert_contains(&r.stdout, &["  ports:        0x3f8-0x3ff\n"]);
     let r = wasmvisor(&[
         "policy",
         "inspect",
         &format!("{}:watch=0x170-0x17f,allow=0x174", policy("msr-guard")),
     ]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(
-        r.stdout.contains("  msrs:         0x170-0x17f\n"),
-        "{}",
-        r.stdout
-    );
+    assert_contains(&r.stdout, &["  msrs:         0x170-0x17f\n"]);
 }
 
 #[test]

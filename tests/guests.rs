@@ -37,20 +37,11 @@ fn demo_runs_devices_guest_under_default_policies() {
     let r = wasmvisor(&["run"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_lines_in_order(&r.stdout, DEVICES_DEMO);
-    assert!(
-        r.stdout.contains("cpuid 0x40000000: wasmvisor...\n"),
-        "{}",
-        r.stdout
-    );
+    assert_contains(&r.stdout, &["cpuid 0x40000000: wasmvisor...\n"]);
     assert!(r.stdout.ends_with("devices: done\n"), "{}", r.stdout);
     // The summary names exit kinds and every policy, with the serial
     // policy having handled the console.
-    assert!(
-        r.stderr.contains("wasmvisor: all vCPUs halted"),
-        "{}",
-        r.stderr
-    );
-    assert!(r.stderr.contains("exits: "), "{}", r.stderr);
+    assert_contains(&r.stderr, &["wasmvisor: all vCPUs halted", "exits: "]);
     let serial = r
         .stderr
         .lines()
@@ -78,11 +69,7 @@ fn denied_msr_is_logged_by_the_guard() {
     require_kvm!();
     let r = wasmvisor(&["run"]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(
-        r.stderr.contains("msr-guard: denied rdmsr 0x175 on vcpu 0"),
-        "{}",
-        r.stderr
-    );
+    assert_contains(&r.stderr, &["msr-guard: denied rdmsr 0x175 on vcpu 0"]);
 }
 
 #[test]
@@ -94,29 +81,20 @@ fn cpuid_mask_sets_vendor_seen_by_guest() {
         .policy("serial")
         .policy_with("cpuid-mask", "vendor=WasmVisorCPU,hypervisor=TestHVsig")
         .expect_exit(0);
-    assert!(
-        r.stdout.contains("cpuid 0x0: WasmVisorCPU\n"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("cpuid 0x40000000: TestHVsig...\n"),
-        "{}",
-        r.stdout
+    assert_contains(
+        &r.stdout,
+        &[
+            "cpuid 0x0: WasmVisorCPU\n",
+            "cpuid 0x40000000: TestHVsig...\n",
+        ],
     );
     // Without the register bank and MSR guard the defaults answer.
-    assert!(r.stdout.contains("port 0x510: ffffffff\n"), "{}", r.stdout);
-    assert!(
-        r.stdout.contains("mmio 0xd0000000: ffffffff\n"),
-        "{}",
-        r.stdout
+    assert_contains(
+        &r.stdout,
+        &["port 0x510: ffffffff\n", "mmio 0xd0000000: ffffffff\n"],
     );
     // 0x50000000 is unknown to KVM and unclaimed: #GP.
-    assert!(
-        r.stdout.contains("#GP\nmsr 0x50000000: 0000000000000000\n"),
-        "{}",
-        r.stdout
-    );
+    assert_contains(&r.stdout, &["#GP\nmsr 0x50000000: 0000000000000000\n"]);
 }
 
 #[test]
@@ -124,7 +102,7 @@ fn hello_elf_long_mode_through_serial_policy() {
     require_kvm!();
     let r = Cmd::guest("hello.elf").policy("serial").expect_exit(0);
     assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n");
-    assert!(r.stderr.contains("policy serial: handled "), "{}", r.stderr);
+    assert_contains(&r.stderr, &["policy serial: handled "]);
 }
 
 #[test]
@@ -135,9 +113,9 @@ fn hello_elf_with_native_serial_and_no_policy() {
         .arg("--stats")
         .expect_exit(0);
     assert_eq!(r.stdout, "Hello from a wasmvisor guest!\n");
-    assert!(r.stderr.contains("built-in devices: "), "{}", r.stderr);
+    assert_contains(&r.stderr, &["built-in devices: "]);
     assert!(!r.stderr.contains("built-in devices: 0,"), "{}", r.stderr);
-    assert!(r.stderr.contains("stats: {"), "{}", r.stderr);
+    assert_contains(&r.stderr, &["stats: {"]);
 }
 
 #[test]

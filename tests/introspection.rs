@@ -258,11 +258,7 @@ fn mem_guard_unprotect_stops_reporting_the_page() {
     };
     let allow = guard("mg-page-allow", "allow");
     assert_eq!(allow.run.code, 0, "{:?}", allow.run);
-    assert!(
-        allow.run.stdout.contains("ram: 56781234\n"),
-        "{}",
-        allow.run.stdout
-    );
+    assert_contains(&allow.run.stdout, &["ram: 56781234\n"]);
     let gpas: Vec<u64> = allow
         .from("mem-guard", "tamper")
         .iter()
@@ -272,11 +268,7 @@ fn mem_guard_unprotect_stops_reporting_the_page() {
 
     let unprotect = guard("mg-page-unprotect", "unprotect");
     assert_eq!(unprotect.run.code, 0, "{:?}", unprotect.run);
-    assert!(
-        unprotect.run.stdout.contains("ram: 56781234\n"),
-        "{}",
-        unprotect.run.stdout
-    );
+    assert_contains(&unprotect.run.stdout, &["ram: 56781234\n"]);
     let tampers = unprotect.from("mem-guard", "tamper");
     assert_eq!(tampers.len(), 1, "{:?}", unprotect.records);
     assert_eq!(hex_field(&tampers[0]["gpa"]), 0x9000);
@@ -287,11 +279,7 @@ fn mem_guard_unprotect_stops_reporting_the_page() {
     // Denied, neither write lands; reads of a write-protected page are
     // not trapped and see the RAM underneath.
     let deny = guard("mg-page-deny", "deny");
-    assert!(
-        deny.run.stdout.contains("ram: 00000000\n"),
-        "{}",
-        deny.run.stdout
-    );
+    assert_contains(&deny.run.stdout, &["ram: 00000000\n"]);
     assert_eq!(deny.from("mem-guard", "tamper").len(), 2);
 }
 
@@ -307,7 +295,7 @@ fn mem_guard_answers_no_access_reads_with_its_own_data() {
     );
     assert_eq!(t.run.code, 0, "{:?}", t.run);
     // Two 16-bit reads, each answered with 0x5a.
-    assert!(t.run.stdout.contains("ram: 005a005a\n"), "{}", t.run.stdout);
+    assert_contains(&t.run.stdout, &["ram: 005a005a\n"]);
     assert!(t.run.stdout.ends_with("faults: done\n"), "{}", t.run.stdout);
     let reads = t.from("mem-guard", "access");
     let seen: Vec<(u64, u64, &str)> = reads
@@ -570,11 +558,7 @@ fn task_lister_at_hlt_sees_the_final_state() {
     assert_minios_ran(&t);
     assert_tasks(&t, "hlt");
     // The lister declined the HLT: the vCPU halted as the guest asked.
-    assert!(
-        t.run.stderr.contains("wasmvisor: all vCPUs halted"),
-        "{}",
-        t.run.stderr
-    );
+    assert_contains(&t.run.stderr, &["wasmvisor: all vCPUs halted"]);
 }
 
 // ---------------------------------------------------------------------------

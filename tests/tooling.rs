@@ -63,11 +63,7 @@ fn check_names_what_is_wrong() {
             "{arg}: want `{want}` in:\n{}",
             r.stdout
         );
-        assert!(
-            r.stdout.contains("the policy would not load"),
-            "{}",
-            r.stdout
-        );
+        assert_contains(&r.stdout, &["the policy would not load"]);
     }
 }
 
@@ -76,26 +72,19 @@ fn the_conformance_harness_passes_the_reference_and_fails_a_stray_config() {
     require_kvm!();
     let r = wasmvisor(&["policy", "conformance", &policy("conformance")]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(
-        r.stdout.contains("ok     the guest's checks: 16/16 passed"),
-        "{}",
-        r.stdout
-    );
+    assert_contains(&r.stdout, &["ok     the guest's checks: 16/16 passed"]);
     assert!(r.stdout.ends_with("result: conforms\n"), "{}", r.stdout);
 
     // The same policy with another key strays from the spec.
     let stray = format!("{}:key=1", policy("conformance"));
     let r = wasmvisor(&["policy", "conformance", &stray]);
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stdout.contains("guest  FAIL 2 port-xor-key"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("FAIL   the guest's checks: 14/16 passed"),
-        "{}",
-        r.stdout
+    assert_contains(
+        &r.stdout,
+        &[
+            "guest  FAIL 2 port-xor-key",
+            "FAIL   the guest's checks: 14/16 passed",
+        ],
     );
 }
 
@@ -108,11 +97,7 @@ fn a_component_built_before_the_kernel_imports_still_loads_and_runs() {
     let old = old.to_str().unwrap();
     let r = wasmvisor(&["policy", "check", old]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(
-        r.stdout.contains("result: ok; the policy loads"),
-        "{}",
-        r.stdout
-    );
+    assert_contains(&r.stdout, &["result: ok; the policy loads"]);
     require_kvm!();
     let g = guest("hello.elf");
     let r = wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--policy", old]);

@@ -371,6 +371,17 @@ fn asset(rel: &str) -> String {
 }
 
 /// Asserts that `text` has each of `lines` as a whole line.
+/// Asserts `text` contains each of `needles`, showing `text` when one is
+/// missing (the pattern most end-to-end checks of output follow).
+pub fn assert_contains<S: AsRef<str>>(text: &str, needles: &[S]) {
+    for needle in needles {
+        let needle = needle.as_ref();
+        assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+    }
+}
+
+/// Asserts `text` has each of `lines` as a whole line, showing `text` when
+/// one is missing.
 pub fn assert_has_lines<S: AsRef<str>>(text: &str, lines: &[S]) {
     for line in lines {
         let line = line.as_ref();
