@@ -167,10 +167,7 @@ fn debug_exit_on_another_port_and_without_the_device() {
         .device("debug-exit=0x10000")
         .run()
         .one_error_line();
-    assert!(
-        line.contains("invalid --device `debug-exit=0x10000`"),
-        "{line}"
-    );
+    assert_contains(&line, &["invalid --device `debug-exit=0x10000`"]);
     std::fs::remove_dir_all(&dir).ok();
 }
 

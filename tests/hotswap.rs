@@ -14,7 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use wasmvisor_tests::{assets, bin, guest, policy, require_kvm, scratch, wasmvisor};
+use wasmvisor_tests::{
+    assert_contains, assets, bin, guest, policy, require_kvm, scratch, wasmvisor,
+};
 use wasmvisor_vmm::control::ControlClient;
 
 /// A VM running in the background, killed if the test fails first.
@@ -240,9 +242,9 @@ fn a_hundred_swaps_lose_and_repeat_no_exit() {
     let events = vm.events("generation");
     let mismatches = vm.events("mismatch").len() + vm.events("guest-mismatch").len();
     assert_eq!(code, 0, "{stderr}");
-    assert!(
-        stderr.contains("stopped by policy counter (clean): counter: stop requested"),
-        "{stderr}"
+    assert_contains(
+        &stderr,
+        &["stopped by policy counter (clean): counter: stop requested"],
     );
     assert_eq!(mismatches, 0);
     // Summaries of generations 0..=100 come at their handoff; 101 at its
@@ -384,7 +386,7 @@ fn load_and_unload_change_the_chain() {
     );
     let (code, stderr) = vm.wait();
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("all vCPUs halted"), "{stderr}");
+    assert_contains(&stderr, &["all vCPUs halted"]);
 }
 
 /// `bytes` with a custom section appended: a different file with the
@@ -515,9 +517,9 @@ fn the_control_socket_refuses_garbage_oversize_and_strangers() {
             .expect("setpriv runs");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_ne!(out.status.code(), Some(0), "{stderr}");
-        assert!(
-            stderr.contains("permission denied: this VM is controlled by uid 0 only"),
-            "{stderr}"
+        assert_contains(
+            &stderr,
+            &["permission denied: this VM is controlled by uid 0 only"],
         );
         assert!(
             vm.stderr()

@@ -129,11 +129,11 @@ fn assert_minios_ran(t: &Traced) {
     assert_eq!(t.run.code, 0, "{:?}", t.run);
     let out = &t.run.stdout;
     assert!(out.starts_with("minios: booting\n"), "{out}");
-    assert!(
-        out.contains("minios: cr3 0000000000104000 lstar ffffffff80101000 gs ffffffff80103000\n"),
-        "{out}"
+    assert_contains(
+        out,
+        &["minios: cr3 0000000000104000 lstar ffffffff80101000 gs ffffffff80103000\n"],
     );
-    assert!(out.contains("minios: 24 syscalls, current init\n"), "{out}");
+    assert_contains(out, &["minios: 24 syscalls, current init\n"]);
     assert!(out.ends_with("minios: done\n"), "{out}");
     assert_eq!(task_lines(out).len(), 8, "{out}");
 }

@@ -16,12 +16,7 @@ fn triple_fault_is_one_line_with_vcpu_rip_and_reason() {
     let r = wasmvisor(&["run", "--guest", p.to_str().unwrap(), "--mode", "protected"]);
     assert_eq!(r.code, 3, "{r:?}");
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
-    let fault: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.contains("guest fault"))
-        .collect();
-    assert_eq!(fault.len(), 1, "{}", r.stderr);
+    let fault = [guest_fault_line(&r.stderr)];
     assert_contains(fault[0], &["vcpu 0 at rip 0x"]);
     assert!(
         fault[0].contains("shutdown (triple fault)") || fault[0].contains("KVM internal error"),
@@ -41,12 +36,7 @@ fn emulator_failure_is_one_line_with_instruction_bytes() {
     std::fs::write(&p, [0xcf]).unwrap();
     let r = wasmvisor(&["run", "--guest", p.to_str().unwrap(), "--mode", "protected"]);
     assert_eq!(r.code, 3, "{r:?}");
-    let fault: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.contains("guest fault"))
-        .collect();
-    assert_eq!(fault.len(), 1, "{}", r.stderr);
+    let fault = [guest_fault_line(&r.stderr)];
     assert!(
         fault[0].starts_with("wasmvisor: guest fault: vcpu 0 at rip 0x8000: "),
         "{}",
@@ -141,4 +131,14 @@ fn a_run_that_outlives_its_limit_is_killed_and_reported() {
         started.elapsed() < Duration::from_secs(30),
         "not killed in time"
     );
+}
+
+/// The one `guest fault` line a run that died printed on stderr.
+fn guest_fault_line(stderr: &str) -> &str {
+    let fault: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("guest fault"))
+        .collect();
+    assert_eq!(fault.len(), 1, "{stderr}");
+    fault[0]
 }

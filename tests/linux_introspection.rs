@@ -234,9 +234,9 @@ fn a_malformed_or_truncated_profile_image_is_one_error_line() {
             file.to_str().unwrap(),
         ])
         .one_error_line();
-        assert!(line.contains("--kernel-profile"), "{line}");
+        assert_contains(&line, &["--kernel-profile"]);
         assert!(line.contains(file.to_str().unwrap()), "{line}");
-        assert!(line.contains(want), "{line}");
+        assert_contains(&line, &[want]);
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -100,9 +100,9 @@ fn a_changed_policy_gives_a_readable_diff() {
         ),
         "{out}"
     );
-    assert!(
-        out.contains("vcpu 0 init\n  recorded: {\"Ok\":{\"ports\":[{\"first\":1312"),
-        "{out}"
+    assert_contains(
+        out,
+        &["vcpu 0 init\n  recorded: {\"Ok\":{\"ports\":[{\"first\":1312"],
     );
     let last = out.lines().last().unwrap();
     assert!(last.ends_with("of 22 calls differ"), "{out}");
@@ -139,7 +139,7 @@ fn a_damaged_recording_is_one_clear_error() {
     let keep: Vec<&str> = text.lines().take(10).collect();
     std::fs::write(&short, keep.join("\n") + "\n").unwrap();
     let line = replay(&short);
-    assert!(line.contains("no end line after its 9 entries"), "{line}");
+    assert_contains(&line, &["no end line after its 9 entries"]);
 
     // A flipped field.
     let bad = dir.join("bad.rec");

@@ -130,6 +130,13 @@ impl LineTrigger {
         }
         hit
     }
+
+    /// [`on_io`](Self::on_io), once per VM: every vCPU's instance watches
+    /// its own console writes, and the first to see the line (counted in
+    /// the shared counter `key`) does the work.
+    pub fn once_per_vm(&mut self, io: &IoExit, key: &str) -> bool {
+        self.on_io(io) && crate::host::counter_add(key, 1) == 1
+    }
 }
 
 #[cfg(test)]

@@ -986,15 +986,7 @@ mod tests {
             Err(ProfileError::NoKallsyms)
         ));
         // Pseudo-random bytes (xorshift), with and without an ELF around them.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let random: Vec<u8> = (0..65536)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let random = crate::pseudo_random(0x2545_f491_4f6c_dd1d, 65536);
         assert!(Symbols::from_elf(&random).is_err());
         assert!(Symbols::from_elf(&tiny_elf(BASE, &random, &[])).is_err());
     }

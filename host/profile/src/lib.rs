@@ -69,6 +69,20 @@ impl Profile {
     }
 }
 
+/// Pseudo-random bytes (xorshift64) for the robustness tests: the same
+/// bytes on every run.
+#[cfg(test)]
+pub(crate) fn pseudo_random(mut state: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,15 +106,7 @@ mod tests {
     #[test]
     fn garbage_is_an_error() {
         assert!(matches!(Profile::from_elf(&[]), Err(ProfileError::NotElf)));
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut random: Vec<u8> = (0..4096)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let mut random = pseudo_random(0x9e37_79b9_7f4a_7c15, 4096);
         assert!(Profile::from_elf(&random).is_err());
         // An ELF header on top of garbage: its tables point anywhere.
         random[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");

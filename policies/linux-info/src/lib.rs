@@ -98,11 +98,10 @@ impl Policy for LinuxInfo {
 
     fn on_io(&mut self, _ev: &Exit, io: IoExit) -> Verdict {
         // Once per VM: the first vCPU to see the line reports.
-        if self.trigger.on_io(&io) && host::counter_add(REPORTED, 1) == 1 {
+        if self.trigger.once_per_vm(&io, REPORTED) {
             report();
         }
-        // The console still prints.
-        Verdict::Decline
+        Verdict::Decline // the console still prints
     }
 }
 

@@ -197,11 +197,10 @@ impl Policy for LinuxTasks {
 
     fn on_io(&mut self, _ev: &Exit, io: IoExit) -> Verdict {
         // Once per VM: the first vCPU to see the line walks.
-        if self.trigger.on_io(&io) && host::counter_add(WALKED, 1) == 1 {
+        if self.trigger.once_per_vm(&io, WALKED) {
             self.list();
         }
-        // The console still prints.
-        Verdict::Decline
+        Verdict::Decline // the console still prints
     }
 }
 

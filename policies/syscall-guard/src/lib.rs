@@ -453,11 +453,10 @@ impl Policy for SyscallGuard {
 
     fn on_io(&mut self, _ev: &Exit, io: IoExit) -> Verdict {
         // Once per VM: the first vCPU to see the line checks and protects.
-        if self.trigger.on_io(&io) && host::counter_add(CHECKED, 1) == 1 {
+        if self.trigger.once_per_vm(&io, CHECKED) {
             self.arm();
         }
-        // The console still prints.
-        Verdict::Decline
+        Verdict::Decline // the console still prints
     }
 
     fn on_mem_violation(&mut self, ev: &Exit, violation: MemViolation) -> Verdict {
