@@ -2,7 +2,7 @@
 //! vCPU and a real `GuestMemoryMmap`.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use wasmvisor_exit::testing::FakeVcpu;
+use wasmvisor_exit::testing::{io_exit, FakeVcpu};
 use wasmvisor_exit::*;
 
 fn mem() -> GuestMemoryMmap {
@@ -23,12 +23,7 @@ fn ev(kind: ExitKind) -> ExitEvent {
 }
 
 fn io(port: u16, direction: Direction, size: u8, data: u32) -> ExitEvent {
-    ev(ExitKind::Io(IoExit {
-        port,
-        size,
-        direction,
-        data,
-    }))
+    io_exit(port, size, direction, data)
 }
 
 fn msr(index: u32, direction: Direction, value: u64, reason: MsrReason) -> ExitEvent {

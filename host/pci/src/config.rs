@@ -132,6 +132,12 @@ impl ClassCode {
         sub: 0x00,
         prog_if: 0x00,
     };
+    /// Network controller, Ethernet: what a passed-through NIC reports.
+    pub const ETHERNET: ClassCode = ClassCode {
+        base: 0x02,
+        sub: 0x00,
+        prog_if: 0x00,
+    };
     /// "Device does not fit any defined class": what a test device is.
     pub const UNCLASSIFIED: ClassCode = ClassCode {
         base: 0xff,

@@ -62,11 +62,7 @@ fn debian_kernel_profile() {
         symbols.tables().encoding,
         AddressEncoding::BaseRelativeAbsolutePercpu
     );
-    let lookup = |name: &str| {
-        symbols
-            .lookup(name)
-            .unwrap_or_else(|| panic!("symbol {name} not found"))
-    };
+    let lookup = |name: &str| found(symbols.lookup(name), name);
     for name in [
         "sys_call_table",
         "init_task",
@@ -104,11 +100,7 @@ fn debian_kernel_profile() {
     let types = &profile.types;
     let size = types.size_of("task_struct").expect("task_struct");
     assert!(size > 2000, "task_struct is {size} bytes");
-    let offset = |path: &str| {
-        types
-            .offset_of(path)
-            .unwrap_or_else(|| panic!("{path} not found"))
-    };
+    let offset = |path: &str| found(types.offset_of(path), path);
     for path in [
         "task_struct.pid",
         "task_struct.comm",
@@ -176,4 +168,9 @@ fn the_bzimage_gives_the_same_profile_as_its_vmlinux() {
         bz.types.offset_of("task_struct.comm"),
         elf.types.offset_of("task_struct.comm")
     );
+}
+
+/// A value the real kernel must have, or a failure naming what is missing.
+fn found(value: Option<u64>, what: &str) -> u64 {
+    value.unwrap_or_else(|| panic!("{what} not found in the Debian kernel"))
 }

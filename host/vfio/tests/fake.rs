@@ -26,11 +26,7 @@ fn device_with(msix: u32) -> FakeDevice {
         vendor_id: 0x1234,
         device_id: 0x5678,
         revision_id: 2,
-        class: ClassCode {
-            base: 0x02,
-            sub: 0x00,
-            prog_if: 0x00,
-        },
+        class: ClassCode::ETHERNET,
         subsystem_vendor_id: 0x1234,
         subsystem_id: 0x0001,
         interrupt_pin: Some(IntxPin::A),

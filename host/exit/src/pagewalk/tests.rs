@@ -139,6 +139,23 @@ fn page_size(leaf_level: u8) -> u64 {
     1 << (12 + 9 * (u32::from(leaf_level) - 1))
 }
 
+/// Clears the present bit of the entry at `level` and checks that the walk
+/// of `gva` stops there, naming that entry.
+fn assert_walk_stops_when_absent(
+    mem: &mut FakeMem,
+    paging: &PagingState,
+    entries: &[(u8, u64)],
+    gva: u64,
+    level: u8,
+) {
+    let (entry_gpa, entry) = entry_at(mem, entries, level);
+    mem.write_u64(entry_gpa, entry & !PTE_P);
+    assert_eq!(
+        translate(mem, paging, gva),
+        Err(WalkFault::NotPresent { level, entry_gpa })
+    );
+}
+
 fn entry_at(mem: &FakeMem, entries: &[(u8, u64)], level: u8) -> (u64, u64) {
     let (_, gpa) = entries.iter().find(|(l, _)| *l == level).unwrap();
     (*gpa, mem.read_u64(*gpa).unwrap())
@@ -240,12 +257,7 @@ fn long_mode_not_present_names_level_and_entry() {
                 let gva = 0x0000_1234_5678_9abc;
                 let mut mem = FakeMem::new(0x10_0000);
                 let (paging, entries) = long_mode(&mut mem, levels, gva, leaf_level, GIB1);
-                let (entry_gpa, entry) = entry_at(&mem, &entries, level);
-                mem.write_u64(entry_gpa, entry & !PTE_P);
-                assert_eq!(
-                    translate(&mem, &paging, gva),
-                    Err(WalkFault::NotPresent { level, entry_gpa })
-                );
+                assert_walk_stops_when_absent(&mut mem, &paging, &entries, gva, level);
             }
         }
     }
@@ -486,12 +498,7 @@ fn pae_not_present_at_each_level() {
         for level in leaf_level..=3 {
             let mut mem = FakeMem::new(0x10_0000);
             let (paging, entries) = pae(&mut mem, 0x20, gva, leaf_level, 0x40_0000, true);
-            let (entry_gpa, entry) = entry_at(&mem, &entries, level);
-            mem.write_u64(entry_gpa, entry & !PTE_P);
-            assert_eq!(
-                translate(&mem, &paging, gva),
-                Err(WalkFault::NotPresent { level, entry_gpa })
-            );
+            assert_walk_stops_when_absent(&mut mem, &paging, &entries, gva, level);
         }
     }
 }

@@ -42,14 +42,7 @@ impl Vcpu {
                 }
                 let kind = self.io_element_kind();
                 let rip = self.rip().unwrap_or(0);
-                let event = ExitEvent {
-                    vcpu: self.index,
-                    seq: self.seq,
-                    rip,
-                    kind,
-                };
-                self.seq += 1;
-                Some(event)
+                Some(self.next_event(rip, kind))
             }
             Pending::MmioRead { len } => {
                 let value = c.read.unwrap_or(u64::MAX).to_le_bytes();

@@ -24,7 +24,7 @@ mod setup;
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::{SyncReg, VcpuFd};
-use wasmvisor_exit::{DebugState, Direction, VcpuAccessError};
+use wasmvisor_exit::{DebugState, Direction, ExitEvent, ExitKind, VcpuAccessError};
 
 pub use run::{FatalExit, RunOutcome};
 
@@ -66,6 +66,19 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
+    /// The domain event for this vCPU's next exit, numbered in order.
+    #[inline]
+    pub(super) fn next_event(&mut self, rip: u64, kind: ExitKind) -> ExitEvent {
+        let event = ExitEvent {
+            vcpu: self.index,
+            seq: self.seq,
+            rip,
+            kind,
+        };
+        self.seq += 1;
+        event
+    }
+
     pub(crate) fn new(fd: VcpuFd, index: u32, sync_regs: bool) -> Vcpu {
         let mut v = Vcpu {
             fd,

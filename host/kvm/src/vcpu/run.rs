@@ -120,14 +120,7 @@ impl Vcpu {
                 }));
             }
         };
-        let event = ExitEvent {
-            vcpu: self.index,
-            seq: self.seq,
-            rip,
-            kind,
-        };
-        self.seq += 1;
-        Ok(RunOutcome::Exit(event))
+        Ok(RunOutcome::Exit(self.next_event(rip, kind)))
     }
 
     /// Builds the event for the current element of a port I/O exit.

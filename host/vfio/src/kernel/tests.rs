@@ -470,11 +470,7 @@ fn config_space() -> Vec<u8> {
         vendor_id: 0x1234,
         device_id: 0x5678,
         revision_id: 1,
-        class: ClassCode {
-            base: 0x02,
-            sub: 0x00,
-            prog_if: 0x00,
-        },
+        class: ClassCode::ETHERNET,
         subsystem_vendor_id: 0x1234,
         subsystem_id: 0x0001,
         interrupt_pin: Some(IntxPin::A),

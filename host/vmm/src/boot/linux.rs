@@ -209,22 +209,47 @@ pub fn load_linux(
         what: "ACPI tables",
         reason,
     })?;
+    let load = Load {
+        mem,
+        shown: kernel.display().to_string(),
+        file: &mut file,
+        args,
+        rsdp,
+    };
     if elf {
-        load_pvh(mem, kernel, &mut file, args, rsdp)
+        load_pvh(load)
     } else {
-        load_bzimage(mem, kernel, &mut file, args, rsdp)
+        load_bzimage(load)
+    }
+}
+
+/// What either boot protocol loads from: the kernel file (named as the
+/// user gave it) and where it goes.
+struct Load<'a> {
+    mem: &'a GuestMemoryMmap,
+    shown: String,
+    file: &'a mut File,
+    args: &'a LinuxArgs<'a>,
+    rsdp: u64,
+}
+
+type Parts<'a> = (
+    &'a GuestMemoryMmap,
+    String,
+    &'a mut File,
+    &'a LinuxArgs<'a>,
+    u64,
+);
+
+impl<'a> Load<'a> {
+    fn parts(self) -> Parts<'a> {
+        (self.mem, self.shown, self.file, self.args, self.rsdp)
     }
 }
 
 /// A bzImage for the 64-bit boot protocol.
-fn load_bzimage(
-    mem: &GuestMemoryMmap,
-    kernel: &Path,
-    file: &mut File,
-    args: &LinuxArgs<'_>,
-    rsdp: u64,
-) -> Result<LinuxBoot, LinuxError> {
-    let shown = kernel.display().to_string();
+fn load_bzimage(load: Load<'_>) -> Result<LinuxBoot, LinuxError> {
+    let (mem, shown, file, args, rsdp) = load.parts();
     let loaded = BzImage::load(
         mem,
         Some(GuestAddress(KERNEL_LOAD)),
@@ -301,14 +326,8 @@ fn load_bzimage(
 
 /// An ELF image (a vmlinux, or any kernel with a PVH note, 32- or
 /// 64-bit) for the PVH boot protocol.
-fn load_pvh(
-    mem: &GuestMemoryMmap,
-    kernel: &Path,
-    file: &mut File,
-    args: &LinuxArgs<'_>,
-    rsdp: u64,
-) -> Result<LinuxBoot, LinuxError> {
-    let shown = kernel.display().to_string();
+fn load_pvh(load: Load<'_>) -> Result<LinuxBoot, LinuxError> {
+    let (mem, shown, file, args, rsdp) = load.parts();
     let mut bytes = Vec::new();
     file.seek(SeekFrom::Start(0))
         .and_then(|_| file.read_to_end(&mut bytes))
