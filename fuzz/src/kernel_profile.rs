@@ -15,24 +15,25 @@ use wasmvisor_vmm::pvh;
 /// A minimal ELF64 with one PT_LOAD at 0xffffffff81000000 holding `body`,
 /// so the kallsyms search has a mapped image to work on.
 fn elf_around(body: &[u8]) -> Vec<u8> {
+    let len = body.len() as u64;
+    // (offset, little-endian bytes) of every non-zero header field.
+    let fields: [(usize, Vec<u8>); 11] = [
+        (0, b"\x7fELF\x02\x01\x01".to_vec()), // ELF64, little-endian, v1
+        (16, 2u16.to_le_bytes().to_vec()),    // ET_EXEC
+        (18, 62u16.to_le_bytes().to_vec()),   // x86-64
+        (32, 64u64.to_le_bytes().to_vec()),   // e_phoff
+        (54, 56u16.to_le_bytes().to_vec()),   // e_phentsize
+        (56, 1u16.to_le_bytes().to_vec()),    // e_phnum
+        (64, 1u32.to_le_bytes().to_vec()),    // PT_LOAD
+        (72, 120u64.to_le_bytes().to_vec()),  // p_offset: right after
+        (80, 0xffff_ffff_8100_0000u64.to_le_bytes().to_vec()), // p_vaddr
+        (88, 0x100_0000u64.to_le_bytes().to_vec()), // p_paddr
+        (96, [len.to_le_bytes(), len.to_le_bytes()].concat()), // filesz, memsz
+    ];
     let mut out = vec![0u8; 64 + 56];
-    out[..4].copy_from_slice(b"\x7fELF");
-    out[4] = 2;
-    out[5] = 1;
-    out[6] = 1;
-    out[16..18].copy_from_slice(&2u16.to_le_bytes());
-    out[18..20].copy_from_slice(&62u16.to_le_bytes());
-    out[32..40].copy_from_slice(&64u64.to_le_bytes());
-    out[54..56].copy_from_slice(&56u16.to_le_bytes());
-    out[56..58].copy_from_slice(&1u16.to_le_bytes());
-    let ph = 64;
-    let vaddr = 0xffff_ffff_8100_0000u64;
-    out[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes());
-    out[ph + 8..ph + 16].copy_from_slice(&120u64.to_le_bytes());
-    out[ph + 16..ph + 24].copy_from_slice(&vaddr.to_le_bytes());
-    out[ph + 24..ph + 32].copy_from_slice(&0x100_0000u64.to_le_bytes());
-    out[ph + 32..ph + 40].copy_from_slice(&(body.len() as u64).to_le_bytes());
-    out[ph + 40..ph + 48].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    for (at, bytes) in fields {
+        out[at..at + bytes.len()].copy_from_slice(&bytes);
+    }
     out.extend_from_slice(body);
     out
 }

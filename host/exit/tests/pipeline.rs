@@ -35,6 +35,15 @@ fn msr(index: u32, direction: Direction, value: u64, reason: MsrReason) -> ExitE
     }))
 }
 
+/// A one-byte execute breakpoint at `gva`.
+fn execute_bp(gva: u64) -> HwBreakpoint {
+    HwBreakpoint {
+        kind: HwBreakpointKind::Execute,
+        gva,
+        len: 1,
+    }
+}
+
 fn subs_ports(first: u16, last: u16) -> Subscriptions {
     Subscriptions {
         ports: vec![first..=last],
@@ -516,11 +525,7 @@ fn protect_actions_need_whole_pages_of_ram_and_the_grant() {
 
 #[test]
 fn an_empty_answer_continues_a_debug_exit_like_resume() {
-    let bp = HwBreakpoint {
-        kind: HwBreakpointKind::Execute,
-        gva: 0x8000,
-        len: 1,
-    };
+    let bp = execute_bp(0x8000);
     let event = ev(ExitKind::Debug(DebugExit {
         cause: DebugCause::HwBreakpoint,
         slot: Some(2),
@@ -551,11 +556,7 @@ fn an_empty_answer_continues_a_debug_exit_like_resume() {
 
 #[test]
 fn an_answer_without_a_debug_finisher_still_steps_over_the_breakpoint() {
-    let bp = HwBreakpoint {
-        kind: HwBreakpointKind::Execute,
-        gva: 0x8000,
-        len: 1,
-    };
+    let bp = execute_bp(0x8000);
     let event = ev(ExitKind::Debug(DebugExit {
         cause: DebugCause::HwBreakpoint,
         slot: Some(0),
