@@ -233,49 +233,34 @@ struct Load<'a> {
     rsdp: u64,
 }
 
-type Parts<'a> = (
-    &'a GuestMemoryMmap,
-    String,
-    &'a mut File,
-    &'a LinuxArgs<'a>,
-    u64,
-);
-
-impl<'a> Load<'a> {
-    fn parts(self) -> Parts<'a> {
-        (self.mem, self.shown, self.file, self.args, self.rsdp)
-    }
-}
-
 /// A bzImage for the 64-bit boot protocol.
 fn load_bzimage(load: Load<'_>) -> Result<LinuxBoot, LinuxError> {
-    let (mem, shown, file, args, rsdp) = load.parts();
     let loaded = BzImage::load(
-        mem,
+        load.mem,
         Some(GuestAddress(KERNEL_LOAD)),
-        file,
+        load.file,
         Some(GuestAddress(HIGH_RAM)),
     )
     .map_err(|e| LinuxError::Kernel {
-        path: shown.clone(),
+        path: load.shown.clone(),
         reason: e.to_string(),
     })?;
     let Some(hdr) = loaded.setup_header else {
         return Err(LinuxError::Kernel {
-            path: shown,
+            path: load.shown,
             reason: "no setup header".into(),
         });
     };
     let version = hdr.version;
     if version < MIN_PROTOCOL {
         return Err(LinuxError::OldProtocol {
-            path: shown,
+            path: load.shown,
             version,
         });
     }
     let xloadflags = hdr.xloadflags;
     if xloadflags & XLF_KERNEL_64 == 0 {
-        return Err(LinuxError::No64BitEntry { path: shown });
+        return Err(LinuxError::No64BitEntry { path: load.shown });
     }
 
     let mut params = boot_params {
@@ -286,18 +271,18 @@ fn load_bzimage(load: Load<'_>) -> Result<LinuxBoot, LinuxError> {
     params.hdr.boot_flag = BOOT_FLAG;
     params.hdr.header = HDR_MAGIC;
     params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
-    params.hdr.cmdline_size = args.cmdline.len() as u32;
-    params.acpi_rsdp_addr = rsdp;
+    params.hdr.cmdline_size = load.args.cmdline.len() as u32;
+    params.acpi_rsdp_addr = load.rsdp;
 
     let kernel_end = loaded.kernel_end;
     let max = u64::from(params.hdr.initrd_addr_max);
-    let initrd = place_initrd(mem, args, max, kernel_end)?;
+    let initrd = place_initrd(load.mem, load.args, max, kernel_end)?;
     if let Some((addr, size)) = initrd {
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = size as u32;
     }
 
-    let e820 = e820_map(args.ram_size);
+    let e820 = e820_map(load.args.ram_size);
     for (slot, e) in params.e820_table.iter_mut().zip(&e820) {
         *slot = boot_e820_entry {
             addr: e.addr,
@@ -308,7 +293,7 @@ fn load_bzimage(load: Load<'_>) -> Result<LinuxBoot, LinuxError> {
     params.e820_entries = e820.len() as u8;
     LinuxBootConfigurator::write_bootparams(
         &BootParams::new(&params, GuestAddress(ZERO_PAGE)),
-        mem,
+        load.mem,
     )
     .map_err(|e| LinuxError::Write {
         what: "zero page",
@@ -327,35 +312,35 @@ fn load_bzimage(load: Load<'_>) -> Result<LinuxBoot, LinuxError> {
 /// An ELF image (a vmlinux, or any kernel with a PVH note, 32- or
 /// 64-bit) for the PVH boot protocol.
 fn load_pvh(load: Load<'_>) -> Result<LinuxBoot, LinuxError> {
-    let (mem, shown, file, args, rsdp) = load.parts();
     let mut bytes = Vec::new();
-    file.seek(SeekFrom::Start(0))
-        .and_then(|_| file.read_to_end(&mut bytes))
+    load.file
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| load.file.read_to_end(&mut bytes))
         .map_err(|e| LinuxError::Read {
             what: "kernel",
-            path: shown.clone(),
+            path: load.shown.clone(),
             reason: e.to_string(),
         })?;
     // PVH kernels run at their link-time physical addresses.
-    let image = pvh::parse(&bytes, args.ram_size).map_err(|e| match e {
+    let image = pvh::parse(&bytes, load.args.ram_size).map_err(|e| match e {
         pvh::PvhError::NoEntry => LinuxError::NoPvhEntry {
-            path: shown.clone(),
+            path: load.shown.clone(),
         },
         e => LinuxError::Pvh {
-            path: shown.clone(),
+            path: load.shown.clone(),
             reason: e.to_string(),
         },
     })?;
-    pvh::load(mem, &image).map_err(|reason| LinuxError::Write {
+    pvh::load(load.mem, &image).map_err(|reason| LinuxError::Write {
         what: "kernel",
         reason,
     })?;
     let entry = u64::from(image.entry);
     let kernel_end = image.end;
     // The kernel maps the initrd itself; keep it below 4 GiB.
-    let initrd = place_initrd(mem, args, u64::from(u32::MAX), kernel_end)?;
+    let initrd = place_initrd(load.mem, load.args, u64::from(u32::MAX), kernel_end)?;
 
-    let e820 = e820_map(args.ram_size);
+    let e820 = e820_map(load.args.ram_size);
     let memmap: Vec<hvm_memmap_table_entry> = e820
         .iter()
         .map(|e| hvm_memmap_table_entry {
@@ -379,7 +364,7 @@ fn load_pvh(load: Load<'_>) -> Result<LinuxBoot, LinuxError> {
         nr_modules: modules.len() as u32,
         modlist_paddr: if modules.is_empty() { 0 } else { PVH_MODLIST },
         cmdline_paddr: CMDLINE_ADDR,
-        rsdp_paddr: rsdp,
+        rsdp_paddr: load.rsdp,
         memmap_paddr: PVH_MEMMAP,
         memmap_entries: memmap.len() as u32,
         ..Default::default()
@@ -389,7 +374,7 @@ fn load_pvh(load: Load<'_>) -> Result<LinuxBoot, LinuxError> {
     if !modules.is_empty() {
         params.set_modules(&modules, GuestAddress(PVH_MODLIST));
     }
-    PvhBootConfigurator::write_bootparams(&params, mem).map_err(|e| LinuxError::Write {
+    PvhBootConfigurator::write_bootparams(&params, load.mem).map_err(|e| LinuxError::Write {
         what: "PVH start_info",
         reason: e.to_string(),
     })?;
