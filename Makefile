@@ -2,7 +2,7 @@
 CARGO   ?= cargo
 ASSETS  := target/assets
 WASM    := target/wasm32-wasip2/policy
-POLICIES := serial msr-guard cpuid-mask io-tracer regbank noop mem-guard syscall-tracer task-lister counter conformance pci-guard template linux-info linux-tasks syscall-guard
+POLICIES := serial msr-guard cpuid-mask io-tracer regbank noop mem-guard syscall-tracer task-lister counter conformance pci-guard template linux-info linux-tasks syscall-guard fuzzer
 FIXTURES := other-world hostile
 
 .PHONY: all setup setup-langs guests policies lang-policies assets build demo test lint clippy unit e2e bench clean fuzz fuzz-replay kernel

@@ -7,6 +7,8 @@
 #   hello.elf    ELF64, 64-bit long mode, loaded at 1 MiB, entry _start
 #   minios.elf   ELF64, 64-bit long mode, loaded at 1 MiB, entry _start;
 #                a small higher-half kernel with its own page tables
+#   fuzzme.elf   ELF64, 64-bit long mode, loaded at 1 MiB, entry _start;
+#                a CPL3 parser fed through the doorbell (docs/doorbell.md)
 #   devices.bin  flat, 32-bit protected mode, load at 0x8000, entry = byte 0
 #   conformance.bin  flat, 32-bit protected mode, load at 0x8000, entry = byte 0
 #   irq.bin      flat, 16-bit real mode, load at 0x8000, entry = byte 0
@@ -51,6 +53,12 @@ as --64 -o "$work/minios.o" "$src/minios.S"
 ld -m elf_x86_64 "${ldflags[@]}" -T "$src/minios.ld" \
     -o "$work/minios.elf" "$work/minios.o"
 
+# fuzzme.elf: 64-bit code; fuzzme.ld places every page at a fixed address.
+# -I: it includes doorbell.inc and embeds fuzzme-seeds/seed-01.bin.
+as --64 -I "$src" -o "$work/fuzzme.o" "$src/fuzzme.S"
+ld -m elf_x86_64 "${ldflags[@]}" -T "$src/fuzzme.ld" \
+    -o "$work/fuzzme.elf" "$work/fuzzme.o"
+
 # Flat images: assembled as 32-bit ELF objects (smp.S switches to .code16
 # itself), linked at 0x8000 by flat.ld, then stripped to raw bytes.
 for guest in devices conformance irq pci smp faults ticker reset bench; do
@@ -63,5 +71,5 @@ done
 
 # Publish only once everything built, so OUT_DIR never holds a mix of old
 # and new guests after a failed build.
-cp "$work/hello.elf" "$work/minios.elf" "$work/devices.bin" "$work/conformance.bin" "$work/irq.bin" "$work/pci.bin" "$work/smp.bin" "$work/faults.bin" \
+cp "$work/hello.elf" "$work/minios.elf" "$work/fuzzme.elf" "$work/devices.bin" "$work/conformance.bin" "$work/irq.bin" "$work/pci.bin" "$work/smp.bin" "$work/faults.bin" \
     "$work/ticker.bin" "$work/reset.bin" "$work/bench.bin" "$out/"

@@ -19,10 +19,11 @@
 //!   value or a #GP.
 
 use std::sync::{Mutex, OnceLock};
+use wasmvisor_exit::GuestRam;
 
 use crate as f;
 use arbitrary::{Result, Unstructured};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 use wasmvisor_exit::{
     apply, classify, default_actions, validate, Action, ApplyError, Completion, Exception,
     ExitEvent, ExitKind, Flow, GpaRange, GuestEnv, MemAccess, Protection, ProtectionMap, Route,
@@ -46,8 +47,8 @@ const MSR_HINTS: &[u64] = &[
     0xffff_ffff,
 ];
 
-fn mem() -> &'static GuestMemoryMmap {
-    static MEM: OnceLock<GuestMemoryMmap> = OnceLock::new();
+fn mem() -> &'static GuestRam {
+    static MEM: OnceLock<GuestRam> = OnceLock::new();
     MEM.get_or_init(|| f::ram(RAM))
 }
 

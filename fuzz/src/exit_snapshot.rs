@@ -10,18 +10,18 @@
 //! a filtered MSR is reported as filtered whatever else KVM says.
 
 use std::sync::{Mutex, OnceLock};
+use wasmvisor_exit::GuestRam;
 
 use arbitrary::{Result, Unstructured};
 use kvm_ioctls::MsrExitReason;
-use vm_memory::GuestMemoryMmap;
 use wasmvisor_exit::{
     default_actions, Completion, DebugCause, Direction, ExitEvent, ExitKind, GuestEnv, MmioExit,
     MsrExit, MsrReason, ProtectionMap,
 };
 use wasmvisor_kvm::decode;
 
-fn mem() -> &'static GuestMemoryMmap {
-    static MEM: OnceLock<GuestMemoryMmap> = OnceLock::new();
+fn mem() -> &'static GuestRam {
+    static MEM: OnceLock<GuestRam> = OnceLock::new();
     MEM.get_or_init(|| crate::ram(&[(0, 0x1000)]))
 }
 

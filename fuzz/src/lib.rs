@@ -32,9 +32,10 @@ pub const TARGETS: [(&str, Target); 7] = [
 ];
 
 use std::ops::RangeInclusive;
+use wasmvisor_exit::GuestRam;
 
 use arbitrary::{Result, Unstructured};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use wasmvisor_exit::{
     Action, Capabilities, DebugCause, DebugExit, DebugState, Direction, EventSet, Exception,
     ExitEvent, ExitKind, GpaRange, HwBreakpoint, HwBreakpointKind, IoExit, MemAccess, MemViolation,
@@ -350,7 +351,7 @@ pub fn debug_state(u: &mut Unstructured) -> Result<DebugState> {
 
 /// Fills every RAM region with a pattern that depends on the address, so
 /// that any write (even of zeros) shows up in [`snapshot`].
-pub fn fill(mem: &GuestMemoryMmap, seed: u8) {
+pub fn fill(mem: &GuestRam, seed: u8) {
     for region in mem.iter() {
         let base = region.start_addr().0;
         let bytes: Vec<u8> = (0..region.len())
@@ -362,7 +363,7 @@ pub fn fill(mem: &GuestMemoryMmap, seed: u8) {
 }
 
 /// Every RAM byte, region by region, with each region's base address.
-pub fn snapshot(mem: &GuestMemoryMmap) -> Vec<(u64, Vec<u8>)> {
+pub fn snapshot(mem: &GuestRam) -> Vec<(u64, Vec<u8>)> {
     mem.iter()
         .map(|region| {
             let mut buf = vec![0u8; region.len() as usize];
@@ -391,8 +392,8 @@ pub fn write_snapshot(snap: &mut [(u64, Vec<u8>)], gpa: u64, data: &[u8]) -> boo
 }
 
 /// Guest RAM with `ranges`, for targets that keep one for the whole run.
-pub fn ram(ranges: &[(u64, usize)]) -> GuestMemoryMmap {
+pub fn ram(ranges: &[(u64, usize)]) -> GuestRam {
     let ranges: Vec<(GuestAddress, usize)> =
         ranges.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
-    GuestMemoryMmap::from_ranges(&ranges).expect("valid RAM layout")
+    GuestRam::from_ranges(&ranges).expect("valid RAM layout")
 }

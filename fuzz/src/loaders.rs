@@ -11,10 +11,11 @@
 //! and the rest of each segment's memory size is zero.
 
 use std::sync::OnceLock;
+use wasmvisor_exit::GuestRam;
 
 use crate as f;
 use arbitrary::{Result, Unstructured};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use wasmvisor_kvm::HOST_RESERVED_END;
 use wasmvisor_vmm::loader::{is_elf, load_elf, load_flat, Loaded};
 
@@ -30,8 +31,8 @@ const ADDR_HINTS: &[u64] = &[
     u64::MAX,
 ];
 
-fn mem() -> &'static GuestMemoryMmap {
-    static MEM: OnceLock<GuestMemoryMmap> = OnceLock::new();
+fn mem() -> &'static GuestRam {
+    static MEM: OnceLock<GuestRam> = OnceLock::new();
     MEM.get_or_init(|| f::ram(&[(0, RAM_SIZE as usize)]))
 }
 
@@ -129,7 +130,7 @@ fn pattern() -> &'static [u8] {
     })
 }
 
-fn ram_bytes(mem: &GuestMemoryMmap) -> Vec<u8> {
+fn ram_bytes(mem: &GuestRam) -> Vec<u8> {
     let mut buf = vec![0u8; RAM_SIZE as usize];
     mem.read_slice(&mut buf, GuestAddress(0)).expect("RAM");
     buf
@@ -175,7 +176,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     Ok(())
 }
 
-fn check_elf(mem: &GuestMemoryMmap, before: &[u8], image: &[u8], segs: Option<&[Seg]>) {
+fn check_elf(mem: &GuestRam, before: &[u8], image: &[u8], segs: Option<&[Seg]>) {
     match load_elf(mem, image) {
         Err(_) => assert!(ram_bytes(mem) == before, "failed ELF load changed RAM"),
         Ok(l) => {

@@ -12,9 +12,10 @@
 //! rights; with paging off, the address maps to itself.
 
 use std::sync::OnceLock;
+use wasmvisor_exit::GuestRam;
 
 use arbitrary::{Result, Unstructured};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use wasmvisor_exit::{
     translate_with_maxphyaddr, PagingMode, PagingState, PhysRead, Translation, DEFAULT_MAXPHYADDR,
     MIN_MAXPHYADDR,
@@ -51,8 +52,8 @@ impl PhysRead for Mirror<'_> {
 
 const RAM_SIZE: usize = 0x10000;
 
-fn ram() -> &'static GuestMemoryMmap {
-    static MEM: OnceLock<GuestMemoryMmap> = OnceLock::new();
+fn ram() -> &'static GuestRam {
+    static MEM: OnceLock<GuestRam> = OnceLock::new();
     MEM.get_or_init(|| crate::ram(&[(0, RAM_SIZE)]))
 }
 

@@ -76,6 +76,13 @@
 //! * [`LineTrigger`] (module [`trigger`]) fires once, when the guest
 //!   prints a line containing a given text on COM1, or at the first exit:
 //!   the moment a policy that reads kernel state does its work.
+//! * [`doorbell`] is the calling convention of guests that talk to their
+//!   policy on port 0x0ad0 (HELLO, SNAPSHOT, GET_INPUT, DONE, CRASH, LOG):
+//!   [`doorbell::Call::read`] decodes a call, [`doorbell::reply`] answers
+//!   it in RAX and RBX. The snapshot imports (`host::snapshot_baseline`,
+//!   `host::snapshot_reset`, grant `@grant=snapshot`) let such a policy
+//!   run the guest again and again from one state, as `policies/fuzzer`
+//!   does.
 //! * [`Policy::save_state`] and [`Policy::restore_state`] carry state from
 //!   one generation of a policy to the next on a hot swap.
 //!
@@ -86,6 +93,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+pub mod doorbell;
 pub mod host;
 pub mod json;
 pub mod kernel;

@@ -72,7 +72,7 @@ pub struct PrecompileArgs {
 }
 
 /// Sends one request and reads its reply.
-fn call(control: &Path, request: &Request) -> Result<Reply> {
+pub(crate) fn call(control: &Path, request: &Request) -> Result<Reply> {
     Ok(ControlClient::connect(control, REPLY_TIMEOUT)?.request(request)?)
 }
 

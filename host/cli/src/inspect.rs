@@ -2,10 +2,11 @@
 //! is and what it subscribes to.
 
 use std::sync::Arc;
+use wasmvisor_exit::GuestRam;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 use wasmvisor_exit::{Capabilities, Subscriptions};
 use wasmvisor_kvm::Vcpu;
 use wasmvisor_policy::{
@@ -83,7 +84,7 @@ pub(crate) fn scratch_instance(
     image: &PolicyImage,
     limits: &Limits,
 ) -> Result<(PolicyInstance<Vcpu>, Arc<CaptureConsole>)> {
-    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)])
+    let memory = GuestRam::from_ranges(&[(GuestAddress(0), 0x1000)])
         .context("cannot allocate scratch memory")?;
     let console = Arc::new(CaptureConsole::default());
     let shared = Arc::new(Shared::new(console.clone(), None)?.with_log(console.clone()));
@@ -97,6 +98,7 @@ pub(crate) fn scratch_instance(
         shared,
         protector: None,
         irq: Default::default(),
+        snapshots: Default::default(),
     };
     Ok((image.instantiate::<Vcpu>(ctx, limits)?, console))
 }

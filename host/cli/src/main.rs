@@ -12,6 +12,7 @@ mod inspect;
 mod replay;
 mod run;
 mod scaffold;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,9 @@ enum Command {
     /// Work with policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Snapshot, reset or dump a running VM.
+    #[command(subcommand)]
+    Vm(VmCommand),
     /// Replay a recording (`run --record`) against a policy, without a VM, and show where its answers differ.
     Replay(replay::ReplayArgs),
 }
@@ -59,6 +63,18 @@ enum PolicyCommand {
     Precompile(control::PrecompileArgs),
 }
 
+#[derive(Debug, Subcommand)]
+enum VmCommand {
+    /// Write a snapshot of a running VM into a directory (`run --restore DIR` resumes it).
+    Snapshot(vm::SnapshotArgs),
+    /// Take the in-memory baseline that `vm reset` returns the VM to.
+    Baseline(vm::ResetArgs),
+    /// Put a running VM back to its baseline, copying back only the pages written since.
+    Reset(vm::ResetArgs),
+    /// Write guest RAM and the vCPUs' registers as an ELF core (drgn, crash, gdb).
+    Dump(vm::DumpArgs),
+}
+
 fn main() -> ExitCode {
     // The libraries (passthrough devices, mostly) report what they work
     // around as tracing warnings: one plain line each on stderr.
@@ -73,6 +89,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Replay(args) => replay::run(args),
+        Command::Vm(VmCommand::Snapshot(args)) => vm::snapshot(args),
+        Command::Vm(VmCommand::Baseline(args)) => vm::baseline(args),
+        Command::Vm(VmCommand::Reset(args)) => vm::reset(args),
+        Command::Vm(VmCommand::Dump(args)) => vm::dump(args),
         Command::Policy(PolicyCommand::Inspect(args)) => inspect::inspect(args).map(|()| 0),
         Command::Policy(PolicyCommand::Check(args)) => check::check(args),
         Command::Policy(PolicyCommand::New(args)) => scaffold::run(args),

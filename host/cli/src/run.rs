@@ -20,6 +20,12 @@ use crate::assets;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Resume the VM saved in this snapshot directory (`wasmvisor vm snapshot`), with its policies and their state; the machine, guest and policies are the snapshot's (docs/snapshots.md).
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "guest", "kernel", "kernel_profile", "initrd", "cmdline", "mode", "load_addr", "entry",
+        "policies", "config", "vcpus", "mem", "serial", "devices", "dma_windows", "irqchip",
+    ])]
+    restore: Option<PathBuf>,
     /// Guest image: a flat binary or an ELF64 executable.
     #[arg(long, value_name = "FILE")]
     guest: Option<PathBuf>,
@@ -97,8 +103,43 @@ pub struct RunArgs {
     no_policy_cache: bool,
 }
 
+/// The snapshot's config, with this run's options (events, recording,
+/// control socket, cache, deadline).
+fn restore_config(args: &RunArgs, dir: &std::path::Path) -> Result<VmConfig> {
+    let restore = wasmvisor_vmm::snapshot::Restore::load(dir)?;
+    let mut config = restore.config()?;
+    config.restore = Some(Arc::new(restore));
+    run_options(args, &mut config)?;
+    config.check()?;
+    Ok(config)
+}
+
+/// Options that belong to a run, not to the machine: shared by a boot and
+/// a restore.
+fn run_options(args: &RunArgs, config: &mut VmConfig) -> Result<()> {
+    if let Some(ms) = args.policy_deadline_ms {
+        if ms == 0 || ms > 60_000 {
+            bail!("--policy-deadline-ms {ms} is out of range: use 1 to 60000");
+        }
+        config.policy_deadline = Some(Duration::from_millis(ms));
+    }
+    config.events = args.events.clone();
+    config.record = args.record.clone();
+    config.control = args.control.clone();
+    config.watch = args.watch;
+    config.policy_cache = match (&args.policy_cache, args.no_policy_cache) {
+        (_, true) => PolicyCache::Off,
+        (Some(dir), false) => PolicyCache::Dir(dir.clone()),
+        (None, false) => PolicyCache::Default,
+    };
+    Ok(())
+}
+
 /// Builds the VM config from the file (or the demo) and the flags.
 fn build_config(args: &RunArgs) -> Result<VmConfig> {
+    if let Some(dir) = &args.restore {
+        return restore_config(args, dir);
+    }
     let demo = args.guest.is_none() && args.config.is_none() && args.kernel.is_none();
     let file = match (&args.config, demo) {
         (Some(path), _) => Some(read_config_file(path)?),
@@ -152,14 +193,7 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
         config.serial = SerialBackend::parse(s)
             .with_context(|| format!("invalid --serial `{s}`: use native or none"))?;
     }
-    if let Some(ms) = args.policy_deadline_ms {
-        if ms == 0 || ms > 60_000 {
-            bail!("--policy-deadline-ms {ms} is out of range: use 1 to 60000");
-        }
-        config.policy_deadline = Some(Duration::from_millis(ms));
-    }
-    config.events = args.events.clone();
-    config.record = args.record.clone();
+    run_options(args, &mut config)?;
     config.linux = args.kernel.as_ref().map(|kernel| LinuxSpec {
         kernel: kernel.clone(),
         initrd: args.initrd.clone(),
@@ -182,13 +216,6 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
         .map(|w| parse_dma_window(w))
         .collect::<Result<Vec<_>, _>>()?;
     config.dma_domain = DmaDomain::new(&windows).map_err(ConfigError::from)?;
-    config.control = args.control.clone();
-    config.watch = args.watch;
-    config.policy_cache = match (&args.policy_cache, args.no_policy_cache) {
-        (_, true) => PolicyCache::Off,
-        (Some(dir), false) => PolicyCache::Dir(dir.clone()),
-        (None, false) => PolicyCache::Default,
-    };
     config.check()?;
     Ok(config)
 }

@@ -1,7 +1,8 @@
 //! Applies validated actions to a vCPU and guest memory.
 
+use crate::GuestRam;
 use thiserror::Error;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::event::size_mask;
 use crate::{
@@ -12,7 +13,7 @@ use crate::{
 /// Guest memory and its protections, as apply sees them.
 #[derive(Clone, Copy)]
 pub struct GuestEnv<'a> {
-    pub mem: &'a GuestMemoryMmap,
+    pub mem: &'a GuestRam,
     pub protector: &'a dyn MemoryProtector,
 }
 

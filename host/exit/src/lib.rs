@@ -45,3 +45,9 @@ pub use regs::Reg;
 pub use routes::{classify, Route, Routes, RoutesError, Target, MAX_MSR_FILTER_RANGES};
 pub use subscription::{Capabilities, EventSet, GpaRange, Subscriptions};
 pub use validate::{validate, ActionFault};
+
+/// Guest RAM as the host maps it. Every host write through it (policy
+/// imports and actions, device DMA, the loaders) marks its pages in a
+/// per-region bitmap, which a fast reset reads with KVM's dirty log to
+/// know which pages to put back (`docs/snapshots.md`).
+pub type GuestRam = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;

@@ -16,7 +16,8 @@
 //! [`DEFAULT_MAXPHYADDR`] unless [`translate_with_maxphyaddr`] is given the
 //! guest's real one.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use crate::GuestRam;
+use vm_memory::{Bytes, GuestAddress};
 
 /// CR0.PG: paging enabled.
 const CR0_PG: u64 = 1 << 31;
@@ -186,7 +187,7 @@ fn level_name(level: u8) -> &'static str {
 
 /// Reads guest-physical memory, little-endian, for the walker.
 ///
-/// Implemented for [`GuestMemoryMmap`]; tests implement it over crafted
+/// Implemented for [`GuestRam`]; tests implement it over crafted
 /// memory.
 pub trait PhysRead {
     /// The 8 bytes at `gpa`, or `None` if any of them is outside memory.
@@ -195,7 +196,7 @@ pub trait PhysRead {
     fn read_u32(&self, gpa: u64) -> Option<u32>;
 }
 
-impl PhysRead for GuestMemoryMmap {
+impl PhysRead for GuestRam {
     fn read_u64(&self, gpa: u64) -> Option<u64> {
         self.read_obj::<[u8; 8]>(GuestAddress(gpa))
             .ok()

@@ -4,8 +4,9 @@
 //! check the whole list is a policy fault and nothing is applied, so a bad
 //! answer can never leave guest state half-changed.
 
+use crate::GuestRam;
 use thiserror::Error;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::event::size_mask;
 use crate::{
@@ -65,7 +66,7 @@ pub enum ActionFault {
 }
 
 /// A protect or unprotect range must be whole pages of RAM.
-fn check_pages(range: GpaRange, mem: &GuestMemoryMmap) -> Result<(), ActionFault> {
+fn check_pages(range: GpaRange, mem: &GuestRam) -> Result<(), ActionFault> {
     let aligned = range.base.is_multiple_of(PAGE_SIZE)
         && range.len.is_multiple_of(PAGE_SIZE)
         && range.len > 0;
@@ -131,7 +132,7 @@ pub fn validate(
     event: &ExitEvent,
     actions: &[Action],
     grants: Capabilities,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
 ) -> Result<(), ActionFault> {
     // The action that finishes the exit, if any: at most one is allowed.
     let mut finisher: Option<&'static str> = None;
@@ -152,7 +153,7 @@ fn check_action(
     event: &ExitEvent,
     action: &Action,
     grants: Capabilities,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
 ) -> Result<Effect, ActionFault> {
     match action {
         Action::Resume => Ok(Effect::FINISHES),
@@ -276,7 +277,7 @@ fn check_set_reg(grants: Capabilities, action: &Action, reg: &Reg) -> Result<Eff
 /// write-phys: granted, within the size limit and inside guest RAM.
 fn check_write_phys(
     grants: Capabilities,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     action: &Action,
     gpa: u64,
     data: &[u8],
@@ -313,7 +314,7 @@ fn check_violation_verdict(
 /// protect: granted, a mode the host can enforce, whole pages of RAM.
 fn check_protect(
     grants: Capabilities,
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     action: &Action,
     req: &ProtectRequest,
 ) -> Result<Effect, ActionFault> {

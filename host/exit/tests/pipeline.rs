@@ -1,12 +1,13 @@
 //! classify, validate, apply and the default handler, driven with a fake
-//! vCPU and a real `GuestMemoryMmap`.
+//! vCPU and a real `GuestRam`.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use wasmvisor_exit::testing::{io_exit, FakeVcpu};
+use wasmvisor_exit::GuestRam;
 use wasmvisor_exit::*;
 
-fn mem() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+fn mem() -> GuestRam {
+    GuestRam::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
 }
 
 fn protector() -> std::sync::Mutex<ProtectionMap> {

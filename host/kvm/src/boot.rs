@@ -11,7 +11,8 @@
 //! At entry EDI holds the vCPU index and ESI the vCPU count.
 
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use wasmvisor_exit::GuestRam;
 
 use crate::KvmError;
 
@@ -81,7 +82,7 @@ pub struct BootState {
 
 impl BootState {
     /// Writes the GDT and page tables into guest RAM.
-    pub fn write_tables(&self, mem: &GuestMemoryMmap) -> Result<(), KvmError> {
+    pub fn write_tables(&self, mem: &GuestRam) -> Result<(), KvmError> {
         let bytes: Vec<u8> = GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
         write(mem, "the GDT", &bytes, GDT_ADDR)?;
         if self.mode != BootMode::Long {
@@ -209,7 +210,7 @@ impl BootState {
     }
 }
 
-fn write(mem: &GuestMemoryMmap, what: &'static str, data: &[u8], gpa: u64) -> Result<(), KvmError> {
+fn write(mem: &GuestRam, what: &'static str, data: &[u8], gpa: u64) -> Result<(), KvmError> {
     mem.write_slice(data, GuestAddress(gpa))
         .map_err(|e| KvmError::BootWrite {
             what,
@@ -232,7 +233,7 @@ mod tests {
 
     #[test]
     fn long_mode_tables_identity_map_first_4g() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         state(BootMode::Long, 0x8000).write_tables(&mem).unwrap();
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_ADDR)).unwrap();
         assert_eq!(pml4, PDPT_ADDR | 3);

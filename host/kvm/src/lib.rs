@@ -13,8 +13,10 @@ mod error;
 mod irq_routes;
 mod kick;
 mod memslots;
+pub mod sections;
 mod vcpu;
 mod vm;
+mod vm_state;
 
 pub use boot::{BootMode, BootState, LinuxEntry, HOST_RESERVED_END, MAX_BOOT_VCPUS};
 pub use cpuid::CpuidEntry;
@@ -22,5 +24,6 @@ pub use error::KvmError;
 pub use irq_routes::{IrqRoutes, FIRST_MSI_GSI};
 pub use kick::{install_kick_handler, KickList, Kicker};
 pub use memslots::{DeviceSlot, MemSlots};
-pub use vcpu::{FatalExit, RunOutcome, Vcpu};
+pub use vcpu::{FatalExit, RunOutcome, Vcpu, VcpuState};
 pub use vm::{Vm, MMIO_HOLE_START};
+pub use vm_state::VmState;

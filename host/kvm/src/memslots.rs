@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
 use kvm_ioctls::VmFd;
 use wasmvisor_exit::{GpaRange, MemoryProtector, ProtectError, Protection, ProtectionMap, Run};
 
@@ -22,6 +22,11 @@ struct Slots {
     next: u32,
     /// Device memory slots, by slot number.
     devices: HashMap<u32, DeviceSlot>,
+    /// KVM logs the pages the guest writes (`start_dirty_log`).
+    logging: bool,
+    /// RAM runs whose slot was deleted while logging: KVM's log for them
+    /// is gone, so all their pages count as written.
+    lost: Vec<(u64, u64)>,
 }
 
 impl Slots {
@@ -57,6 +62,8 @@ impl MemSlots {
                 free: Vec::new(),
                 next: 1,
                 devices: HashMap::new(),
+                logging: false,
+                lost: Vec::new(),
             }),
         }
     }
@@ -70,13 +77,19 @@ impl MemSlots {
         self.lock().installed.len()
     }
 
-    fn set_region(&self, slot: u32, run: &Run, size: u64) -> Result<(), ProtectError> {
+    fn set_region(
+        &self,
+        slot: u32,
+        run: &Run,
+        size: u64,
+        logging: bool,
+    ) -> Result<(), ProtectError> {
         let region = kvm_userspace_memory_region {
             slot,
-            flags: if run.mode == Some(Protection::WriteProtect) {
-                KVM_MEM_READONLY
-            } else {
-                0
+            flags: match (run.mode, logging) {
+                (Some(Protection::WriteProtect), _) => KVM_MEM_READONLY,
+                (_, true) => KVM_MEM_LOG_DIRTY_PAGES,
+                _ => 0,
             },
             guest_phys_addr: run.base,
             memory_size: size,
@@ -112,20 +125,89 @@ impl MemSlots {
                 len: key.1,
                 mode: key.2,
             };
-            self.set_region(slot, &run, 0)?;
+            self.set_region(slot, &run, 0, false)?;
             s.free.push(slot);
+            if s.logging {
+                s.lost.push((run.base, run.len));
+            }
         }
         for (key, run) in wanted {
             if s.installed.contains_key(&key) {
                 continue;
             }
             let slot = s.take_slot();
-            self.set_region(slot, &run, run.len)?;
+            self.set_region(slot, &run, run.len, s.logging)?;
             s.installed.insert(key, slot);
         }
         Ok(())
     }
 }
+
+impl MemSlots {
+    /// Turns on KVM's dirty log on every RAM slot and forgets what was
+    /// logged so far: from now on [`MemSlots::take_dirty_pages`] reports
+    /// the pages the guest writes.
+    pub fn start_dirty_log(&self) -> Result<(), ProtectError> {
+        let mut s = self.lock();
+        if !s.logging {
+            s.logging = true;
+            let runs: Vec<(Run, u32)> = s
+                .installed
+                .iter()
+                .map(|(k, &slot)| {
+                    let run = Run {
+                        base: k.0,
+                        len: k.1,
+                        mode: k.2,
+                    };
+                    (run, slot)
+                })
+                .collect();
+            for (run, slot) in runs {
+                self.set_region(slot, &run, run.len, true)?;
+            }
+        }
+        drop(s);
+        self.take_dirty_pages().map(|_| ())
+    }
+
+    /// The RAM pages (page numbers, ascending) the guest wrote since the
+    /// last call, read and cleared from KVM's log. Writes by the host do
+    /// not appear here (they are in the RAM mapping's own bitmap).
+    pub fn take_dirty_pages(&self) -> Result<Vec<u64>, ProtectError> {
+        let mut s = self.lock();
+        if !s.logging {
+            return Err(ProtectError::Backend("the dirty log is off".into()));
+        }
+        let mut pages = Vec::new();
+        for (key, &slot) in &s.installed {
+            if key.2 == Some(Protection::WriteProtect) {
+                continue; // read-only: the guest cannot write it
+            }
+            let bitmap = self
+                .fd
+                .get_dirty_log(slot, key.1 as usize)
+                .map_err(|e| ProtectError::Backend(format!("KVM_GET_DIRTY_LOG: {e}")))?;
+            let first = key.0 / PAGE;
+            for (w, word) in bitmap.iter().enumerate() {
+                let mut bits = *word;
+                while bits != 0 {
+                    let bit = u64::from(bits.trailing_zeros());
+                    pages.push(first + w as u64 * 64 + bit);
+                    bits &= bits - 1;
+                }
+            }
+        }
+        for (base, len) in std::mem::take(&mut s.lost) {
+            pages.extend(base / PAGE..(base + len).div_ceil(PAGE));
+        }
+        pages.sort_unstable();
+        pages.dedup();
+        Ok(pages)
+    }
+}
+
+const PAGE: u64 = 4096;
 
 /// Device memory mapped into the guest outside RAM (a passthrough BAR):
 /// `size` bytes at `gpa` are the VMM's memory at `host_addr`.

@@ -1,18 +1,20 @@
 //! The VM: KVM handle, guest RAM and VM-wide configuration (MSR filter).
 
 use std::ops::RangeInclusive;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use wasmvisor_exit::GuestRam;
 
 use kvm_bindings::{
     kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_X86_USER_SPACE_MSR, KVM_MAX_CPUID_ENTRIES,
     KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_INVAL, KVM_MSR_EXIT_REASON_UNKNOWN,
 };
 use kvm_ioctls::{Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::cpuid::CpuidEntry;
 use crate::irq_routes::IrqRoutes;
 use crate::memslots::MemSlots;
+use crate::vcpu::StateCaps;
 use crate::{KvmError, Vcpu};
 
 /// Guest RAM ends below this address; above it lies the MMIO hole where
@@ -23,10 +25,15 @@ pub const MMIO_HOLE_START: u64 = 0xC000_0000;
 pub struct Vm {
     kvm: Kvm,
     fd: Arc<VmFd>,
-    memory: GuestMemoryMmap,
+    memory: GuestRam,
     slots: Arc<MemSlots>,
     routes: Arc<IrqRoutes>,
     sync_regs: bool,
+    caps: StateCaps,
+    /// Whether `create_pc_platform` made the in-kernel irqchip and PIT.
+    pc_platform: std::sync::atomic::AtomicBool,
+    /// The MSRs a vCPU snapshot saves, found once (`saved_msrs`).
+    saved_msrs: OnceLock<Vec<u32>>,
 }
 
 impl Vm {
@@ -39,7 +46,7 @@ impl Vm {
     /// Like [`Vm::new`], with guest RAM `memory`, which must be one region
     /// of `ram_size` bytes at GPA 0: RAM that devices in other processes
     /// map too (memfd-backed, for vfio-user DMA).
-    pub fn with_memory(ram_size: u64, memory: GuestMemoryMmap) -> Result<Vm, KvmError> {
+    pub fn with_memory(ram_size: u64, memory: GuestRam) -> Result<Vm, KvmError> {
         let fits =
             memory.num_regions() == 1 && memory.last_addr().0.checked_add(1) == Some(ram_size);
         if !fits {
@@ -50,7 +57,7 @@ impl Vm {
         Self::create(ram_size, Some(memory))
     }
 
-    fn create(ram_size: u64, memory: Option<GuestMemoryMmap>) -> Result<Vm, KvmError> {
+    fn create(ram_size: u64, memory: Option<GuestRam>) -> Result<Vm, KvmError> {
         if ram_size == 0 || ram_size > MMIO_HOLE_START || !ram_size.is_multiple_of(4096) {
             return Err(KvmError::BadBootState(format!(
                 "guest RAM must be a non-zero multiple of 4 KiB up to {} MiB, not {ram_size} bytes",
@@ -69,6 +76,10 @@ impl Vm {
             }
         }
         let sync_regs = kvm.check_extension(Cap::SyncRegs);
+        let caps = StateCaps {
+            xsave: kvm.check_extension(Cap::Xsave),
+            xcrs: kvm.check_extension(Cap::Xcrs),
+        };
         // Needed by Intel VT-x for real mode; harmless elsewhere.
         fd.set_tss_address(0xfffb_d000)
             .map_err(KvmError::ioctl("KVM_SET_TSS_ADDR"))?;
@@ -121,6 +132,9 @@ impl Vm {
             slots,
             routes,
             sync_regs,
+            caps,
+            pc_platform: Default::default(),
+            saved_msrs: OnceLock::new(),
         })
     }
 
@@ -141,7 +155,36 @@ impl Vm {
         };
         self.fd
             .create_pit2(pit)
-            .map_err(KvmError::ioctl("KVM_CREATE_PIT2"))
+            .map_err(KvmError::ioctl("KVM_CREATE_PIT2"))?;
+        self.pc_platform
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the in-kernel irqchip and PIT exist (`create_pc_platform`).
+    pub fn has_pc_platform(&self) -> bool {
+        self.pc_platform.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The KVM VM fd, for the state this crate saves and restores.
+    pub(crate) fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// The MSRs a vCPU snapshot saves: those KVM lists as saved across
+    /// migration (`KVM_GET_MSR_INDEX_LIST`) that `vcpu` can actually read
+    /// here; found once per VM, by reading them all and dropping each one
+    /// KVM stops at.
+    pub fn saved_msrs(&self, vcpu: &Vcpu) -> Result<Vec<u32>, KvmError> {
+        if let Some(list) = self.saved_msrs.get() {
+            return Ok(list.clone());
+        }
+        let listed = self
+            .kvm
+            .get_msr_index_list()
+            .map_err(KvmError::ioctl("KVM_GET_MSR_INDEX_LIST"))?;
+        let list = vcpu.readable_msrs(listed.as_slice())?;
+        Ok(self.saved_msrs.get_or_init(|| list).clone())
     }
 
     /// Raises (`true`) or lowers an interrupt line of the in-kernel
@@ -174,7 +217,7 @@ impl Vm {
     }
 
     /// Guest RAM.
-    pub fn memory(&self) -> &GuestMemoryMmap {
+    pub fn memory(&self) -> &GuestRam {
         &self.memory
     }
 
@@ -224,7 +267,7 @@ impl Vm {
             .fd
             .create_vcpu(u64::from(index))
             .map_err(KvmError::ioctl("KVM_CREATE_VCPU"))?;
-        Ok(Vcpu::new(fd, index, self.sync_regs))
+        Ok(Vcpu::new(fd, index, self.sync_regs, self.caps))
     }
 }
 
@@ -236,12 +279,12 @@ impl wasmvisor_exit::InterruptLines for Vm {
 }
 
 /// `ram_size` bytes of private anonymous guest RAM at GPA 0.
-fn anonymous_memory(ram_size: u64) -> Result<GuestMemoryMmap, KvmError> {
+fn anonymous_memory(ram_size: u64) -> Result<GuestRam, KvmError> {
     let size = usize::try_from(ram_size).map_err(|_| KvmError::Memory {
         size: ram_size,
         reason: "too large for this host".into(),
     })?;
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| KvmError::Memory {
+    GuestRam::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| KvmError::Memory {
         size: ram_size,
         reason: e.to_string(),
     })

@@ -21,9 +21,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wasmvisor_exit::GuestRam;
 
 use cpu_time::ThreadTime;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 use wasmvisor_exit::testing::{io_exit, FakeVcpu};
 use wasmvisor_exit::{Capabilities, Direction, ExitEvent, Reg};
 use wasmvisor_policy::{
@@ -186,11 +187,12 @@ fn context(shared: &Arc<Shared>, name: &str) -> InstanceContext {
         policy_name: name.into(),
         vcpu_index: 0,
         vcpu_count: 1,
-        memory: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("guest RAM"),
+        memory: GuestRam::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("guest RAM"),
         grants: Capabilities::default(),
         shared: Arc::clone(shared),
         protector: None,
         irq: Default::default(),
+        snapshots: Default::default(),
     }
 }
 

@@ -9,8 +9,8 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use wasmvisor_exit::GuestRam;
 
-use vm_memory::GuestMemoryMmap;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmvisor_exit::{
@@ -33,7 +33,7 @@ pub struct InstanceContext {
     /// Number of vCPUs in the VM.
     pub vcpu_count: u32,
     /// Guest RAM, for `read-phys` and `write-phys`.
-    pub memory: GuestMemoryMmap,
+    pub memory: GuestRam,
     /// The capabilities the operator granted this policy.
     pub grants: Capabilities,
     /// Console, log, events and counters.
@@ -43,6 +43,8 @@ pub struct InstanceContext {
     pub protector: Option<Arc<dyn MemoryProtector>>,
     /// Interrupt lines, and which this policy may drive.
     pub irq: IrqAccess,
+    /// The `snapshot-*` imports: whether granted, and the VM's queue.
+    pub snapshots: crate::SnapshotAccess,
 }
 
 impl std::fmt::Debug for InstanceContext {
@@ -54,6 +56,7 @@ impl std::fmt::Debug for InstanceContext {
             .field("vcpu_count", &self.vcpu_count)
             .field("grants", &self.grants)
             .field("irq", &self.irq)
+            .field("snapshots", &self.snapshots)
             .finish_non_exhaustive()
     }
 }

@@ -399,6 +399,28 @@ impl Ctx {
         Ok(Ok(()))
     }
 
+    /// Queues a baseline or reset for the end of this exit (`snapshot-*`).
+    fn live_snapshot(&mut self, op: crate::SnapshotOp) -> HostResult<()> {
+        let access = &self.inst.snapshots;
+        if !access.granted {
+            return Ok(Err(HostError::NotGranted));
+        }
+        let Some(vm) = access.vm.as_ref() else {
+            return Ok(Err(HostError::Unsupported));
+        };
+        Ok(vm
+            .request(self.inst.vcpu_index, op)
+            .map_err(|_| HostError::Unsupported))
+    }
+
+    fn live_snapshot_baseline(&mut self) -> HostResult<()> {
+        self.live_snapshot(crate::SnapshotOp::Baseline)
+    }
+
+    fn live_snapshot_reset(&mut self) -> HostResult<()> {
+        self.live_snapshot(crate::SnapshotOp::Reset)
+    }
+
     /// Runs `f` on the VM's kernel profile and the kernel's relocation;
     /// `unsupported` without a profile (or one that cannot be read).
     fn with_kernel<T>(
@@ -554,6 +576,14 @@ impl host::Host for Ctx {
 
     fn set_irq_line(&mut self, line: u32, level: bool) -> HostResult<()> {
         taped!(self, "set-irq-line", live_set_irq_line(line, level))
+    }
+
+    fn snapshot_baseline(&mut self) -> HostResult<()> {
+        taped!(self, "snapshot-baseline", live_snapshot_baseline())
+    }
+
+    fn snapshot_reset(&mut self) -> HostResult<()> {
+        taped!(self, "snapshot-reset", live_snapshot_reset())
     }
 
     fn dma_mappings(&mut self) -> wasmtime::Result<Vec<GpaRange>> {

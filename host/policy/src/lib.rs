@@ -29,6 +29,7 @@ mod limits;
 mod record;
 mod replay;
 mod sinks;
+mod snapshot;
 mod tape;
 mod types;
 mod wasi;
@@ -47,6 +48,7 @@ pub use replay::{recorded_policies, replay, Difference, ReplayReport};
 pub use sinks::{
     CaptureConsole, ConsoleSink, Shared, StderrConsole, StdoutConsole, EVENT_SCHEMA, MAX_COUNTERS,
 };
+pub use snapshot::{SnapshotAccess, SnapshotOp, SnapshotRefusal, SnapshotRequests};
 pub use tape::ImportCall;
 pub use types::{CpuidLeaf, PolicyInfo, Verdict};
 pub use wasi::WasiGrants;

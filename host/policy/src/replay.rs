@@ -6,8 +6,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use wasmvisor_exit::GuestRam;
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 use wasmvisor_exit::{Capabilities, VcpuAccess};
 
 use crate::bindings::wasmvisor::policy::types as wit;
@@ -109,7 +110,7 @@ pub fn replay<V: VcpuAccess + Send + 'static>(
 ) -> Result<ReplayReport, PolicyError> {
     let image = PolicyImage::load(engine, path)?;
     // Nothing reads this memory: read-phys and friends come off the tape.
-    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)])
+    let memory = GuestRam::from_ranges(&[(GuestAddress(0), 0x1000)])
         .map_err(|e| PolicyError::Engine(format!("cannot allocate scratch memory: {e}")))?;
     let console: Arc<CaptureConsole> = Arc::new(CaptureConsole::new());
     let shared = Arc::new(Shared::new(console.clone(), None)?.with_log(console));
@@ -138,6 +139,7 @@ pub fn replay<V: VcpuAccess + Send + 'static>(
                     shared: Arc::clone(&shared),
                     protector: None,
                     irq: Default::default(),
+                    snapshots: Default::default(),
                 };
                 instances.push((vcpu, image.instantiate::<V>(ctx, limits)?));
                 report.vcpus.push(vcpu);

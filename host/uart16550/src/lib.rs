@@ -42,7 +42,45 @@ pub struct Uart16550 {
     thre_pending: bool,
 }
 
+/// Bytes in [`Uart16550::to_bytes`].
+pub const STATE_BYTES: usize = 7;
+
 impl Uart16550 {
+    /// The registers as bytes, for a snapshot: IER, LCR, MCR, SCR, DLL,
+    /// DLM, and 1 if the THR-empty interrupt is pending.
+    pub fn to_bytes(&self) -> [u8; STATE_BYTES] {
+        [
+            self.ier,
+            self.lcr,
+            self.mcr,
+            self.scr,
+            self.dll,
+            self.dlm,
+            u8::from(self.thre_pending),
+        ]
+    }
+
+    /// The registers [`Uart16550::to_bytes`] wrote; `None` for any other
+    /// length or a pending flag other than 0 or 1.
+    pub fn from_bytes(b: &[u8]) -> Option<Uart16550> {
+        let &[ier, lcr, mcr, scr, dll, dlm, pending] = b else {
+            return None;
+        };
+        Some(Uart16550 {
+            ier,
+            lcr,
+            mcr,
+            scr,
+            dll,
+            dlm,
+            thre_pending: match pending {
+                0 => false,
+                1 => true,
+                _ => return None,
+            },
+        })
+    }
+
     fn dlab(&self) -> bool {
         self.lcr & LCR_DLAB != 0
     }

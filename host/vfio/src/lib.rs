@@ -44,7 +44,8 @@ pub use kernel::{
     FakeRegion, FakeVfio, IoctlSys, IrqAction, SetIrqs, SysCall, SysOp, SysRegion, VfioSys,
 };
 pub use memory::{
-    dma_map_guest_memory, dma_ranges, memfd, memfd_guest_memory, DmaAccess, MappedDma, MemoryError,
+    dma_map_guest_memory, dma_ranges, memfd, memfd_guest_memory, DmaAccess, GuestRam, MappedDma,
+    MemoryError,
 };
 pub use passthrough::{
     usable_areas, DmaRange, IrqKind, MmapArea, PassthroughDevice, PassthroughError, RegionInfo,

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use thiserror::Error;
 use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap, MemoryRegionAddress,
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap,
+    MemoryRegionAddress,
 };
 use wasmvisor_pci::{DmaDomain, DmaError, DmaMemory, Window};
 
@@ -43,13 +43,15 @@ pub fn memfd(name: &CStr, size: u64) -> std::io::Result<File> {
     Ok(file)
 }
 
+/// Guest RAM as the VMM maps it: the same type as `wasmvisor_exit::GuestRam`,
+/// with a bitmap of the pages the host wrote.
+pub type GuestRam = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
+
 /// Guest RAM for the `ranges` (address, bytes; sorted, not overlapping),
 /// backed by one memfd, each range at the next offset in it. A vfio-user
 /// device needs this: the server maps guest RAM from the fd it is sent
 /// with each DMA map, so anonymous memory cannot be shared with it.
-pub fn memfd_guest_memory(
-    ranges: &[(GuestAddress, usize)],
-) -> Result<GuestMemoryMmap, MemoryError> {
+pub fn memfd_guest_memory(ranges: &[(GuestAddress, usize)]) -> Result<GuestRam, MemoryError> {
     let total: u64 = ranges.iter().map(|&(_, len)| len as u64).sum();
     let file = Arc::new(memfd(c"wasmvisor-guest-ram", total).map_err(MemoryError::Memfd)?);
     let mut offset = 0;
@@ -65,13 +67,12 @@ pub fn memfd_guest_memory(
             range
         })
         .collect();
-    GuestMemoryMmap::from_ranges_with_files(&with_files)
-        .map_err(|e| MemoryError::Map(e.to_string()))
+    GuestRam::from_ranges_with_files(&with_files).map_err(|e| MemoryError::Map(e.to_string()))
 }
 
 /// The parts of `memory` inside `domain` as DMA ranges at IOVA = GPA,
 /// each with its host address and, if file-backed, its fd and offset.
-pub fn dma_ranges<'m>(memory: &'m GuestMemoryMmap, domain: &DmaDomain) -> Vec<DmaRange<'m>> {
+pub fn dma_ranges<'m>(memory: &'m GuestRam, domain: &DmaDomain) -> Vec<DmaRange<'m>> {
     memory
         .iter()
         .flat_map(|region| {
@@ -101,7 +102,7 @@ pub fn dma_ranges<'m>(memory: &'m GuestMemoryMmap, domain: &DmaDomain) -> Vec<Dm
 /// is mapped here is what the device can reach.
 pub fn dma_map_guest_memory(
     device: &dyn PassthroughDevice,
-    memory: &GuestMemoryMmap,
+    memory: &GuestRam,
     domain: &DmaDomain,
 ) -> Result<(), PassthroughError> {
     dma_ranges(memory, domain)

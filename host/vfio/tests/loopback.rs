@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use wasmvisor_vfio::GuestRam;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use wasmvisor_pci::{
     dma_pattern, reg, Command, DmaDomain, Interrupt, MsiMessage, PciDevice, RecordedInterrupts,
     TestDevice, CAP_ID_MSI,
@@ -19,7 +20,7 @@ use wasmvisor_vfio::{
 struct Loopback {
     function: VfioPciFunction,
     sink: Arc<RecordedInterrupts>,
-    ram: GuestMemoryMmap,
+    ram: GuestRam,
     server: Option<JoinHandle<Vec<(u64, u64)>>>,
     _dir: PathBuf,
 }

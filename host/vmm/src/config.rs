@@ -237,6 +237,10 @@ pub struct VmConfig {
     /// What the devices may reach by DMA (`--dma-window`); unrestricted
     /// by default.
     pub dma_domain: DmaDomain,
+    /// Start from this snapshot (`run --restore DIR`) instead of booting
+    /// the guest; the rest of the config is the snapshot's own
+    /// ([`crate::snapshot::Restore::config`]).
+    pub restore: Option<std::sync::Arc<crate::snapshot::Restore>>,
 }
 
 impl VmConfig {
@@ -260,6 +264,7 @@ impl VmConfig {
             debug_exit: None,
             kernel_profile: None,
             dma_domain: DmaDomain::unrestricted(),
+            restore: None,
         }
     }
 

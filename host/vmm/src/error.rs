@@ -35,4 +35,6 @@ pub enum VmmError {
     Linux(#[from] crate::boot::linux::LinuxError),
     #[error("--kernel-profile: {0}")]
     KernelProfile(String),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }

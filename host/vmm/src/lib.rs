@@ -12,6 +12,7 @@ mod machine;
 pub mod outcome;
 pub mod policies;
 mod signals;
+pub mod snapshot;
 pub mod stats;
 mod units;
 mod vcpu;

@@ -16,6 +16,7 @@ use wasmvisor_kvm::{
 };
 use wasmvisor_policy::{
     ComponentCache, ConsoleSink, KernelProfile, PolicyEngine, PolicyInstance, Recorder, Shared,
+    SnapshotRequests,
 };
 
 use crate::boot::cpuid::{cpuid_table, per_vcpu_cpuid};
@@ -36,6 +37,8 @@ use crate::policies::quiesce::Quiesce;
 use crate::policies::routing::{plan_routes, Claims};
 use crate::policies::slot::VcpuPolicy;
 use crate::signals;
+use crate::snapshot::format::VmRecord;
+use crate::snapshot::{Restore, SnapshotParts, Snapshots};
 use crate::stats::Stats;
 use crate::vcpu::hook::ExitHook;
 use crate::vcpu::worker::{StopFlag, VcpuWorker, VmHandles};
@@ -193,12 +196,35 @@ pub fn run_with_hook(
     let engine = engine(config)?;
     let vm = Arc::new(new_vm(config)?);
     let irq = pc_platform(config, &vm)?;
-    let boot = boot_guest(config, &vm)?;
+    let boot = match &config.restore {
+        Some(r) => {
+            r.check_host(&vm.supported_cpuid()?)?;
+            r.fill_ram(vm.memory())?;
+            None
+        }
+        None => Some(boot_guest(config, &vm)?),
+    };
     let shared = shared_state(config, &console)?;
     // Built-in devices come before the policies: passthrough devices are
     // DMA-mapped before any policy's init can ask what was mapped.
     let (builtins, pci_platform) = builtin_devices(config, &vm, &console, &irq, &shared)?;
     let protector: Arc<dyn MemoryProtector> = vm.memslots();
+    let quiesce = Arc::new(Quiesce::new(config.vcpus as usize));
+    let kicks = Arc::new(KickList::new(config.vcpus as usize));
+    let snapshots = Arc::new(Snapshots::new(SnapshotParts {
+        vm: Arc::clone(&vm),
+        mem_bytes: config.mem_bytes,
+        vcpus: config.vcpus as usize,
+        quiesce: Arc::clone(&quiesce),
+        kick: {
+            let kicks = Arc::clone(&kicks);
+            Box::new(move || kicks.kick_all())
+        },
+        builtins: builtins.clone(),
+        refusal: snapshot_refusal(config),
+        record: vm_record(config),
+        kernel: shared.kernel().cloned(),
+    }));
     let env = PolicyEnv {
         engine,
         memory: vm.memory().clone(),
@@ -207,8 +233,12 @@ pub fn run_with_hook(
         ram_size: config.mem_bytes,
         vcpu_count: config.vcpus,
         irq: irq.clone(),
+        snapshots: Some(Arc::clone(&snapshots) as Arc<dyn SnapshotRequests>),
     };
     let mut prepared = prepare_policies(config, &env)?;
+    if let Some(r) = &config.restore {
+        restore_policy_states(r, &mut prepared)?;
+    }
     let names: Vec<String> = prepared.iter().map(|p| p.slot.name.clone()).collect();
     let builtin_claims: Vec<Claims> = builtins.iter().map(|b| b.claims()).collect();
     let sub_refs: Vec<&Subscriptions> = prepared.iter().map(|p| &p.slot.subs).collect();
@@ -226,11 +256,12 @@ pub fn run_with_hook(
         .iter_mut()
         .filter_map(|p| p.instances.first_mut())
         .collect();
-    let cpuid = cpuid_table(&vm.supported_cpuid()?, &mut first, &subs, &names)?;
+    let cpuid = match &config.restore {
+        Some(r) => r.cpuid(),
+        None => cpuid_table(&vm.supported_cpuid()?, &mut first, &subs, &names)?,
+    };
 
     let control = Arc::new(StopFlag::default());
-    let quiesce = Arc::new(Quiesce::new(config.vcpus as usize));
-    let kicks = Arc::new(KickList::new(config.vcpus as usize));
     let handles = VmHandles {
         routes,
         builtins: builtins.clone(),
@@ -241,16 +272,22 @@ pub fn run_with_hook(
         control: Arc::clone(&control),
         quiesce: Arc::clone(&quiesce),
         kicks: Arc::clone(&kicks),
+        snapshots: Arc::clone(&snapshots),
     };
     let (workers, slots) = vcpu_workers(
         config,
         &vm,
-        &boot,
+        boot.as_ref(),
         irq.is_some(),
         &cpuid,
         prepared,
         &handles,
     )?;
+    if let Some(r) = &config.restore {
+        // After the vCPUs exist (their LAPICs are part of the irqchip).
+        vm.restore_state(&r.vm)?;
+        crate::snapshot::restore_devices(&builtins, &r.devices).map_err(VmmError::Engine)?;
+    }
 
     let services = if config.control.is_some() || config.watch {
         let kicks = Arc::clone(&kicks);
@@ -267,6 +304,7 @@ pub fn run_with_hook(
         }));
         Some(Services::start(
             swap,
+            snapshots,
             config.control.as_deref(),
             config.watch,
         )?)
@@ -284,6 +322,58 @@ pub fn run_with_hook(
         .recorder()
         .map(|r| r.finish().map_err(|e| e.to_string()));
     Ok(report)
+}
+
+/// Hands each policy instance its `save-state` from the snapshot, by
+/// chain position and vCPU.
+fn restore_policy_states(r: &Restore, prepared: &mut [Prepared]) -> Result<(), VmmError> {
+    for (p, states) in prepared.iter_mut().zip(&r.policy_states) {
+        for (vcpu, instance) in p.instances.iter_mut().enumerate() {
+            if let Some((_, state)) = states.iter().find(|(v, _)| *v == vcpu) {
+                instance
+                    .restore_state(state)
+                    .map_err(|e| VmmError::Policy {
+                        policy: p.slot.name.clone(),
+                        reason: format!("restore-state from the snapshot failed: {e}"),
+                    })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The VM as a snapshot's manifest describes it.
+fn vm_record(config: &VmConfig) -> VmRecord {
+    let kernel = config
+        .kernel_profile
+        .as_ref()
+        .or(config.linux.as_ref().map(|l| &l.kernel))
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    VmRecord {
+        mem_bytes: config.mem_bytes,
+        vcpus: config.vcpus,
+        irqchip: config.irqchip || config.linux.is_some() || !config.devices.is_empty(),
+        serial: match config.serial {
+            SerialBackend::Native => "native".into(),
+            _ => "none".into(),
+        },
+        debug_exit: config.debug_exit,
+        kernel_profile: kernel.map(|p| p.display().to_string()),
+    }
+}
+
+/// Why a VM built from `config` cannot be snapshotted or reset, if it
+/// cannot: device state outside this process (passthrough), or PCI
+/// device state the snapshot does not carry yet.
+fn snapshot_refusal(config: &VmConfig) -> Option<String> {
+    config.devices.iter().find_map(|d| match d {
+        DeviceSpec::Vfio(_) | DeviceSpec::VfioUser(_) => {
+            Some("the VM has a passed-through device, whose state lives outside wasmvisor".into())
+        }
+        DeviceSpec::Test => {
+            Some("the VM has a PCI device, whose state snapshots do not carry yet".into())
+        }
+    })
 }
 
 /// The in-kernel PIC, IOAPIC and PIT, when the VM needs interrupts (a
@@ -401,7 +491,7 @@ fn prepare_policies(config: &VmConfig, env: &PolicyEnv) -> Result<Vec<Prepared>,
 fn vcpu_workers(
     config: &VmConfig,
     vm: &Vm,
-    boot: &BootState,
+    boot: Option<&BootState>,
     irqchip: bool,
     cpuid: &[CpuidEntry],
     prepared: Vec<Prepared>,
@@ -419,14 +509,24 @@ fn vcpu_workers(
     for (index, policies) in per_vcpu.into_iter().enumerate() {
         let mut vcpu = vm.create_vcpu(index as u32)?;
         vcpu.set_cpuid(&per_vcpu_cpuid(cpuid, vcpu.index()))?;
-        if irqchip {
-            // LINT0 takes the PIC's interrupts, LINT1 NMIs, as on a PC.
-            vcpu.set_lapic_lints()?;
-        }
-        // Linux: the boot CPU starts at the entry; the others wait in
-        // their LAPIC for the kernel's INIT/SIPI.
-        if boot.linux.is_none() || index == 0 {
-            vcpu.boot(boot)?;
+        match (boot, &config.restore) {
+            (Some(boot), _) => {
+                if irqchip {
+                    // LINT0 takes the PIC's interrupts, LINT1 NMIs, as on a PC.
+                    vcpu.set_lapic_lints()?;
+                }
+                // Linux: the boot CPU starts at the entry; the others wait
+                // in their LAPIC for the kernel's INIT/SIPI.
+                if boot.linux.is_none() || index == 0 {
+                    vcpu.boot(boot)?;
+                }
+            }
+            (None, Some(r)) => {
+                if let Some((_, state)) = r.vcpus.iter().find(|(i, _)| *i == index) {
+                    vcpu.restore_state(state)?;
+                }
+            }
+            (None, None) => unreachable!("a VM either boots or is restored"),
         }
         workers.push(VcpuWorker::new(vcpu, policies, handles.clone()));
     }

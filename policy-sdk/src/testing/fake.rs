@@ -7,7 +7,7 @@ use std::rc::Rc;
 use super::installed::{self, Installed};
 use super::kernel::KernelProfile;
 use super::memory::Memory;
-use super::recording::{Constant, Event, LogLine};
+use super::recording::{Constant, Event, LogLine, SnapshotCall};
 use crate::{Breakpoint, Capabilities, GpaRange, ProtectRequest, Reg, Segment, SegmentReg};
 
 /// What every vCPU of the fake VM shares, as they share it in a real VM:
@@ -28,6 +28,13 @@ pub(crate) struct Vm {
     pub(crate) irq_calls: Vec<(u32, bool)>,
     pub(crate) dma_mappings: Vec<GpaRange>,
     pub(crate) kernel: Option<KernelProfile>,
+    /// The operator's `@grant=snapshot`.
+    pub(crate) snapshot_granted: bool,
+    /// False for a VM that cannot snapshot (passed-through devices).
+    pub(crate) snapshot_supported: bool,
+    /// A `snapshot-baseline` was accepted: `snapshot-reset` has one.
+    pub(crate) has_baseline: bool,
+    pub(crate) snapshots: Vec<SnapshotCall>,
 }
 
 /// What belongs to one vCPU, and to the policy instance serving it.
@@ -76,7 +83,8 @@ pub(crate) const NULL_SEGMENT: Segment = Segment {
 ///
 /// A new fake is vCPU 0 of 1, with no RAM, no virtual mappings, every
 /// register 0, no capability granted, no interrupt line granted, an
-/// interrupt controller, and no kernel profile. The test programs it with
+/// interrupt controller, no kernel profile, and snapshots supported but
+/// not granted. The test programs it with
 /// the `set_*`, `map_*` and `grant*` methods and reads back what the
 /// policy did with the others; all take `&self`, so a fake can be changed
 /// while installed.
@@ -114,6 +122,10 @@ impl FakeHost {
             irq_calls: Vec::new(),
             dma_mappings: Vec::new(),
             kernel: None,
+            snapshot_granted: false,
+            snapshot_supported: true,
+            has_baseline: false,
+            snapshots: Vec::new(),
         };
         FakeHost {
             vm: Rc::new(RefCell::new(vm)),
@@ -246,6 +258,27 @@ impl FakeHost {
     /// `@irq=`.
     pub fn grant_irq(&self, line: u32) -> &Self {
         self.vm().irq_granted.insert(line);
+        self
+    }
+
+    /// Grants `snapshot-baseline` and `snapshot-reset`, as the operator's
+    /// `@grant=snapshot`. Without it (the default) both are `not-granted`.
+    pub fn grant_snapshot(&self) -> &Self {
+        self.vm().snapshot_granted = true;
+        self
+    }
+
+    /// Withdraws the snapshot grant: both imports are `not-granted` again.
+    pub fn revoke_snapshot(&self) -> &Self {
+        self.vm().snapshot_granted = false;
+        self
+    }
+
+    /// Whether the VM can take snapshots at all: `false` stands for a VM
+    /// with passed-through devices, where both imports are `unsupported`
+    /// (once granted). Supported by default.
+    pub fn set_snapshot_supported(&self, supported: bool) -> &Self {
+        self.vm().snapshot_supported = supported;
         self
     }
 
@@ -390,6 +423,34 @@ impl FakeHost {
     /// The accepted `set-irq-line` calls as `(line, level)`, in order.
     pub fn irq_calls(&self) -> Vec<(u32, bool)> {
         self.vm.borrow().irq_calls.clone()
+    }
+
+    /// The accepted `snapshot-baseline` and `snapshot-reset` calls, in
+    /// order. The fake only records them: it restores no memory, register
+    /// or policy state (the test plays the guest).
+    pub fn snapshot_calls(&self) -> Vec<SnapshotCall> {
+        self.vm.borrow().snapshots.clone()
+    }
+
+    /// The accepted snapshot calls so far, forgetting them (a baseline
+    /// already taken stays taken).
+    pub fn take_snapshot_calls(&self) -> Vec<SnapshotCall> {
+        core::mem::take(&mut self.vm().snapshots)
+    }
+
+    /// How many `snapshot-baseline` calls were accepted.
+    pub fn baselines(&self) -> usize {
+        self.count_snapshots(SnapshotCall::Baseline)
+    }
+
+    /// How many `snapshot-reset` calls were accepted.
+    pub fn resets(&self) -> usize {
+        self.count_snapshots(SnapshotCall::Reset)
+    }
+
+    fn count_snapshots(&self, kind: SnapshotCall) -> usize {
+        let vm = self.vm.borrow();
+        vm.snapshots.iter().filter(|c| **c == kind).count()
     }
 
     /// The constant answers this vCPU's instance declared during `init`.

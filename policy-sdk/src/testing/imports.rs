@@ -7,7 +7,7 @@
 
 use super::fake::NULL_SEGMENT;
 use super::installed::with;
-use super::recording::{Constant, Event, LogLine};
+use super::recording::{Constant, Event, LogLine, SnapshotCall};
 use crate::Capabilities;
 
 pub use crate::bindings::wasmvisor::policy::host::{
@@ -383,6 +383,47 @@ pub fn kernel_member_offset(path: &str) -> Result<Option<u64>, HostError> {
     with_kernel("kernel_member_offset", |k| k.member_offset(path))
 }
 
+/// A snapshot call as the host checks it: `not-granted` without the
+/// operator's `@grant=snapshot`
+/// ([`FakeHost::grant_snapshot`](super::FakeHost::grant_snapshot)), then
+/// `unsupported` on a VM that cannot snapshot
+/// ([`FakeHost::set_snapshot_supported`](super::FakeHost::set_snapshot_supported)).
+fn snapshot(import: &str, call: SnapshotCall) -> Result<(), HostError> {
+    with(import, |h| {
+        let mut vm = h.vm();
+        if !vm.snapshot_granted {
+            return Err(HostError::NotGranted);
+        }
+        if !vm.snapshot_supported {
+            return Err(HostError::Unsupported);
+        }
+        match call {
+            SnapshotCall::Baseline => vm.has_baseline = true,
+            SnapshotCall::Reset if !vm.has_baseline => return Err(HostError::Unsupported),
+            SnapshotCall::Reset => {}
+        }
+        vm.snapshots.push(call);
+        Ok(())
+    })
+}
+
+/// `snapshot-baseline`: take the baseline once this exit is complete.
+/// Off the host: an accepted call is recorded
+/// ([`FakeHost::snapshot_calls`](super::FakeHost::snapshot_calls)), and
+/// from then on `snapshot-reset` has a baseline; nothing is copied.
+pub fn snapshot_baseline() -> Result<(), HostError> {
+    snapshot("snapshot_baseline", SnapshotCall::Baseline)
+}
+
+/// `snapshot-reset`: put the VM back to the baseline once this exit is
+/// complete, dropping the actions that answer it; `unsupported` with no
+/// baseline. Off the host: an accepted call is recorded
+/// ([`FakeHost::snapshot_calls`](super::FakeHost::snapshot_calls)); no
+/// memory, register or policy state changes.
+pub fn snapshot_reset() -> Result<(), HostError> {
+    snapshot("snapshot_reset", SnapshotCall::Reset)
+}
+
 #[cfg(test)]
 mod tests {
     use crate::bindings::wasmvisor::policy::host as generated;
@@ -428,6 +469,8 @@ mod tests {
             kernel_symbolize: fn(u64) -> Result<Option<(String, u64)>, HostError>,
             kernel_type_size: fn(&str) -> Result<Option<u64>, HostError>,
             kernel_member_offset: fn(&str) -> Result<Option<u64>, HostError>,
+            snapshot_baseline: fn() -> Result<(), HostError>,
+            snapshot_reset: fn() -> Result<(), HostError>,
         );
     }
 }

@@ -5,7 +5,8 @@
 //! installed on the current thread, so a policy's logic, host calls
 //! included, runs natively: guest memory, registers, mappings and the
 //! guest kernel's profile ([`KernelProfile`]) come from the test, and every console write, log line, event, protection,
-//! breakpoint, interrupt line and constant answer is recorded. The fake
+//! breakpoint, interrupt line, constant answer and snapshot request
+//! ([`SnapshotCall`]) is recorded. The fake
 //! follows the host's rules: grants, the 64 KiB transfer limit, the
 //! `host-error` each failure returns. Calling a `host` function with no
 //! fake installed panics, saying so. None of this exists in a `wasm32`
@@ -97,7 +98,7 @@ pub use fake::FakeHost;
 pub use harness::Harness;
 pub use installed::Installed;
 pub use kernel::KernelProfile;
-pub use recording::{Constant, Event, LogLine};
+pub use recording::{Constant, Event, LogLine, SnapshotCall};
 
 #[cfg(test)]
 mod tests {
@@ -410,6 +411,42 @@ mod tests {
         });
         fake.clear_kernel_profile();
         fake.run(|| assert_eq!(host::kernel_symbol("_stext"), Err(HostError::Unsupported)));
+    }
+
+    #[test]
+    fn snapshots_need_the_grant_support_and_a_baseline() {
+        let fake = FakeHost::new();
+        fake.run(|| {
+            assert_eq!(host::snapshot_baseline(), Err(HostError::NotGranted));
+            assert_eq!(host::snapshot_reset(), Err(HostError::NotGranted));
+        });
+        fake.grant_snapshot();
+        fake.run(|| {
+            assert_eq!(host::snapshot_reset(), Err(HostError::Unsupported));
+            assert_eq!(host::snapshot_baseline(), Ok(()));
+        });
+        // Another vCPU of the VM resets to the same baseline.
+        fake.for_vcpu(1).run(|| {
+            assert_eq!(host::snapshot_reset(), Ok(()));
+            assert_eq!(host::snapshot_reset(), Ok(()));
+        });
+        assert_eq!(
+            fake.snapshot_calls(),
+            [
+                SnapshotCall::Baseline,
+                SnapshotCall::Reset,
+                SnapshotCall::Reset
+            ]
+        );
+        assert_eq!((fake.baselines(), fake.resets()), (1, 2));
+        assert_eq!(fake.take_snapshot_calls().len(), 3);
+        // The baseline stays taken once the calls are forgotten.
+        fake.run(|| assert_eq!(host::snapshot_reset(), Ok(())));
+        fake.set_snapshot_supported(false);
+        fake.run(|| assert_eq!(host::snapshot_reset(), Err(HostError::Unsupported)));
+        fake.revoke_snapshot();
+        fake.run(|| assert_eq!(host::snapshot_baseline(), Err(HostError::NotGranted)));
+        assert_eq!(fake.snapshot_calls(), [SnapshotCall::Reset]);
     }
 
     /// A policy that exercises the harness: it declares constant answers

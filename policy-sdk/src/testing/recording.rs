@@ -36,3 +36,14 @@ pub enum Constant {
     /// `constant-mmio`.
     Mmio(GpaRange, u64),
 }
+
+/// One accepted `snapshot-baseline` or `snapshot-reset` call. The host
+/// acts on it once the exit being handled is complete; the fake only
+/// writes it down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotCall {
+    /// `snapshot-baseline`: take the baseline.
+    Baseline,
+    /// `snapshot-reset`: put the VM back to the baseline.
+    Reset,
+}

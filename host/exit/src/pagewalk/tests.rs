@@ -2,6 +2,7 @@
 //! built page by page.
 
 use super::*;
+use crate::GuestRam;
 use proptest::prelude::*;
 
 const KIB4: u64 = 1 << 12;
@@ -729,7 +730,7 @@ fn faults_display_on_one_line() {
 
 #[test]
 fn guest_memory_mmap_reads_tables() {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let mem = GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let gva = 0xffff_8000_0020_1234_u64;
     // PML4 at 0x1000, PDPT at 0x2000, PD at 0x3000, 2 MiB page at 6 MiB.
     let writes = [

@@ -21,12 +21,14 @@ mod regs;
 mod run;
 mod segments;
 mod setup;
+mod state;
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::{SyncReg, VcpuFd};
 use wasmvisor_exit::{DebugState, Direction, ExitEvent, ExitKind, VcpuAccessError};
 
 pub use run::{FatalExit, RunOutcome};
+pub use state::VcpuState;
 
 /// What the current exit still owes the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +65,15 @@ pub struct Vcpu {
     regs_dirty: bool,
     /// Breakpoints and single-step, as last given to KVM.
     debug: DebugState,
+    /// What this KVM can save and restore beyond the basics.
+    caps: StateCaps,
+}
+
+/// The optional parts of a vCPU's state this KVM offers.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StateCaps {
+    pub xsave: bool,
+    pub xcrs: bool,
 }
 
 impl Vcpu {
@@ -79,7 +90,7 @@ impl Vcpu {
         event
     }
 
-    pub(crate) fn new(fd: VcpuFd, index: u32, sync_regs: bool) -> Vcpu {
+    pub(crate) fn new(fd: VcpuFd, index: u32, sync_regs: bool, caps: StateCaps) -> Vcpu {
         let mut v = Vcpu {
             fd,
             index,
@@ -91,6 +102,7 @@ impl Vcpu {
             regs: None,
             regs_dirty: false,
             debug: DebugState::default(),
+            caps,
         };
         if sync_regs {
             v.fd.set_sync_valid_reg(SyncReg::Register);

@@ -8,7 +8,7 @@ use super::{access_err, Vcpu};
 impl Vcpu {
     /// [`VcpuAccess::host_rdmsr`](wasmvisor_exit::VcpuAccess::host_rdmsr):
     /// the MSR's value, or `None` when KVM does not know it.
-    pub(super) fn read_msr(&mut self, index: u32) -> Result<Option<u64>, VcpuAccessError> {
+    pub(crate) fn read_msr(&mut self, index: u32) -> Result<Option<u64>, VcpuAccessError> {
         let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
             index,
             ..Default::default()
@@ -41,5 +41,32 @@ impl Vcpu {
             .set_msrs(&msrs)
             .map_err(access_err("KVM_SET_MSRS"))?;
         Ok(written == 1)
+    }
+}
+
+impl Vcpu {
+    /// The MSRs of `listed` this vCPU can read: `KVM_GET_MSRS` stops at
+    /// the first one it cannot, which is dropped before trying the rest.
+    pub(crate) fn readable_msrs(&self, listed: &[u32]) -> Result<Vec<u32>, crate::KvmError> {
+        let mut readable = Vec::with_capacity(listed.len());
+        let mut rest = listed;
+        while !rest.is_empty() {
+            let entries: Vec<kvm_msr_entry> = rest
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs = Msrs::from_entries(&entries)
+                .map_err(|e| crate::KvmError::BadBootState(format!("too many MSRs: {e:?}")))?;
+            let read = self
+                .fd
+                .get_msrs(&mut msrs)
+                .map_err(crate::KvmError::ioctl("KVM_GET_MSRS"))?;
+            readable.extend_from_slice(&rest[..read]);
+            rest = rest.get(read + 1..).unwrap_or_default();
+        }
+        Ok(readable)
     }
 }

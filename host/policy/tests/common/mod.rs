@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
+use wasmvisor_exit::GuestRam;
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 use wasmvisor_exit::testing::FakeOp;
 use wasmvisor_exit::{Capabilities, Direction, ExitEvent, ExitKind, IoExit, Reg};
 use wasmvisor_policy::{CaptureConsole, InstanceContext, PolicyEngine, PolicyImage, Shared};
@@ -86,12 +87,12 @@ impl Capture {
             policy_name: name.into(),
             vcpu_index: vcpu,
             vcpu_count: 2,
-            memory: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_BYTES)])
-                .expect("guest RAM"),
+            memory: GuestRam::from_ranges(&[(GuestAddress(0), RAM_BYTES)]).expect("guest RAM"),
             grants,
             shared: Arc::clone(&self.shared),
             protector: None,
             irq: Default::default(),
+            snapshots: Default::default(),
         }
     }
 }

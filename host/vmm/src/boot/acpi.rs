@@ -23,7 +23,8 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use wasmvisor_exit::GuestRam;
 
 /// Where the RSDP goes: the first 16-byte boundary Linux's scan of the
 /// BIOS area looks at.
@@ -100,7 +101,7 @@ pub fn tables(vcpus: u32) -> Vec<(u64, Vec<u8>)> {
 
 /// Writes the tables for `vcpus` vCPUs into guest RAM; returns the RSDP's
 /// address.
-pub fn write_tables(mem: &GuestMemoryMmap, vcpus: u32) -> Result<u64, String> {
+pub fn write_tables(mem: &GuestRam, vcpus: u32) -> Result<u64, String> {
     for (addr, data) in tables(vcpus) {
         if addr + data.len() as u64 > ACPI_END {
             return Err(format!("the ACPI tables overflow {ACPI_END:#x}"));
@@ -198,7 +199,7 @@ mod tests {
 
     #[test]
     fn the_tables_land_in_guest_ram() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
         assert_eq!(write_tables(&mem, 16).unwrap(), RSDP_ADDR);
         let mut sig = [0u8; 8];
         mem.read_slice(&mut sig, GuestAddress(RSDP_ADDR)).unwrap();

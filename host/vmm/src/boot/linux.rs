@@ -23,6 +23,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use wasmvisor_exit::GuestRam;
 
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
@@ -34,7 +35,7 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::{load_cmdline, Cmdline, KernelLoader};
 use thiserror::Error;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use wasmvisor_kvm::{BootMode, LinuxEntry};
 
 use crate::{boot::acpi, boot::pvh};
@@ -187,7 +188,7 @@ pub struct LinuxArgs<'a> {
 /// note), an optional initrd, the command line and the ACPI tables into
 /// `mem`, and writes the zero page or start_info.
 pub fn load_linux(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     kernel: &Path,
     args: &LinuxArgs<'_>,
 ) -> Result<LinuxBoot, LinuxError> {
@@ -226,7 +227,7 @@ pub fn load_linux(
 /// What either boot protocol loads from: the kernel file (named as the
 /// user gave it) and where it goes.
 struct Load<'a> {
-    mem: &'a GuestMemoryMmap,
+    mem: &'a GuestRam,
     shown: String,
     file: &'a mut File,
     args: &'a LinuxArgs<'a>,
@@ -391,7 +392,7 @@ fn load_pvh(load: Load<'_>) -> Result<LinuxBoot, LinuxError> {
 /// Puts the initrd, if any, page-aligned at the top of RAM, at most at
 /// `max` and above the kernel; returns where and its size.
 fn place_initrd(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     args: &LinuxArgs<'_>,
     max: u64,
     kernel_end: u64,
@@ -497,7 +498,7 @@ mod tests {
         let initrd = scratch("pvh.initrd");
         std::fs::write(&initrd, vec![0xa5u8; 5000]).unwrap();
         let ram = 64 << 20;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), ram as usize)]).unwrap();
         let a = LinuxArgs {
             initrd: Some(&initrd),
             ..args(ram)
@@ -537,7 +538,7 @@ mod tests {
     fn an_elf_without_a_pvh_note_is_refused_by_name() {
         let p = scratch("nopvh.elf");
         std::fs::write(&p, elf_kernel(0x100_0000, &[0xf4; 16], None)).unwrap();
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         let err = load_linux(&mem, &p, &args(64 << 20)).unwrap_err();
         assert!(
             err.to_string().contains("without a PVH entry note"),
@@ -599,7 +600,7 @@ mod tests {
     fn a_file_that_is_not_a_bzimage_is_refused() {
         let p = scratch("vmlinuz");
         std::fs::write(&p, vec![0u8; 8192]).unwrap();
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
         let err = load_linux(&mem, &p, &args(16 << 20)).unwrap_err();
         assert!(
             err.to_string()

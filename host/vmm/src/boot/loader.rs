@@ -5,7 +5,8 @@
 //! host-reserved low memory, overlapping segments, truncated headers.
 
 use thiserror::Error;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use wasmvisor_exit::GuestRam;
 use wasmvisor_kvm::HOST_RESERVED_END;
 
 /// Why a guest image cannot be loaded.
@@ -44,7 +45,7 @@ pub struct Loaded {
     pub end: u64,
 }
 
-fn check_span(mem: &GuestMemoryMmap, addr: u64, size: u64) -> Result<(), LoadError> {
+fn check_span(mem: &GuestRam, addr: u64, size: u64) -> Result<(), LoadError> {
     let ram = mem.last_addr().0 + 1;
     let end = addr.checked_add(size);
     if end.is_none_or(|e| e > ram) {
@@ -57,7 +58,7 @@ fn check_span(mem: &GuestMemoryMmap, addr: u64, size: u64) -> Result<(), LoadErr
 }
 
 /// Loads a flat binary at `addr`.
-pub fn load_flat(mem: &GuestMemoryMmap, image: &[u8], addr: u64) -> Result<Loaded, LoadError> {
+pub fn load_flat(mem: &GuestRam, image: &[u8], addr: u64) -> Result<Loaded, LoadError> {
     if image.is_empty() {
         return Err(LoadError::Empty);
     }
@@ -174,7 +175,7 @@ fn parse_elf(image: &[u8]) -> Result<(u64, Vec<Segment>), LoadError> {
 }
 
 /// Loads an ELF64 x86-64 executable at its segments' physical addresses.
-pub fn load_elf(mem: &GuestMemoryMmap, image: &[u8]) -> Result<Loaded, LoadError> {
+pub fn load_elf(mem: &GuestRam, image: &[u8]) -> Result<Loaded, LoadError> {
     let (entry, segments) = parse_elf(image)?;
     for s in &segments {
         check_span(mem, s.paddr, s.memsz)?;
@@ -199,8 +200,8 @@ pub fn load_elf(mem: &GuestMemoryMmap, image: &[u8]) -> Result<Loaded, LoadError
 mod tests {
     use super::*;
 
-    fn ram() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap()
+    fn ram() -> GuestRam {
+        GuestRam::from_ranges(&[(GuestAddress(0), 0x40000)]).unwrap()
     }
 
     /// Builds a minimal ELF64 executable with the given (paddr, bytes)

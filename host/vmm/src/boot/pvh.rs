@@ -12,7 +12,8 @@
 //! writes a byte of guest RAM.
 
 use thiserror::Error;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use wasmvisor_exit::GuestRam;
 
 /// `XEN_ELFNOTE_PHYS32_ENTRY`, in a note named "Xen".
 const PHYS32_ENTRY: u32 = 18;
@@ -306,7 +307,7 @@ fn find_entry(mut notes: &[u8]) -> Result<Option<u64>, PvhError> {
 }
 
 /// Writes a parsed image into guest RAM: each segment's bytes, then zeros.
-pub fn load(mem: &GuestMemoryMmap, image: &PvhImage<'_>) -> Result<(), String> {
+pub fn load(mem: &GuestRam, image: &PvhImage<'_>) -> Result<(), String> {
     for s in &image.segments {
         mem.write_slice(s.data, GuestAddress(s.paddr))
             .map_err(|e| e.to_string())?;
@@ -411,7 +412,7 @@ mod tests {
 
     #[test]
     fn load_writes_the_bytes_and_zeros_the_rest() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         mem.write_slice(&[0xaa; 0x20], GuestAddress(0x20_0000))
             .unwrap();
         let img = image(32, 0x20_0000, b"\x90\xf4", 0x20_0000, 4);

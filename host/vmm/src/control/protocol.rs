@@ -25,6 +25,23 @@ pub struct Request {
     /// absolute path (the server's working directory is not the client's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// Where `snapshot` writes its directory or `dump` its core file: an
+    /// absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// An operation on the whole VM (`docs/snapshots.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmOp {
+    /// Write a snapshot into a new directory.
+    Snapshot { dir: std::path::PathBuf },
+    /// Take the in-memory baseline a reset returns to.
+    Baseline,
+    /// Put the VM back to the baseline.
+    Reset,
+    /// Write guest RAM and the vCPUs' registers as an ELF core file.
+    Dump { path: std::path::PathBuf },
 }
 
 /// What a request asks for, once checked.
@@ -32,6 +49,7 @@ pub struct Request {
 pub enum Command {
     List,
     Change(Change),
+    Vm(VmOp),
 }
 
 /// A reply line.
@@ -51,6 +69,9 @@ pub struct Reply {
     pub memslots: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<serde_json::Value>,
+    /// What a snapshot, baseline, reset or dump did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
 }
 
 impl Reply {
@@ -79,6 +100,15 @@ impl Reply {
                     .map(|l| serde_json::to_value(l).unwrap_or_default())
                     .collect(),
             ),
+            ..Default::default()
+        }
+    }
+
+    pub fn vm_op(id: Option<serde_json::Value>, report: serde_json::Value) -> Reply {
+        Reply {
+            ok: true,
+            id,
+            report: Some(report),
             ..Default::default()
         }
     }
@@ -122,11 +152,38 @@ pub fn parse(
         Some(_) => Err(fail(format!("`{}` takes no `{what}` field", req.op))),
         None => Ok(()),
     };
+    let absolute = |field: &Option<String>| {
+        let path = std::path::PathBuf::from(need(field, "path")?);
+        if !path.is_absolute() {
+            return Err(fail(format!(
+                "path {} is relative; send an absolute path",
+                path.display()
+            )));
+        }
+        Ok(path)
+    };
+    if !matches!(req.op.as_str(), "snapshot" | "dump") {
+        unexpected(&req.path, "path")?;
+    }
     let command = match req.op.as_str() {
         "list" => {
             unexpected(&req.name, "name")?;
             unexpected(&req.policy, "policy")?;
             Command::List
+        }
+        "snapshot" | "dump" | "baseline" | "reset" => {
+            unexpected(&req.name, "name")?;
+            unexpected(&req.policy, "policy")?;
+            Command::Vm(match req.op.as_str() {
+                "snapshot" => VmOp::Snapshot {
+                    dir: absolute(&req.path)?,
+                },
+                "dump" => VmOp::Dump {
+                    path: absolute(&req.path)?,
+                },
+                "baseline" => VmOp::Baseline,
+                _ => VmOp::Reset,
+            })
         }
         "swap" => Command::Change(Change::Swap {
             name: need(&req.name, "name")?,
@@ -146,8 +203,8 @@ pub fn parse(
         }
         other => {
             return Err(fail(format!(
-                "unknown op `{other}`: use list, swap, load or unload"
-            )))
+            "unknown op `{other}`: use list, swap, load, unload, snapshot, baseline, reset or dump"
+        )))
         }
     };
     Ok((id, command))
@@ -187,7 +244,7 @@ mod tests {
         assert!(err(r#"{"op":"list","extra":1}"#).contains("unknown field `extra`"));
         assert_eq!(
             err(r#"{"op":"reboot"}"#),
-            "unknown op `reboot`: use list, swap, load or unload"
+            "unknown op `reboot`: use list, swap, load, unload, snapshot, baseline, reset or dump"
         );
         assert_eq!(
             err(r#"{"op":"swap","policy":"/a.wasm"}"#),
@@ -202,6 +259,27 @@ mod tests {
             "`list` takes no `name` field"
         );
         assert!(err(r#"{"op":"load","policy":"/a.wasm:@bogus=1"}"#).contains("bogus"));
+    }
+
+    #[test]
+    fn vm_ops_parse() {
+        let (_, cmd) = parse(br#"{"op":"snapshot","path":"/tmp/s"}"#).unwrap();
+        assert!(
+            matches!(cmd, Command::Vm(VmOp::Snapshot { dir }) if dir == std::path::Path::new("/tmp/s"))
+        );
+        assert!(matches!(
+            parse(br#"{"op":"reset"}"#).unwrap().1,
+            Command::Vm(VmOp::Reset)
+        ));
+        assert_eq!(err(r#"{"op":"dump"}"#), "`dump` needs a `path` field");
+        assert_eq!(
+            err(r#"{"op":"dump","path":"core"}"#),
+            "path core is relative; send an absolute path"
+        );
+        assert_eq!(
+            err(r#"{"op":"reset","path":"/x"}"#),
+            "`reset` takes no `path` field"
+        );
     }
 
     #[test]

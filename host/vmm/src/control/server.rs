@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::Controlled;
 use crate::error::VmmError;
-use crate::policies::hotswap::HotSwap;
 
 use super::protocol::{self, Command, Reply, MAX_REQUEST_BYTES};
 
@@ -75,7 +75,7 @@ fn bind_private(path: &Path) -> Result<UnixListener, VmmError> {
 }
 
 impl Server {
-    pub fn start(path: &Path, swap: Arc<HotSwap>) -> Result<Server, VmmError> {
+    pub fn start(path: &Path, swap: Arc<Controlled>) -> Result<Server, VmmError> {
         let listener = bind_private(path)?;
         let stop = Arc::new(AtomicBool::new(false));
         let busy = Arc::new(AtomicUsize::new(0));
@@ -114,7 +114,7 @@ impl Drop for Server {
 
 fn accept_loop(
     listener: UnixListener,
-    swap: Arc<HotSwap>,
+    swap: Arc<Controlled>,
     stop: Arc<AtomicBool>,
     busy: Arc<AtomicUsize>,
     me: rustix::process::Uid,
@@ -183,7 +183,7 @@ fn send(stream: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {
 
 /// Serves requests until the peer closes, idles out, or sends something
 /// that is not a request (answered, then the connection is closed).
-fn serve(stream: UnixStream, swap: &HotSwap, busy: &AtomicUsize) {
+fn serve(stream: UnixStream, swap: &Controlled, busy: &AtomicUsize) {
     let _ = stream.set_read_timeout(Some(IDLE));
     let Ok(mut writer) = stream.try_clone() else {
         return;
@@ -226,7 +226,8 @@ fn serve(stream: UnixStream, swap: &HotSwap, busy: &AtomicUsize) {
 }
 
 /// Answers one request line; false if the connection must close.
-fn answer(line: &[u8], swap: &HotSwap, writer: &mut UnixStream) -> bool {
+fn answer(line: &[u8], vm: &Controlled, writer: &mut UnixStream) -> bool {
+    let swap = &vm.swap;
     let reply = match protocol::parse(line) {
         Err((id, msg)) => {
             let _ = send(
@@ -241,6 +242,10 @@ fn answer(line: &[u8], swap: &HotSwap, writer: &mut UnixStream) -> bool {
         }
         Ok((id, Command::Change(change))) => match swap.apply(change) {
             Ok(report) => Reply::changed(id, &report),
+            Err(e) => Reply::error(id, e),
+        },
+        Ok((id, Command::Vm(op))) => match vm.vm_op(&op) {
+            Ok(report) => Reply::vm_op(id, report),
             Err(e) => Reply::error(id, e),
         },
     };

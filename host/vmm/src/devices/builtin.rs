@@ -40,4 +40,14 @@ pub trait BuiltinDevice: Send + Sync {
     fn set_policy_mmio(&self, ranges: &[GpaRange]) {
         let _ = ranges;
     }
+    /// The device's state for a snapshot, under a name unique among the
+    /// built-in devices; `None` for a device without state.
+    fn save(&self) -> Option<(&'static str, Vec<u8>)> {
+        None
+    }
+    /// Puts back what [`save`](Self::save) returned (the vCPUs are held).
+    fn restore(&self, state: &[u8]) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
 }

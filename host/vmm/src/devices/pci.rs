@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, PoisonError};
+use wasmvisor_exit::GuestRam;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 use wasmvisor_exit::{
     size_mask, Completion, Direction, ExitEvent, ExitKind, GpaRange, InterruptLines,
@@ -39,7 +40,7 @@ use crate::stats::DeviceStats;
 
 /// Guest RAM as the devices' DMA sees it (IOVA = GPA).
 pub struct GuestDma {
-    memory: GuestMemoryMmap,
+    memory: GuestRam,
 }
 
 impl DmaMemory for GuestDma {

@@ -83,6 +83,31 @@ impl BuiltinDevice for Uart {
             }
         }
     }
+
+    fn save(&self) -> Option<(&'static str, Vec<u8>)> {
+        let regs = self
+            .regs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut bytes = regs.uart.to_bytes().to_vec();
+        bytes.push(u8::from(regs.line));
+        Some(("uart-com1", bytes))
+    }
+
+    fn restore(&self, state: &[u8]) -> Result<(), String> {
+        let bad = || format!("UART state of {} bytes is malformed", state.len());
+        let (line, uart) = state.split_last().ok_or_else(bad)?;
+        let uart = Uart16550::from_bytes(uart).ok_or_else(bad)?;
+        let mut regs = self
+            .regs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        regs.uart = uart;
+        regs.line = *line != 0;
+        // The in-kernel irqchip's state, restored with the VM's, already
+        // holds the line at this level.
+        Ok(())
+    }
 }
 
 #[cfg(test)]

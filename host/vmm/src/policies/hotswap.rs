@@ -168,6 +168,22 @@ impl HotSwap {
         (state.generation, list)
     }
 
+    /// The CPUID table the vCPUs were started with (before per-vCPU APIC
+    /// IDs).
+    pub(crate) fn cpuid(&self) -> &[CpuidEntry] {
+        &self.cpuid
+    }
+
+    /// The loaded policies in chain order, with their specs.
+    pub(crate) fn loaded(&self) -> Vec<(String, PolicySpec)> {
+        self.lock()
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| (s.name.clone(), s.spec.clone()))
+            .collect()
+    }
+
     /// The spec a loaded policy was loaded with (for reloading its file).
     pub fn spec_of(&self, name: &str) -> Option<PolicySpec> {
         self.lock()
@@ -192,8 +208,10 @@ impl HotSwap {
         let prepare_us = started.elapsed().as_micros() as u64;
         let cache = cache_label(prepared.as_ref());
 
-        // From here on the guest is held.
+        // From here on the guest is held. Only one coordinator pauses the
+        // vCPUs at a time (a snapshot or reset may be under way).
         let switch_started = Instant::now();
+        let _coordinator = self.quiesce.coordinate();
         let (mut paused, exits_during) = self.pause_vcpus(exits_before)?;
         let mut incoming = take_instances(prepared.as_mut());
         hand_over_state(&mut paused, index, prepared.as_ref(), &mut incoming)
@@ -493,6 +511,7 @@ fn handovers(
                     policies,
                     routes: Some(Arc::clone(routes)),
                     names: names.to_vec(),
+                    apply: None,
                 },
             )
         })

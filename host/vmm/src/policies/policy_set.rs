@@ -5,12 +5,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use wasmvisor_exit::GuestRam;
 
-use vm_memory::GuestMemoryMmap;
 use wasmvisor_exit::{InterruptLines, IrqAccess, MemoryProtector, ProtectionMap, Subscriptions};
 use wasmvisor_kvm::Vcpu;
 use wasmvisor_policy::{
     CacheOutcome, InstanceContext, PolicyEngine, PolicyImage, PolicyInstance, Shared,
+    SnapshotAccess, SnapshotRequests,
 };
 
 use crate::config::PolicySpec;
@@ -22,13 +23,16 @@ use crate::policies::slot::{PolicyHealth, VcpuPolicy};
 #[derive(Clone)]
 pub(crate) struct PolicyEnv {
     pub engine: PolicyEngine,
-    pub memory: GuestMemoryMmap,
+    pub memory: GuestRam,
     pub shared: Arc<Shared>,
     pub protector: Arc<dyn MemoryProtector>,
     /// The VM's interrupt lines, if it has an interrupt controller.
     pub irq: Option<Arc<dyn InterruptLines>>,
     pub ram_size: u64,
     pub vcpu_count: u32,
+    /// Where the `snapshot-*` imports queue their requests; `None` for a
+    /// VM that cannot be snapshotted.
+    pub snapshots: Option<Arc<dyn SnapshotRequests>>,
 }
 
 /// One policy as the VM knows it, across its vCPUs.
@@ -109,6 +113,10 @@ impl PolicyEnv {
                 irq: IrqAccess {
                     lines: self.irq.clone(),
                     granted: spec.sandbox.irq,
+                },
+                snapshots: SnapshotAccess {
+                    granted: spec.sandbox.snapshot,
+                    vm: self.snapshots.clone(),
                 },
             };
             let mut inst = image.instantiate::<Vcpu>(ctx, &spec.sandbox.limits)?;
@@ -202,6 +210,7 @@ impl Slot {
             health: Arc::clone(&self.health),
             protector: Arc::clone(&self.protector),
             constants: self.subs.constants.clone(),
+            drives_snapshots: self.spec.sandbox.snapshot,
         }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use wasmvisor_exit::Routes;
+use wasmvisor_kvm::VcpuState;
 
 use crate::policies::slot::VcpuPolicy;
 
@@ -25,12 +26,33 @@ pub(crate) struct Handover {
     pub routes: Option<Arc<Routes>>,
     /// Policy names by slot, for the vCPU's statistics.
     pub names: Vec<String>,
+    /// The state to put into the vCPU before it runs again (a reset).
+    pub apply: Option<Box<VcpuState>>,
+}
+
+impl Handover {
+    /// Resume with `policies` and nothing else changed.
+    pub fn unchanged(policies: Instances) -> Handover {
+        Handover {
+            policies,
+            routes: None,
+            names: Vec::new(),
+            apply: None,
+        }
+    }
+}
+
+/// What a vCPU parks with: its instances and, when the pause asked for
+/// it, its state, read after its last exit was completed.
+pub(crate) struct Parked {
+    pub policies: Instances,
+    pub state: Option<Result<Box<VcpuState>, String>>,
 }
 
 #[derive(Default)]
 struct State {
     alive: Vec<bool>,
-    parked: Vec<Option<Instances>>,
+    parked: Vec<Option<Parked>>,
     handover: Vec<Option<Handover>>,
 }
 
@@ -44,6 +66,11 @@ struct PaddedCount(AtomicU64);
 pub(crate) struct Quiesce {
     /// Checked by every vCPU after each exit: one load on the hot path.
     requested: AtomicBool,
+    /// Parking vCPUs read their state for the coordinator (snapshots).
+    capture: AtomicBool,
+    /// Held by whoever pauses the vCPUs (a policy change, a snapshot, a
+    /// reset), so that only one coordinator pauses at a time.
+    coordinator: Mutex<()>,
     /// Exits each vCPU has handled, published after each exit, so a
     /// change can report how many exits were handled while it ran.
     exits: Vec<PaddedCount>,
@@ -54,12 +81,16 @@ pub(crate) struct Quiesce {
 /// The vCPUs held at their exit boundary, with their instances.
 pub(crate) struct Paused {
     pub vcpus: Vec<(usize, Instances)>,
+    /// Their states, by the same order, when the pause captured them.
+    pub states: Vec<Option<Result<Box<VcpuState>, String>>>,
 }
 
 impl Quiesce {
     pub fn new(vcpus: usize) -> Quiesce {
         Quiesce {
             requested: AtomicBool::new(false),
+            capture: AtomicBool::new(false),
+            coordinator: Mutex::new(()),
             exits: (0..vcpus).map(|_| PaddedCount::default()).collect(),
             state: Mutex::new(State {
                 alive: vec![true; vcpus],
@@ -93,18 +124,36 @@ impl Quiesce {
         self.exits.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
     }
 
-    /// vCPU side: parks with `policies` until the coordinator resumes it.
+    /// vCPU side: whether this pause wants the vCPU's state with it.
+    pub fn capture_wanted(&self) -> bool {
+        self.capture.load(Ordering::Acquire)
+    }
+
+    /// Becomes the one coordinator, waiting for any other to finish.
+    pub fn coordinate(&self) -> MutexGuard<'_, ()> {
+        self.coordinator
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Becomes the coordinator if nobody else is; a vCPU thread uses this
+    /// and parks instead when another coordinator is pausing it.
+    pub fn try_coordinate(&self) -> Option<MutexGuard<'_, ()>> {
+        match self.coordinator.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// vCPU side: parks with `parked` until the coordinator resumes it.
     /// Returns at once, handing the instances back, if no pause is on.
-    pub fn park(&self, vcpu: usize, policies: Instances) -> Handover {
+    pub fn park(&self, vcpu: usize, parked: Parked) -> Handover {
         let mut state = self.lock();
         if !self.requested() {
-            return Handover {
-                policies,
-                routes: None,
-                names: Vec::new(),
-            };
+            return Handover::unchanged(parked.policies);
         }
-        state.parked[vcpu] = Some(policies);
+        state.parked[vcpu] = Some(parked);
         self.changed.notify_all();
         loop {
             if let Some(h) = state.handover[vcpu].take() {
@@ -127,15 +176,30 @@ impl Quiesce {
     /// Coordinator side: asks every live vCPU to park and waits until they
     /// all have, calling `kick` to pull them out of the guest (again every
     /// millisecond, in case a kick raced with KVM_RUN). Gives up after
-    /// `timeout`, resuming those that had parked.
+    /// `timeout`, resuming those that had parked. The caller holds
+    /// [`Quiesce::coordinate`].
     pub fn pause(&self, kick: &dyn Fn(), timeout: Duration) -> Result<Paused, String> {
+        self.pause_others(None, false, kick, timeout)
+    }
+
+    /// [`Quiesce::pause`] for a coordinator that is itself vCPU `me`
+    /// (which does not park), and with each parking vCPU's state when
+    /// `capture` is set.
+    pub fn pause_others(
+        &self,
+        me: Option<usize>,
+        capture: bool,
+        kick: &dyn Fn(),
+        timeout: Duration,
+    ) -> Result<Paused, String> {
         let started = Instant::now();
+        self.capture.store(capture, Ordering::Release);
         self.requested.store(true, Ordering::Release);
         kick();
         let mut state = self.lock();
         loop {
             let waiting: Vec<usize> = (0..state.alive.len())
-                .filter(|&i| state.alive[i] && state.parked[i].is_none())
+                .filter(|&i| state.alive[i] && state.parked[i].is_none() && Some(i) != me)
                 .collect();
             if waiting.is_empty() {
                 break;
@@ -158,13 +222,15 @@ impl Quiesce {
             kick();
             state = self.lock();
         }
-        let vcpus = state
-            .parked
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, p)| p.take().map(|instances| (i, instances)))
-            .collect();
-        Ok(Paused { vcpus })
+        let mut vcpus = Vec::new();
+        let mut states = Vec::new();
+        for (i, p) in state.parked.iter_mut().enumerate() {
+            if let Some(p) = p.take() {
+                vcpus.push((i, p.policies));
+                states.push(p.state);
+            }
+        }
+        Ok(Paused { vcpus, states })
     }
 
     /// Coordinator side: hands each parked vCPU its instances and lets all
@@ -176,14 +242,11 @@ impl Quiesce {
             state.handover[i] = Some(h);
         }
         for i in 0..state.parked.len() {
-            if let Some(policies) = state.parked[i].take() {
-                state.handover[i] = Some(Handover {
-                    policies,
-                    routes: None,
-                    names: Vec::new(),
-                });
+            if let Some(p) = state.parked[i].take() {
+                state.handover[i] = Some(Handover::unchanged(p.policies));
             }
         }
+        self.capture.store(false, Ordering::Release);
         self.requested.store(false, Ordering::Release);
         self.changed.notify_all();
     }
@@ -211,7 +274,11 @@ mod tests {
                     while !stop.load(Ordering::Acquire) {
                         exits.fetch_add(1, Ordering::Relaxed);
                         if q.requested() {
-                            let h = q.park(i, Vec::new());
+                            let parked = Parked {
+                                policies: Vec::new(),
+                                state: None,
+                            };
+                            let h = q.park(i, parked);
                             resumed += h.names.len();
                         }
                     }
@@ -237,9 +304,8 @@ mod tests {
                 (
                     i,
                     Handover {
-                        policies: Vec::new(),
-                        routes: None,
                         names: vec!["x".into()],
+                        ..Handover::unchanged(Vec::new())
                     },
                 )
             };

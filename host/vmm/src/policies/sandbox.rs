@@ -40,6 +40,10 @@ pub struct Sandbox {
     pub wasi: WasiGrants,
     /// Interrupt lines the policy may drive (`set-irq-line`).
     pub irq: IrqSet,
+    /// `@grant=snapshot`: the `snapshot-*` imports. An operator grant
+    /// only: the policy's `capabilities` flags predate it, and a policy
+    /// holding it keeps its own state across resets (docs/snapshots.md).
+    pub snapshot: bool,
 }
 
 impl Default for Sandbox {
@@ -52,6 +56,7 @@ impl Default for Sandbox {
             grants: Capabilities::default(),
             wasi: WasiGrants::default(),
             irq: IrqSet::EMPTY,
+            snapshot: false,
         }
     }
 }
@@ -88,6 +93,48 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 impl Sandbox {
+    /// The settings that rebuild this sandbox through [`Sandbox::set`]
+    /// from the default (for a snapshot's manifest): every field is
+    /// written, so a later change of defaults does not change a restored
+    /// policy's sandbox.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut put = |k: &str, v: String| out.push((k.to_string(), v));
+        if self.deadline_set {
+            put(
+                "deadline",
+                format!("{}us", self.limits.deadline.as_micros()),
+            );
+        }
+        put("memory", self.limits.memory_bytes.to_string());
+        put("tables", self.limits.table_elements.to_string());
+        let on_fault = match self.on_fault {
+            OnFault::Open => "open",
+            OnFault::Gp => "gp",
+            OnFault::Stop => "stop",
+        };
+        put("on-fault", on_fault.into());
+        put("quarantine", self.quarantine_after.to_string());
+        for name in self.grants.names() {
+            put("grant", name.into());
+        }
+        if self.snapshot {
+            put("grant", "snapshot".into());
+        }
+        if self.wasi.clocks {
+            put("wasi", "clocks".into());
+        }
+        if self.wasi.stdio {
+            put("wasi", "stdio".into());
+        }
+        for line in 0..=wasmvisor_exit::MAX_IRQ_LINE {
+            if self.irq.contains(line) {
+                put("irq", line.to_string());
+            }
+        }
+        out
+    }
+
     /// Applies one setting (`key` without the `@`).
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), SandboxError> {
         match key {
@@ -135,11 +182,12 @@ impl Sandbox {
                 "protect-memory" => self.grants.protect_memory = true,
                 "debug" => self.grants.debug = true,
                 "stop-vm" => self.grants.stop_vm = true,
+                "snapshot" => self.snapshot = true,
                 _ => {
                     return Err(bad(
                         key,
                         value,
-                        "use set-registers, write-memory, protect-memory, debug or stop-vm",
+                        "use set-registers, write-memory, protect-memory, debug, stop-vm or snapshot",
                     ))
                 }
             },
@@ -184,6 +232,33 @@ impl Sandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_rebuild_the_sandbox() {
+        let mut s = Sandbox::default();
+        for (k, v) in [
+            ("deadline", "250us"),
+            ("memory", "4M"),
+            ("on-fault", "gp"),
+            ("grant", "stop-vm"),
+            ("grant", "snapshot"),
+            ("wasi", "clocks"),
+            ("irq", "4"),
+            ("irq", "10-11"),
+        ] {
+            s.set(k, v).unwrap();
+        }
+        let mut back = Sandbox::default();
+        for (k, v) in s.settings() {
+            back.set(&k, &v).unwrap();
+        }
+        assert_eq!(back, s);
+        let mut plain = Sandbox::default();
+        for (k, v) in Sandbox::default().settings() {
+            plain.set(&k, &v).unwrap();
+        }
+        assert_eq!(plain, Sandbox::default());
+    }
 
     #[test]
     fn settings_parse_and_check_ranges() {

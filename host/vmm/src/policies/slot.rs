@@ -62,4 +62,6 @@ pub(crate) struct VcpuPolicy<V = Vcpu> {
     pub protector: Arc<OwnedProtector>,
     /// Answers it declared at init, given by the host without a call.
     pub constants: Vec<Constant>,
+    /// It holds `@grant=snapshot`: a reset leaves its state alone.
+    pub drives_snapshots: bool,
 }

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 use std::time::Instant;
+use wasmvisor_exit::GuestRam;
 
-use vm_memory::GuestMemoryMmap;
 use wasmvisor_exit::{
     apply, classify, constant_answer, default_actions, perform_access, validate, Action,
     ApplyError, Completion, ConstantAnswer, Direction, Exception, ExitEvent, ExitKind, Flow,
@@ -35,7 +35,7 @@ pub(crate) struct Dispatcher<V> {
     pub builtins: Vec<Arc<dyn BuiltinDevice>>,
     /// The embedder's exit hook, consulted before the routes.
     pub hook: Option<Arc<dyn ExitHook>>,
-    pub memory: GuestMemoryMmap,
+    pub memory: GuestRam,
     /// Page protections (memslot layout) of the VM.
     pub protector: Arc<dyn MemoryProtector>,
     /// Console, events and counters, for host-side events.
@@ -51,7 +51,7 @@ pub(crate) struct Dispatcher<V> {
 pub(crate) struct DispatchParts {
     pub builtins: Vec<Arc<dyn BuiltinDevice>>,
     pub hook: Option<Arc<dyn ExitHook>>,
-    pub memory: GuestMemoryMmap,
+    pub memory: GuestRam,
     pub protector: Arc<dyn MemoryProtector>,
     pub shared: Arc<Shared>,
 }

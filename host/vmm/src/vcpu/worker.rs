@@ -3,16 +3,18 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use wasmvisor_exit::GuestRam;
 
-use vm_memory::GuestMemoryMmap;
 use wasmvisor_exit::{Completion, ExitEvent, ExitKind, Flow, MemoryProtector, Routes};
-use wasmvisor_kvm::{KickList, Kicker, RunOutcome, Vcpu};
+use wasmvisor_kvm::{KickList, Kicker, RunOutcome, Vcpu, VcpuState};
 use wasmvisor_policy::Shared;
+use wasmvisor_policy::SnapshotOp;
 
 use crate::devices::builtin::BuiltinDevice;
 use crate::outcome::VmOutcome;
-use crate::policies::quiesce::Quiesce;
+use crate::policies::quiesce::{Parked, Quiesce};
 use crate::policies::slot::VcpuPolicy;
+use crate::snapshot::{HeldVcpu, Snapshots};
 use crate::stats::{PolicyStats, Stats};
 use crate::vcpu::dispatch::{DispatchParts, Dispatcher};
 use crate::vcpu::hook::ExitHook;
@@ -33,6 +35,10 @@ pub(crate) struct VcpuWorker {
     quiesce: Arc<Quiesce>,
     /// Where this vCPU's thread is registered for kicks.
     kicks: Arc<KickList>,
+    /// Snapshots, baselines and resets, which a policy may ask for.
+    snapshots: Arc<Snapshots>,
+    /// A state this vCPU could not take back: the run ends with it.
+    failed: Option<String>,
 }
 
 /// What every vCPU thread of one VM shares.
@@ -41,12 +47,13 @@ pub(crate) struct VmHandles {
     pub routes: Arc<Routes>,
     pub builtins: Vec<Arc<dyn BuiltinDevice>>,
     pub hook: Option<Arc<dyn ExitHook>>,
-    pub memory: GuestMemoryMmap,
+    pub memory: GuestRam,
     pub protector: Arc<dyn MemoryProtector>,
     pub shared: Arc<Shared>,
     pub control: Arc<StopFlag>,
     pub quiesce: Arc<Quiesce>,
     pub kicks: Arc<KickList>,
+    pub snapshots: Arc<Snapshots>,
 }
 
 impl VcpuWorker {
@@ -64,6 +71,8 @@ impl VcpuWorker {
             control: vm.control,
             quiesce: vm.quiesce,
             kicks: vm.kicks,
+            snapshots: vm.snapshots,
+            failed: None,
         }
     }
 
@@ -103,6 +112,9 @@ impl VcpuWorker {
                 self.park();
                 routes = Arc::clone(&self.routes);
             }
+            if let Some(reason) = self.failed.take() {
+                return VmOutcome::HostFailure(reason);
+            }
             let outcome = match self.vcpu().run() {
                 Ok(o) => o,
                 Err(e) => return VmOutcome::HostFailure(e.to_string()),
@@ -118,9 +130,16 @@ impl VcpuWorker {
                             reason: fatal.reason,
                         },
                     };
-                    // Subscribers hear about it; the VM stops regardless.
+                    // Subscribers hear about it; the VM stops unless one of
+                    // them resets it (a fuzzer's finding).
                     let mut completion = Completion::default();
                     let _ = self.d.dispatch(&routes, &event, &mut completion);
+                    if self.snapshots.take_request(index) == Some(SnapshotOp::Reset)
+                        && self.run_snapshot_op(SnapshotOp::Reset)
+                    {
+                        routes = Arc::clone(&self.routes);
+                        continue;
+                    }
                     return VmOutcome::GuestFault(fatal);
                 }
                 RunOutcome::Exit(mut event) => loop {
@@ -147,18 +166,86 @@ impl VcpuWorker {
                     }
                 },
             }
+            if let Some(op) = self.snapshots.take_request(index) {
+                self.run_snapshot_op(op);
+                routes = Arc::clone(&self.routes);
+            }
         }
     }
 }
 
 impl VcpuWorker {
-    /// Holds this vCPU at its exit boundary while the policies change,
-    /// then takes up the new generation.
-    fn park(&mut self) {
+    /// Carries out a policy's `snapshot-baseline` or `snapshot-reset` once
+    /// the exit that asked is complete, holding the other vCPUs. Returns
+    /// whether the VM was reset (by this request, or by another
+    /// coordinator while this vCPU waited, which makes it moot).
+    fn run_snapshot_op(&mut self, op: SnapshotOp) -> bool {
+        let quiesce = Arc::clone(&self.quiesce);
+        let _coordinator = loop {
+            if let Some(g) = quiesce.try_coordinate() {
+                break g;
+            }
+            if quiesce.requested() {
+                if self.park() {
+                    return true;
+                }
+            } else {
+                std::thread::yield_now();
+            }
+        };
+        let index = self.vcpu().index() as usize;
+        let snapshots = Arc::clone(&self.snapshots);
+        let state = snapshots.capture_vcpu(self.vcpu());
+        let own = HeldVcpu {
+            index,
+            policies: std::mem::take(&mut self.d.policies),
+            state: Some(state),
+            apply: None,
+        };
+        let (own, result) = snapshots.from_vcpu(op, own);
+        self.d.policies = own.policies;
+        let reset = own.apply.is_some();
+        if let Some(state) = own.apply {
+            self.apply_state(&state);
+        }
+        if let Err(e) = result {
+            let what = match op {
+                SnapshotOp::Baseline => "snapshot-baseline",
+                SnapshotOp::Reset => "snapshot-reset",
+            };
+            eprintln!("wasmvisor: {what} asked by a policy on vCPU {index} failed: {e}");
+        }
+        reset
+    }
+
+    /// This vCPU's state after completing its exit in flight.
+    fn capture_state(&mut self) -> Result<Box<VcpuState>, String> {
+        let snapshots = Arc::clone(&self.snapshots);
+        snapshots.capture_vcpu(self.vcpu())
+    }
+
+    /// Puts `state` into this vCPU; a failure ends the run.
+    fn apply_state(&mut self, state: &VcpuState) {
+        if let Err(e) = self.vcpu().restore_state(state) {
+            self.failed = Some(format!("cannot restore vCPU state: {e}"));
+        }
+    }
+}
+
+impl VcpuWorker {
+    /// Holds this vCPU at its exit boundary while the policies change or a
+    /// snapshot is taken, then takes up the new generation (and the state
+    /// of a reset). Returns whether the vCPU's state was replaced.
+    fn park(&mut self) -> bool {
         let index = self.vcpu().index() as usize;
         let policies = std::mem::take(&mut self.d.policies);
-        let handover = self.quiesce.park(index, policies);
+        let state = self.quiesce.capture_wanted().then(|| self.capture_state());
+        let handover = self.quiesce.park(index, Parked { policies, state });
         self.d.policies = handover.policies;
+        let replaced = handover.apply.is_some();
+        if let Some(state) = handover.apply {
+            self.apply_state(&state);
+        }
         if let Some(routes) = handover.routes {
             self.routes = routes;
         }
@@ -171,5 +258,6 @@ impl VcpuWorker {
                 }),
             }
         }
+        replaced
     }
 }

@@ -5,8 +5,9 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
+use wasmvisor_exit::GuestRam;
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 use wasmvisor_exit::testing::{io_exit, FakeVcpu};
 use wasmvisor_exit::{Completion, Direction, Exception, ExitEvent, Flow, ProtectionMap, Routes};
 use wasmvisor_policy::{CaptureConsole, InstanceContext, PolicyEngine, PolicyImage, Shared};
@@ -60,7 +61,7 @@ fn setup(
     quarantine_after: u64,
     builtins: Vec<Arc<dyn BuiltinDevice>>,
 ) -> Setup {
-    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM)]).expect("RAM");
+    let memory = GuestRam::from_ranges(&[(GuestAddress(0), RAM)]).expect("RAM");
     let shared = Arc::new(
         Shared::new(Arc::new(CaptureConsole::new()), None)
             .expect("shared")
@@ -79,6 +80,7 @@ fn setup(
         shared: Arc::clone(&shared),
         protector: None,
         irq: Default::default(),
+        snapshots: Default::default(),
     };
     let mut instance = fixture()
         .instantiate::<FakeVcpu>(ctx, &sandbox.limits)
@@ -98,6 +100,7 @@ fn setup(
         health: Arc::new(PolicyHealth::new(quarantine_after)),
         protector: Arc::new(OwnedProtector::new(Arc::clone(&protector), RAM as u64)),
         constants: subs.constants.clone(),
+        drives_snapshots: false,
     };
     let parts = DispatchParts {
         builtins,
