@@ -237,7 +237,7 @@ mod tests {
     fn settings_rebuild_the_sandbox() {
         let mut s = Sandbox::default();
         for (k, v) in [
-            ("deadline", "250us"),
+            ("deadline", "5ms"),
             ("memory", "4M"),
             ("on-fault", "gp"),
             ("grant", "stop-vm"),
