@@ -95,6 +95,9 @@ pub struct RunArgs {
     /// Reload a policy when its file changes on disk.
     #[arg(long)]
     watch: bool,
+    /// When the guest fails (triple fault, KVM internal error), keep the VM held where it stopped, for `wasmvisor vm dump` or `vm snapshot` through --control, until Ctrl-C or SIGTERM; the exit code is then the failure's.
+    #[arg(long)]
+    hold_on_fault: bool,
     /// Keep precompiled policies in this directory [default: $WASMVISOR_CACHE_DIR, $XDG_CACHE_HOME/wasmvisor/policies or ~/.cache/wasmvisor/policies].
     #[arg(long, value_name = "DIR", conflicts_with = "no_policy_cache")]
     policy_cache: Option<PathBuf>,
@@ -127,6 +130,7 @@ fn run_options(args: &RunArgs, config: &mut VmConfig) -> Result<()> {
     config.record = args.record.clone();
     config.control = args.control.clone();
     config.watch = args.watch;
+    config.hold_on_fault = args.hold_on_fault;
     config.policy_cache = match (&args.policy_cache, args.no_policy_cache) {
         (_, true) => PolicyCache::Off,
         (Some(dir), false) => PolicyCache::Dir(dir.clone()),

@@ -241,6 +241,9 @@ pub struct VmConfig {
     /// the guest; the rest of the config is the snapshot's own
     /// ([`crate::snapshot::Restore::config`]).
     pub restore: Option<std::sync::Arc<crate::snapshot::Restore>>,
+    /// Keep a VM whose guest failed (triple fault, KVM internal error)
+    /// held for inspection until it is stopped (`--hold-on-fault`).
+    pub hold_on_fault: bool,
 }
 
 impl VmConfig {
@@ -265,6 +268,7 @@ impl VmConfig {
             kernel_profile: None,
             dma_domain: DmaDomain::unrestricted(),
             restore: None,
+            hold_on_fault: false,
         }
     }
 

@@ -273,6 +273,7 @@ pub fn run_with_hook(
         quiesce: Arc::clone(&quiesce),
         kicks: Arc::clone(&kicks),
         snapshots: Arc::clone(&snapshots),
+        hold_on_fault: config.hold_on_fault,
     };
     let (workers, slots) = vcpu_workers(
         config,

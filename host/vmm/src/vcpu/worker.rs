@@ -39,6 +39,8 @@ pub(crate) struct VcpuWorker {
     snapshots: Arc<Snapshots>,
     /// A state this vCPU could not take back: the run ends with it.
     failed: Option<String>,
+    /// `--hold-on-fault`: a guest failure holds this vCPU for inspection.
+    hold_on_fault: bool,
 }
 
 /// What every vCPU thread of one VM shares.
@@ -54,6 +56,7 @@ pub(crate) struct VmHandles {
     pub quiesce: Arc<Quiesce>,
     pub kicks: Arc<KickList>,
     pub snapshots: Arc<Snapshots>,
+    pub hold_on_fault: bool,
 }
 
 impl VcpuWorker {
@@ -73,6 +76,7 @@ impl VcpuWorker {
             kicks: vm.kicks,
             snapshots: vm.snapshots,
             failed: None,
+            hold_on_fault: vm.hold_on_fault,
         }
     }
 
@@ -139,6 +143,9 @@ impl VcpuWorker {
                     {
                         routes = Arc::clone(&self.routes);
                         continue;
+                    }
+                    if self.hold_on_fault {
+                        self.hold(&fatal);
                     }
                     return VmOutcome::GuestFault(fatal);
                 }
@@ -216,6 +223,22 @@ impl VcpuWorker {
             eprintln!("wasmvisor: {what} asked by a policy on vCPU {index} failed: {e}");
         }
         reset
+    }
+
+    /// Keeps a vCPU whose guest failed where it stopped until the VM is
+    /// stopped (a signal, another vCPU's ending), parking like a running
+    /// one so that `vm dump` and `vm snapshot` can read it.
+    fn hold(&mut self, fatal: &wasmvisor_kvm::FatalExit) {
+        eprintln!(
+            "wasmvisor: {fatal}; holding the VM for inspection (--hold-on-fault): `wasmvisor vm dump` or `vm snapshot` reads it, Ctrl-C ends the run"
+        );
+        while !self.control.stop.load(Ordering::Acquire) {
+            if self.quiesce.requested() {
+                self.park();
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
     }
 
     /// This vCPU's state after completing its exit in flight.
