@@ -434,3 +434,47 @@ fn driven_device_lines() -> Vec<String> {
         format!("pci: dma sum {:08x}", expected_sum()),
     ]
 }
+
+#[test]
+fn a_vm_with_a_passed_through_device_is_not_snapshotted() {
+    require_kvm!();
+    let (_server, device) = served_device("pci-snapshot");
+    let dir = scratch("pci-snapshot-vm");
+    let ctl = dir.join("ctl");
+    let counter = format!("{}:@grant=stop-vm", policy("counter"));
+    let mut vm = Background::start(
+        &dir,
+        "vm",
+        &[
+            "run",
+            "--guest",
+            guest("ticker.bin").to_str().unwrap(),
+            "--serial",
+            "none",
+            "--policy",
+            &counter,
+            "--device",
+            &device,
+            "--control",
+            ctl.to_str().unwrap(),
+        ],
+    );
+    vm.wait_for_file(&ctl, Duration::from_secs(20));
+    for op in [vec!["snapshot", "SNAP"], vec!["baseline"]] {
+        let mut args = vec!["vm", op[0], "--control", ctl.to_str().unwrap()];
+        let snap = dir.join("snap");
+        if op.len() > 1 {
+            args.push(snap.to_str().unwrap());
+        }
+        let r = wasmvisor(&args);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert_eq!(
+            r.one_error_line(),
+            "wasmvisor: error: cannot snapshot this VM: it has a passed-through device, whose state lives outside wasmvisor"
+        );
+        assert!(!snap.exists(), "nothing is written");
+    }
+    vm.signal("INT");
+    assert_eq!(vm.wait(Duration::from_secs(10)), 130, "{}", vm.stderr());
+    std::fs::remove_dir_all(&dir).ok();
+}

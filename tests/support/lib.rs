@@ -3,6 +3,10 @@
 
 #![forbid(unsafe_code)]
 
+mod background;
+
+pub use background::Background;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

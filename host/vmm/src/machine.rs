@@ -369,10 +369,10 @@ fn vm_record(config: &VmConfig) -> VmRecord {
 fn snapshot_refusal(config: &VmConfig) -> Option<String> {
     config.devices.iter().find_map(|d| match d {
         DeviceSpec::Vfio(_) | DeviceSpec::VfioUser(_) => {
-            Some("the VM has a passed-through device, whose state lives outside wasmvisor".into())
+            Some("it has a passed-through device, whose state lives outside wasmvisor".into())
         }
         DeviceSpec::Test => {
-            Some("the VM has a PCI device, whose state snapshots do not carry yet".into())
+            Some("it has a PCI device, whose state snapshots do not carry yet".into())
         }
     })
 }

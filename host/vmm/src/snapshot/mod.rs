@@ -235,7 +235,7 @@ impl Snapshots {
     /// Reads everything but RAM from the held VM.
     pub fn capture(&self, held: &mut [HeldVcpu]) -> Result<Captured, String> {
         if let Some(why) = &self.refusal {
-            return Err(why.clone());
+            return Err(format!("cannot snapshot this VM: {why}"));
         }
         let mut vcpus = Vec::new();
         for h in held.iter() {
@@ -348,7 +348,7 @@ impl Snapshots {
     /// policies as `swap` has them loaded.
     pub fn write_dir(&self, swap: &HotSwap, dir: &Path) -> Result<TakeReport, String> {
         if let Some(why) = &self.refusal {
-            return Err(why.clone());
+            return Err(format!("cannot snapshot this VM: {why}"));
         }
         let loaded = swap.loaded();
         let cpuid: Vec<format::CpuidRecord> = swap
