@@ -22,6 +22,8 @@ mod dump;
 pub mod format;
 mod memory;
 mod restore;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::Path;
