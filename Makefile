@@ -5,7 +5,7 @@ WASM    := target/wasm32-wasip2/policy
 POLICIES := serial msr-guard cpuid-mask io-tracer regbank noop mem-guard syscall-tracer task-lister counter conformance pci-guard template linux-info linux-tasks syscall-guard fuzzer
 FIXTURES := other-world hostile
 
-.PHONY: all setup setup-langs guests policies lang-policies assets build demo test lint clippy unit e2e bench clean fuzz fuzz-replay kernel
+.PHONY: all setup setup-langs guests policies lang-policies assets build demo test lint clippy unit e2e bench clean fuzz fuzz-replay kernel drgn
 
 all: build
 
@@ -55,6 +55,11 @@ demo: setup build
 kernel:
 	bash scripts/fetch-kernel.sh $(ASSETS)/linux
 
+## drgn from PyPI in ~/.cache/wasmvisor/drgn-venv, which the dump tests
+## drive against `wasmvisor vm dump` cores.
+drgn:
+	bash scripts/setup-drgn.sh
+
 ## Formatting and lints, as CI enforces them.
 lint:
 	$(CARGO) fmt --all --check
@@ -77,7 +82,7 @@ test:
 unit: policies
 	$(CARGO) test --release --workspace --lib --bins --test fuzz_replay
 
-## The integration and end-to-end tests alone (after `make build kernel
+## The integration and end-to-end tests alone (after `make build kernel drgn
 ## lang-policies`). Every cargo command here names --workspace: selecting
 ## one package (-p) resolves features differently and recompiles wasmtime.
 e2e:

@@ -102,7 +102,7 @@ run_tests() {
 
 phase setup bash -c 'bash scripts/setup.sh && bash scripts/setup-langs.sh --apt'
 bg langs bash scripts/setup-langs.sh --no-apt
-bg kernel bash scripts/fetch-kernel.sh target/assets/linux
+bg kernel bash -c 'bash scripts/fetch-kernel.sh target/assets/linux && bash scripts/setup-drgn.sh'
 phase fmt "$CARGO" fmt --all --check
 phase build make --no-print-directory build
 phase test-build "$CARGO" test --release --workspace --no-run

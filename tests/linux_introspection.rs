@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use serde_json::Value;
 use wasmvisor_profile::{vaddr_to_file_offset, Profile};
@@ -26,12 +27,15 @@ fn linux(name: &str) -> PathBuf {
     p
 }
 
-/// What one boot showed: console, stderr, exit code and events.
+/// What one boot showed: console, stderr, exit code and events, and the
+/// dumps taken of the stalled kernel.
 struct Boot {
     code: i32,
     stdout: String,
     stderr: String,
     events: Vec<Value>,
+    /// `vm dump` of the held VM, and `vm dump --from` of its snapshot.
+    cores: Vec<PathBuf>,
 }
 
 impl Boot {
@@ -45,43 +49,101 @@ impl Boot {
 }
 
 /// Boots `kernel` through PVH under the three Linux policies and the
-/// syscall tracer, until the emulator stops it after `Memory:`.
-fn boot(kernel: &Path, tag: &str) -> Boot {
+/// syscall tracer, until the emulator stops it after `Memory:`; the VM is
+/// held there (`--hold-on-fault`) and, with `dump`, written as an ELF core
+/// directly and through a snapshot, before it is stopped.
+fn boot(kernel: &Path, tag: &str, dump: bool) -> Boot {
     let dir = scratch(&format!("linux-vmi-{tag}"));
     let events = dir.join("events.jsonl");
+    let ctl = dir.join("ctl");
     let info = policy("linux-info");
     let tasks = policy("linux-tasks");
     let guard = format!("{}:@grant=protect-memory", policy("syscall-guard"));
     let tracer = format!("{}:names=linux,@grant=debug", policy("syscall-tracer"));
-    let r = wasmvisor(&[
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--mem",
-        "256M",
-        "--policy",
-        &info,
-        "--policy",
-        &tasks,
-        "--policy",
-        &guard,
-        "--policy",
-        &tracer,
-        "--events",
-        events.to_str().unwrap(),
-    ]);
+    let mut vm = Background::start(
+        &dir,
+        "boot",
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--mem",
+            "256M",
+            "--policy",
+            &info,
+            "--policy",
+            &tasks,
+            "--policy",
+            &guard,
+            "--policy",
+            &tracer,
+            "--events",
+            events.to_str().unwrap(),
+            "--hold-on-fault",
+            "--control",
+            ctl.to_str().unwrap(),
+        ],
+    );
+    vm.wait_for_stderr("holding the VM for inspection", RUN_LIMIT);
+    let mut cores = Vec::new();
+    if dump {
+        let core = dir.join("core.elf");
+        let snap = dir.join("snap");
+        let from_snap = dir.join("core-from-snapshot.elf");
+        for args in [
+            vec![
+                "vm",
+                "dump",
+                "--control",
+                ctl.to_str().unwrap(),
+                core.to_str().unwrap(),
+            ],
+            vec![
+                "vm",
+                "snapshot",
+                "--control",
+                ctl.to_str().unwrap(),
+                snap.to_str().unwrap(),
+            ],
+            vec![
+                "vm",
+                "dump",
+                "--from",
+                snap.to_str().unwrap(),
+                from_snap.to_str().unwrap(),
+            ],
+        ] {
+            let r = wasmvisor(&args);
+            assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        }
+        cores = vec![core, from_snap];
+    }
+    vm.signal("TERM");
+    let code = vm.wait(Duration::from_secs(30));
     let events = if events.is_file() {
         json_lines(&events)
     } else {
         Vec::new()
     };
-    std::fs::remove_dir_all(&dir).ok();
     Boot {
-        code: r.code,
-        stdout: r.stdout,
-        stderr: r.stderr,
+        code,
+        stdout: vm.stdout(),
+        stderr: vm.stderr(),
         events,
+        cores,
     }
+}
+
+/// The Python of the drgn virtualenv `make drgn` sets up.
+fn drgn_python() -> PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME");
+    let p = Path::new(&home).join(".cache/wasmvisor/drgn-venv/bin/python");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `make drgn` (scripts/setup-drgn.sh) first",
+        p.display()
+    );
+    p
 }
 
 fn profile() -> &'static Profile {
@@ -92,7 +154,7 @@ fn profile() -> &'static Profile {
 #[test]
 fn the_linux_policies_read_the_running_debian_kernel() {
     require_kvm!();
-    let b = boot(&linux("vmlinux"), "real");
+    let b = boot(&linux("vmlinux"), "real", true);
     assert!(
         b.stdout.contains("Memory:"),
         "the boot reaches the trigger line: {}\n{}",
@@ -163,6 +225,53 @@ fn the_linux_policies_read_the_running_debian_kernel() {
         Some(("entry_SYSCALL_64", 0))
     );
     assert!(profile().symbols.len() > 50_000);
+
+    // The kernel stalled where the emulator stopped it, held there: the
+    // run ends with the guest fault's code once stopped.
+    assert_eq!(b.code, 3, "{}", b.stderr);
+    // drgn, with no vmlinux and no debug info, opens both cores as a
+    // Linux kernel (from the VMCOREINFO wasmvisor writes), names
+    // init_task through the kernel's own kallsyms tables and reads its
+    // comm at the offset BTF gives.
+    let comm = profile().types.offset_of("task_struct.comm").unwrap();
+    let release = profile()
+        .types
+        .offset_of("uts_namespace.name.release")
+        .unwrap();
+    let script = root().join("tests/drgn/read_core.py");
+    for core in &b.cores {
+        let out = std::process::Command::new(drgn_python())
+            .arg(&script)
+            .arg(core)
+            .args(["--comm-offset", &comm.to_string()])
+            .args(["--release-offset", &release.to_string()])
+            .output()
+            .expect("python runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "drgn on {}: {text}{}",
+            core.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Before sched_init (which follows "Memory:") the boot task is
+        // still "swapper"; it becomes "swapper/0" later in start_kernel.
+        assert_has_lines(
+            &text,
+            &[
+                format!(
+                    "init_task={:#x}",
+                    profile().symbols.lookup("init_task").unwrap()
+                ),
+                "comm=swapper".into(),
+                format!(
+                    "release={release_text}",
+                    release_text = info[0]["release"].as_str().unwrap()
+                ),
+            ],
+        );
+    }
+    std::fs::remove_dir_all(b.cores[0].parent().unwrap()).ok();
 }
 
 #[test]
@@ -178,7 +287,7 @@ fn a_hooked_syscall_table_entry_is_reported_by_number_and_name() {
     let tampered = dir.join("vmlinux");
     std::fs::write(&tampered, &image).unwrap();
 
-    let b = boot(&tampered, "tampered");
+    let b = boot(&tampered, "tampered", false);
     let table = b.of("syscall-table");
     assert_eq!(table.len(), 1, "{}\n{}", b.stdout, b.stderr);
     assert_eq!(table[0]["hooked"], 1, "{}", table[0]);

@@ -111,7 +111,9 @@ fn one_reset(host_writes: &[(u64, Vec<u8>)], guest_writes: &[(u64, u32)]) {
         table.extend_from_slice(&value.to_le_bytes());
         touched.extend([gpa / PAGE, (gpa + 3) / PAGE]);
     }
-    vm.memory().write_slice(&table, GuestAddress(TABLE)).unwrap();
+    vm.memory()
+        .write_slice(&table, GuestAddress(TABLE))
+        .unwrap();
     touched.extend(TABLE / PAGE..=(TABLE + table.len() as u64 - 1) / PAGE);
     let hlt = run_to_hlt(&mut vcpu);
 
@@ -154,7 +156,10 @@ fn guest_write() -> impl Strategy<Value = (u64, u32)> {
 }
 
 fn host_write() -> impl Strategy<Value = (u64, Vec<u8>)> {
-    (LOW..RAM - 9000, proptest::collection::vec(any::<u8>(), 1..9000))
+    (
+        LOW..RAM - 9000,
+        proptest::collection::vec(any::<u8>(), 1..9000),
+    )
 }
 
 proptest! {
