@@ -89,7 +89,7 @@ impl Vm {
     /// Puts the irqchip, PIT and clock back; the VM must have the PC
     /// platform exactly when the state has one.
     pub fn restore_state(&self, state: &VmState) -> Result<(), KvmError> {
-        if self.has_pc_platform() != !state.irqchips.is_empty() {
+        if self.has_pc_platform() == state.irqchips.is_empty() {
             return Err(KvmError::BadBootState(
                 "the saved VM and this one differ in having an in-kernel irqchip".into(),
             ));

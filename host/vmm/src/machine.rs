@@ -367,14 +367,17 @@ fn vm_record(config: &VmConfig) -> VmRecord {
 /// cannot: device state outside this process (passthrough), or PCI
 /// device state the snapshot does not carry yet.
 fn snapshot_refusal(config: &VmConfig) -> Option<String> {
-    config.devices.iter().find_map(|d| match d {
-        DeviceSpec::Vfio(_) | DeviceSpec::VfioUser(_) => {
-            Some("it has a passed-through device, whose state lives outside wasmvisor".into())
-        }
-        DeviceSpec::Test => {
-            Some("it has a PCI device, whose state snapshots do not carry yet".into())
-        }
-    })
+    let passthrough = config
+        .devices
+        .iter()
+        .any(|d| matches!(d, DeviceSpec::Vfio(_) | DeviceSpec::VfioUser(_)));
+    if passthrough {
+        Some("it has a passed-through device, whose state lives outside wasmvisor".into())
+    } else if !config.devices.is_empty() {
+        Some("it has a PCI device, whose state snapshots do not carry yet".into())
+    } else {
+        None
+    }
 }
 
 /// The in-kernel PIC, IOAPIC and PIT, when the VM needs interrupts (a

@@ -262,9 +262,10 @@ impl Vcpu {
         fd.set_fpu(&state.fpu)
             .map_err(KvmError::ioctl("KVM_SET_FPU"))?;
         if let Some(region) = &state.xsave {
-            let mut x = kvm_xsave::default();
-            x.region = **region;
-            let x = &x;
+            let x = &kvm_xsave {
+                region: **region,
+                ..Default::default()
+            };
             // SAFETY: `x` is a whole `kvm_xsave` of the legacy 4 KiB size
             // KVM_GET_XSAVE produced; KVM reads only that many bytes
             // because this VM never enabled KVM_CAP_XSAVE2's larger area.

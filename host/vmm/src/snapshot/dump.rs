@@ -124,7 +124,7 @@ pub fn layout(
     let release = release(ram, profile, &sym, phys_base).unwrap_or_default();
     let tables = symbols.tables().clone();
     let mut lookup = |name: &str| -> Option<u64> {
-        let table = match name {
+        match name {
             "kallsyms_names" => tables.names.vaddr,
             "kallsyms_num_syms" => tables.num_syms.vaddr,
             "kallsyms_token_table" => tables.token_table.vaddr,
@@ -134,9 +134,8 @@ pub fn layout(
             "kallsyms_relative_base" => tables.relative_base.and_then(|t| t.vaddr),
             "kallsyms_offsets" if tables.relative_base.is_some() => tables.addresses.vaddr,
             "kallsyms_addresses" if tables.relative_base.is_none() => tables.addresses.vaddr,
-            _ => return symbols.lookup(name),
-        };
-        table
+            _ => symbols.lookup(name),
+        }
     };
     let info = VmcoreInfo::for_linux_x86_64(
         &LinuxKernel {

@@ -209,7 +209,7 @@ impl Snapshots {
     /// caller has already made the coordinator and whose state it read:
     /// the other vCPUs are held, `op` runs on all, and they resume.
     /// Returns `own` with what it is to resume with.
-    pub fn from_vcpu(&self, op: SnapshotOp, own: HeldVcpu) -> (HeldVcpu, Result<(), String>) {
+    pub fn for_vcpu(&self, op: SnapshotOp, own: HeldVcpu) -> (HeldVcpu, Result<(), String>) {
         let me = own.index;
         let paused = match self
             .quiesce

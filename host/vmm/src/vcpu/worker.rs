@@ -209,7 +209,7 @@ impl VcpuWorker {
             state: Some(state),
             apply: None,
         };
-        let (own, result) = snapshots.from_vcpu(op, own);
+        let (own, result) = snapshots.for_vcpu(op, own);
         self.d.policies = own.policies;
         let reset = own.apply.is_some();
         if let Some(state) = own.apply {
