@@ -131,6 +131,7 @@ fn run_options(args: &RunArgs, config: &mut VmConfig) -> Result<()> {
     config.control = args.control.clone();
     config.watch = args.watch;
     config.hold_on_fault = args.hold_on_fault;
+    config.time_every_call = args.stats;
     config.policy_cache = match (&args.policy_cache, args.no_policy_cache) {
         (_, true) => PolicyCache::Off,
         (Some(dir), false) => PolicyCache::Dir(dir.clone()),

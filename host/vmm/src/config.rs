@@ -244,6 +244,9 @@ pub struct VmConfig {
     /// Keep a VM whose guest failed (triple fault, KVM internal error)
     /// held for inspection until it is stopped (`--hold-on-fault`).
     pub hold_on_fault: bool,
+    /// Time every policy call (`--stats`), not one in
+    /// [`crate::vcpu::dispatch::DEFAULT_TIME_EVERY`].
+    pub time_every_call: bool,
 }
 
 impl VmConfig {
@@ -269,6 +272,7 @@ impl VmConfig {
             dma_domain: DmaDomain::unrestricted(),
             restore: None,
             hold_on_fault: false,
+            time_every_call: false,
         }
     }
 

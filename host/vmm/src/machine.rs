@@ -32,6 +32,7 @@ use crate::devices::serial::Uart;
 use crate::error::VmmError;
 use crate::outcome::VmOutcome;
 use crate::policies::hotswap::{HotSwap, HotSwapParts};
+use crate::policies::observer::{Observer, ObserverStats, DEFAULT_RING};
 use crate::policies::policy_set::{unique_name, PolicyEnv, Prepared, Slot};
 use crate::policies::quiesce::Quiesce;
 use crate::policies::routing::{plan_routes, Claims};
@@ -274,7 +275,9 @@ pub fn run_with_hook(
         kicks: Arc::clone(&kicks),
         snapshots: Arc::clone(&snapshots),
         hold_on_fault: config.hold_on_fault,
+        time_every_call: config.time_every_call,
     };
+    let mut observers = start_observers(config, &mut prepared, &shared)?;
     let (workers, slots) = vcpu_workers(
         config,
         &vm,
@@ -283,6 +286,7 @@ pub fn run_with_hook(
         &cpuid,
         prepared,
         &handles,
+        &observers,
     )?;
     if let Some(r) = &config.restore {
         // After the vCPUs exist (their LAPICs are part of the irqchip).
@@ -314,8 +318,22 @@ pub fn run_with_hook(
     };
     let outcome = run_workers(workers, &control, &kicks, &names);
     drop(services);
+    let observer_stats: Vec<ObserverStats> = observers
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, o)| o.take().map(|o| (i, o)))
+        .map(|(i, o)| {
+            let queued = outcome
+                .as_ref()
+                .ok()
+                .and_then(|r| r.stats.policies.get(i))
+                .map_or(0, |p| p.declined);
+            o.finish(queued)
+        })
+        .collect();
     drop(vm);
     let mut report = outcome?;
+    report.stats.observers = observer_stats;
     if let Some(pci) = &pci_platform {
         report.stats.devices = pci.device_stats();
     }
@@ -323,6 +341,28 @@ pub fn run_with_hook(
         .recorder()
         .map(|r| r.finish().map_err(|e| e.to_string()));
     Ok(report)
+}
+
+/// Starts a draining thread for each observer policy (`@observe`); by
+/// chain position, `None` for the others.
+fn start_observers(
+    config: &VmConfig,
+    prepared: &mut [Prepared],
+    shared: &Arc<Shared>,
+) -> Result<Vec<Option<Observer>>, VmmError> {
+    prepared
+        .iter_mut()
+        .map(|p| {
+            let Some(instance) = p.observer_instance.take() else {
+                return Ok(None);
+            };
+            let ring = p.slot.spec.sandbox.observe.unwrap_or(DEFAULT_RING);
+            let mut o = Observer::new(&p.slot.name, config.vcpus as usize, ring);
+            o.start(instance, Arc::clone(shared))
+                .map_err(|e| VmmError::Engine(format!("cannot start an observer thread: {e}")))?;
+            Ok(Some(o))
+        })
+        .collect()
 }
 
 /// Hands each policy instance its `save-state` from the snapshot, by
@@ -500,12 +540,16 @@ fn vcpu_workers(
     cpuid: &[CpuidEntry],
     prepared: Vec<Prepared>,
     handles: &VmHandles,
+    observers: &[Option<Observer>],
 ) -> Result<(Vec<VcpuWorker>, Vec<Slot>), VmmError> {
     let mut per_vcpu: Vec<Vec<VcpuPolicy>> = (0..config.vcpus).map(|_| Vec::new()).collect();
     let mut slots = Vec::new();
-    for p in prepared {
+    for (i, p) in prepared.into_iter().enumerate() {
+        let rings = observers.get(i).and_then(Option::as_ref).map(|o| &o.rings);
         for (v, instance) in p.instances.into_iter().enumerate() {
-            per_vcpu[v].push(p.slot.for_vcpu(instance));
+            let mut policy = p.slot.for_vcpu(instance);
+            policy.observer = rings.and_then(|r| r.get(v)).cloned();
+            per_vcpu[v].push(policy);
         }
         slots.push(p.slot);
     }

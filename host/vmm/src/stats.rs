@@ -73,6 +73,8 @@ pub struct Stats {
     pub devices: Vec<DeviceStats>,
     /// Wall time from the first vCPU start to the last vCPU stop.
     pub wall: Duration,
+    /// Observer policies (VM-wide; empty on per-vCPU counters).
+    pub observers: Vec<crate::policies::observer::ObserverStats>,
 }
 
 impl Stats {
@@ -169,6 +171,23 @@ impl Stats {
                 p.declined,
                 p.faults,
                 p.time.as_secs_f64() * 1e3
+            ));
+        }
+        for o in &self.observers {
+            let avg = if o.observed > 0 {
+                o.time.as_nanos() as f64 / o.observed as f64
+            } else {
+                0.0
+            };
+            out.push_str(&format!(
+                "observer {}: queued {}, observed {}, dropped {} (ring full), faults {}, {} batches, time {:.3} ms on its own thread ({avg:.0} ns/exit)\n",
+                o.name,
+                o.queued,
+                o.observed,
+                o.dropped,
+                o.faults,
+                o.batches,
+                o.time.as_secs_f64() * 1e3
             ));
         }
         out.push_str(&format!(

@@ -266,6 +266,11 @@ impl HotSwap {
         generation: u64,
     ) -> Result<Option<Prepared>, String> {
         let mut prepared = match spec {
+            Some(spec) if spec.sandbox.observe.is_some() => {
+                return Err(format!(
+                    "{name}: observers (@observe) are attached when the VM starts; one cannot be swapped or loaded into a running VM"
+                ))
+            }
             Some(mut spec) => {
                 if let (false, Some(d)) = (spec.sandbox.deadline_set, self.default_deadline) {
                     spec.sandbox.limits.deadline = d;

@@ -49,6 +49,9 @@ pub(crate) struct Slot {
 
 /// A policy instantiated and initialised on every vCPU, not yet serving.
 pub(crate) struct Prepared {
+    /// An observer's own instance (`@observe`), which its draining thread
+    /// calls; `None` for other policies.
+    pub observer_instance: Option<PolicyInstance<Vcpu>>,
     pub slot: Slot,
     /// By vCPU index.
     pub instances: Vec<PolicyInstance<Vcpu>>,
@@ -100,25 +103,26 @@ impl PolicyEnv {
         ));
         let mut instances = Vec::new();
         let mut first: Option<Subscriptions> = None;
+        let context = |vcpu: u32| InstanceContext {
+            policy_index: index,
+            policy_name: name.to_string(),
+            vcpu_index: vcpu,
+            vcpu_count: self.vcpu_count,
+            memory: self.memory.clone(),
+            grants: spec.sandbox.grants,
+            shared: Arc::clone(&self.shared),
+            protector: Some(protector.clone() as Arc<dyn MemoryProtector>),
+            irq: IrqAccess {
+                lines: self.irq.clone(),
+                granted: spec.sandbox.irq,
+            },
+            snapshots: SnapshotAccess {
+                granted: spec.sandbox.snapshot,
+                vm: self.snapshots.clone(),
+            },
+        };
         for vcpu in 0..self.vcpu_count {
-            let ctx = InstanceContext {
-                policy_index: index,
-                policy_name: name.to_string(),
-                vcpu_index: vcpu,
-                vcpu_count: self.vcpu_count,
-                memory: self.memory.clone(),
-                grants: spec.sandbox.grants,
-                shared: Arc::clone(&self.shared),
-                protector: Some(protector.clone() as Arc<dyn MemoryProtector>),
-                irq: IrqAccess {
-                    lines: self.irq.clone(),
-                    granted: spec.sandbox.irq,
-                },
-                snapshots: SnapshotAccess {
-                    granted: spec.sandbox.snapshot,
-                    vm: self.snapshots.clone(),
-                },
-            };
+            let ctx = context(vcpu);
             let mut inst = image.instantiate::<Vcpu>(ctx, &spec.sandbox.limits)?;
             let sub = inst.init(&spec.config)?;
             match &first {
@@ -135,7 +139,18 @@ impl PolicyEnv {
             }
             instances.push(inst);
         }
+        // An observer's own instance, for its draining thread: it serves
+        // every vCPU's exits (as vCPU 0's instance, for its imports).
+        let observer_instance = match spec.sandbox.observe {
+            Some(_) => {
+                let mut inst = image.instantiate::<Vcpu>(context(0), &spec.sandbox.limits)?;
+                inst.init(&spec.config)?;
+                Some(inst)
+            }
+            None => None,
+        };
         Ok(Prepared {
+            observer_instance,
             slot: Slot {
                 name: name.to_string(),
                 spec: spec.clone(),
@@ -211,6 +226,7 @@ impl Slot {
             protector: Arc::clone(&self.protector),
             constants: self.subs.constants.clone(),
             drives_snapshots: self.spec.sandbox.snapshot,
+            observer: None,
         }
     }
 }

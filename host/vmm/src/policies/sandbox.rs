@@ -44,6 +44,9 @@ pub struct Sandbox {
     /// only: the policy's `capabilities` flags predate it, and a policy
     /// holding it keeps its own state across resets (docs/snapshots.md).
     pub snapshot: bool,
+    /// `@observe[=RING]`: run as an observer with rings of this many
+    /// exits per vCPU (`policies::observer`).
+    pub observe: Option<usize>,
 }
 
 impl Default for Sandbox {
@@ -57,6 +60,7 @@ impl Default for Sandbox {
             wasi: WasiGrants::default(),
             irq: IrqSet::EMPTY,
             snapshot: false,
+            observe: None,
         }
     }
 }
@@ -127,6 +131,9 @@ impl Sandbox {
         if self.wasi.stdio {
             put("wasi", "stdio".into());
         }
+        if let Some(ring) = self.observe {
+            put("observe", ring.to_string());
+        }
         for line in 0..=wasmvisor_exit::MAX_IRQ_LINE {
             if self.irq.contains(line) {
                 put("irq", line.to_string());
@@ -191,6 +198,16 @@ impl Sandbox {
                     ))
                 }
             },
+            "observe" => {
+                let ring = match value {
+                    "" | "on" => crate::policies::observer::DEFAULT_RING,
+                    n => parse_number(n)? as usize,
+                };
+                if !(1..=1 << 20).contains(&ring) {
+                    return Err(bad(key, value, "ring must hold 1 to 1048576 exits"));
+                }
+                self.observe = Some(ring);
+            }
             "wasi" => match value {
                 "clocks" => self.wasi.clocks = true,
                 "stdio" => self.wasi.stdio = true,
@@ -212,7 +229,7 @@ impl Sandbox {
             }
             _ => {
                 return Err(SandboxError(format!(
-                    "unknown sandbox setting @{key}: use @deadline, @memory, @tables, @on-fault, @quarantine, @grant, @wasi or @irq"
+                    "unknown sandbox setting @{key}: use @deadline, @memory, @tables, @on-fault, @quarantine, @grant, @wasi, @irq or @observe"
                 )))
             }
         }

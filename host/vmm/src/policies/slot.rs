@@ -64,4 +64,7 @@ pub(crate) struct VcpuPolicy<V = Vcpu> {
     pub constants: Vec<Constant>,
     /// It holds `@grant=snapshot`: a reset leaves its state alone.
     pub drives_snapshots: bool,
+    /// An observer (`@observe`): its exits go into this vCPU's ring
+    /// instead of a call.
+    pub observer: Option<Arc<crate::policies::observer::ObserverRing>>,
 }

@@ -57,6 +57,8 @@ pub(crate) struct VmHandles {
     pub kicks: Arc<KickList>,
     pub snapshots: Arc<Snapshots>,
     pub hold_on_fault: bool,
+    /// Time every policy call (`--stats`).
+    pub time_every_call: bool,
 }
 
 impl VcpuWorker {
@@ -68,8 +70,12 @@ impl VcpuWorker {
             protector: vm.protector,
             shared: vm.shared,
         };
+        let mut d = Dispatcher::new(vcpu, policies, parts);
+        if vm.time_every_call {
+            d.time_every = 1;
+        }
         VcpuWorker {
-            d: Dispatcher::new(vcpu, policies, parts),
+            d,
             routes: vm.routes,
             control: vm.control,
             quiesce: vm.quiesce,

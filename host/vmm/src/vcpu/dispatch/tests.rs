@@ -101,6 +101,7 @@ fn setup(
         protector: Arc::new(OwnedProtector::new(Arc::clone(&protector), RAM as u64)),
         constants: subs.constants.clone(),
         drives_snapshots: false,
+        observer: None,
     };
     let parts = DispatchParts {
         builtins,
