@@ -97,6 +97,8 @@ pub(crate) struct Ctx {
     /// Import calls of the current export call, when recording or
     /// replaying.
     pub(crate) tape: Option<crate::tape::Tape>,
+    /// Counters by `counter-handle` handle.
+    pub(crate) counter_handles: Vec<crate::sinks::Counter>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -116,6 +118,7 @@ impl Ctx {
             cpu_mark: None,
             constants: None,
             tape: None,
+            counter_handles: Vec::new(),
             wasi: crate::wasi::ctx(wasi),
             table: ResourceTable::new(),
         }

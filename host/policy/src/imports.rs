@@ -374,6 +374,35 @@ impl Ctx {
             .ok_or_else(|| wasmtime::Error::msg("counter-add would create too many counters"))
     }
 
+    fn live_counter_handle(&mut self, key: String) -> wasmtime::Result<u32> {
+        check_len("counter key", key.len(), MAX_KEY_BYTES)?;
+        if self.counter_handles.len() >= crate::sinks::MAX_COUNTERS {
+            return Err(wasmtime::Error::msg(
+                "counter-handle asked for too many handles",
+            ));
+        }
+        let counter = self
+            .inst
+            .shared
+            .counter_handle(self.inst.policy_index, key)
+            .ok_or_else(|| wasmtime::Error::msg("counter-handle would create too many counters"))?;
+        self.counter_handles.push(counter);
+        Ok(self.counter_handles.len() as u32 - 1)
+    }
+
+    fn live_counter_add_handle(&mut self, handle: u32, delta: i64) -> wasmtime::Result<i64> {
+        match self.counter_handles.get(handle as usize) {
+            Some(counter) => Ok(counter.add(delta)),
+            None => Err(wasmtime::Error::msg(format!(
+                "counter-add-handle: this instance was given no handle {handle}"
+            ))),
+        }
+    }
+
+    fn live_events_enabled(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.inst.shared.events_enabled())
+    }
+
     fn live_constant_ports(&mut self, ports: types::PortRange, value: u64) -> HostResult<()> {
         Ok(self.declare_constant(ConstantTarget::Ports(ports.first..=ports.last), value))
     }
@@ -576,6 +605,22 @@ impl host::Host for Ctx {
 
     fn set_irq_line(&mut self, line: u32, level: bool) -> HostResult<()> {
         taped!(self, "set-irq-line", live_set_irq_line(line, level))
+    }
+
+    fn counter_handle(&mut self, key: String) -> wasmtime::Result<u32> {
+        taped!(self, "counter-handle", live_counter_handle(key))
+    }
+
+    fn counter_add_handle(&mut self, handle: u32, delta: i64) -> wasmtime::Result<i64> {
+        taped!(
+            self,
+            "counter-add-handle",
+            live_counter_add_handle(handle, delta)
+        )
+    }
+
+    fn events_enabled(&mut self) -> wasmtime::Result<bool> {
+        taped!(self, "events-enabled", live_events_enabled())
     }
 
     fn snapshot_baseline(&mut self) -> HostResult<()> {

@@ -15,6 +15,28 @@ use serde_json::value::RawValue;
 
 use crate::error::PolicyError;
 
+/// One shared counter: every vCPU's instance of a policy adds to the same
+/// one, through `counter-add` (by key) or a handle (`counter-handle`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counter(std::sync::Arc<std::sync::atomic::AtomicI64>);
+
+impl Counter {
+    /// Adds `delta`, saturating, and returns the new value.
+    pub fn add(&self, delta: i64) -> i64 {
+        let previous = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_add(delta))
+            })
+            .unwrap_or_else(|v| v);
+        previous.saturating_add(delta)
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Most counters all policies of a VM may create together.
 pub const MAX_COUNTERS: usize = 65_536;
 
@@ -88,7 +110,7 @@ pub struct Shared {
     event_write_errors: AtomicU64,
     /// Events emitted, indexed by policy index.
     emitted: Mutex<Vec<u64>>,
-    counters: Mutex<HashMap<(usize, String), i64>>,
+    counters: Mutex<HashMap<(usize, String), Counter>>,
     recorder: Option<crate::record::Recorder>,
     /// What the host DMA-mapped for passthrough devices (`dma-mappings`).
     dma_mappings: Mutex<Vec<wasmvisor_exit::GpaRange>>,
@@ -233,15 +255,24 @@ impl Shared {
     /// `policy_index` and returns the new value; `None` if that would
     /// create a counter past [`MAX_COUNTERS`].
     pub(crate) fn counter_add(&self, policy_index: usize, key: String, delta: i64) -> Option<i64> {
+        Some(self.counter_handle(policy_index, key)?.add(delta))
+    }
+
+    /// The counter `key` of policy `policy_index`, created at 0 if new;
+    /// `None` past [`MAX_COUNTERS`].
+    pub(crate) fn counter_handle(&self, policy_index: usize, key: String) -> Option<Counter> {
         let mut counters = lock(&self.counters);
         let full = counters.len() >= MAX_COUNTERS;
-        let value = match counters.entry((policy_index, key)) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(_) if full => return None,
-            Entry::Vacant(e) => e.insert(0),
-        };
-        *value = value.saturating_add(delta);
-        Some(*value)
+        match counters.entry((policy_index, key)) {
+            Entry::Occupied(e) => Some(e.get().clone()),
+            Entry::Vacant(_) if full => None,
+            Entry::Vacant(e) => Some(e.insert(Counter::default()).clone()),
+        }
+    }
+
+    /// Whether events are written anywhere (`--events`).
+    pub fn events_enabled(&self) -> bool {
+        self.events.is_some()
     }
 
     /// The value of a counter, if a policy ever touched it.
@@ -249,7 +280,7 @@ impl Shared {
         lock(&self.counters)
             .iter()
             .find(|((p, k), _)| *p == policy_index && k == key)
-            .map(|(_, v)| *v)
+            .map(|(_, v)| v.get())
     }
 
     /// Every counter of one policy, sorted by key.
@@ -257,7 +288,7 @@ impl Shared {
         let mut out: Vec<(String, i64)> = lock(&self.counters)
             .iter()
             .filter(|((p, _), _)| *p == policy_index)
-            .map(|((_, k), v)| (k.clone(), *v))
+            .map(|((_, k), v)| (k.clone(), v.get()))
             .collect();
         out.sort();
         out

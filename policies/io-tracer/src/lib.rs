@@ -1,5 +1,10 @@
 //! Records every port I/O exit it sees as an `io` event and passes the exit
-//! on. List it before the policies it observes.
+//! on. List it before the policies it observes, or run it as an observer
+//! (`@observe`), off the vCPU's path (`docs/adr/0008-observers.md`).
+//!
+//! Per exit it adds to the `io` counter through a handle resolved at
+//! `init` (no key hashing or lock), and formats the event only when the
+//! host writes events (`events-enabled`).
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +18,10 @@ use wasmvisor_policy_sdk::{
 struct IoTracer {
     ports: Vec<PortRange>,
     log: bool,
+    /// The `io` counter's handle.
+    io: u32,
+    /// The host writes events (`--events`).
+    events: bool,
 }
 
 fn dir(io: &IoExit) -> &'static str {
@@ -68,7 +77,13 @@ impl Policy for IoTracer {
         }
         let log = config.bool("log")?.unwrap_or(false);
         let subscriptions = Subscriptions::new().port_ranges(ports.iter().copied());
-        Ok((IoTracer { ports, log }, subscriptions))
+        let tracer = IoTracer {
+            ports,
+            log,
+            io: host::counter_handle("io"),
+            events: host::events_enabled(),
+        };
+        Ok((tracer, subscriptions))
     }
 
     fn on_io(&mut self, ev: &Exit, io: IoExit) -> Verdict {
@@ -77,8 +92,10 @@ impl Policy for IoTracer {
             .iter()
             .any(|r| (r.first..=r.last).contains(&io.port))
         {
-            host::emit("io", &event_json(ev, &io));
-            host::counter_add("io", 1);
+            if self.events {
+                host::emit("io", &event_json(ev, &io));
+            }
+            host::counter_add_handle(self.io, 1);
             if self.log {
                 host::log(LogLevel::Info, &log_line(ev, &io));
             }
@@ -131,24 +148,51 @@ mod tests {
         );
     }
 
+    use wasmvisor_policy_sdk::testing::FakeHost;
+
     #[test]
     fn config() {
-        let (t, s) = IoTracer::init(&Config::default()).unwrap();
-        assert!(!t.log);
-        assert_eq!((s.ports[0].first, s.ports[0].last), (0, 0xffff));
-        let c = Config::from_pairs([("ports", "0x3f8-0x3ff"), ("ports", "0x80"), ("log", "true")]);
-        let (t, s) = IoTracer::init(&c).unwrap();
-        assert!(t.log);
-        assert_eq!(s.ports.len(), 2);
-        assert!(IoTracer::init(&Config::from_pairs([("log", "maybe")])).is_err());
-        assert!(IoTracer::init(&Config::from_pairs([("port", "1")])).is_err());
+        FakeHost::new().run(|| {
+            let (t, s) = IoTracer::init(&Config::default()).unwrap();
+            assert!(!t.log);
+            assert_eq!((s.ports[0].first, s.ports[0].last), (0, 0xffff));
+            let c =
+                Config::from_pairs([("ports", "0x3f8-0x3ff"), ("ports", "0x80"), ("log", "true")]);
+            let (t, s) = IoTracer::init(&c).unwrap();
+            assert!(t.log);
+            assert_eq!(s.ports.len(), 2);
+            assert!(IoTracer::init(&Config::from_pairs([("log", "maybe")])).is_err());
+            assert!(IoTracer::init(&Config::from_pairs([("port", "1")])).is_err());
+        });
     }
 
     #[test]
     fn foreign_port_declines_silently() {
-        let c = Config::from_pairs([("ports", "0x80")]);
-        let (mut t, _) = IoTracer::init(&c).unwrap();
-        // Not in range: no host call (which would panic off the host).
-        assert!(t.on_io(&EV, out(0x81, 0)).is_decline());
+        let fake = FakeHost::new();
+        fake.run(|| {
+            let c = Config::from_pairs([("ports", "0x80")]);
+            let (mut t, _) = IoTracer::init(&c).unwrap();
+            assert!(t.on_io(&EV, out(0x81, 0)).is_decline());
+        });
+        assert!(fake.events().is_empty());
+        assert_eq!(fake.counter("io"), Some(0));
+    }
+
+    #[test]
+    fn without_an_events_file_it_counts_but_formats_nothing() {
+        for events in [true, false] {
+            let fake = FakeHost::new();
+            if !events {
+                fake.disable_events();
+            }
+            fake.run(|| {
+                let (mut t, _) = IoTracer::init(&Config::default()).unwrap();
+                for _ in 0..3 {
+                    assert!(t.on_io(&EV, out(0x3f8, 0x41)).is_decline());
+                }
+            });
+            assert_eq!(fake.counter("io"), Some(3), "counted through the handle");
+            assert_eq!(fake.events_of("io").len(), if events { 3 } else { 0 });
+        }
     }
 }

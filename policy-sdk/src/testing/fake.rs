@@ -20,6 +20,10 @@ pub(crate) struct Vm {
     pub(crate) irq_granted: BTreeSet<u32>,
     pub(crate) irqchip: bool,
     pub(crate) counters: BTreeMap<String, i64>,
+    /// Keys by `counter_handle` handle.
+    pub(crate) counter_handles: Vec<String>,
+    /// `events_enabled` answers false (`FakeHost::disable_events`).
+    pub(crate) events_off: bool,
     pub(crate) console: Vec<u8>,
     pub(crate) logs: Vec<LogLine>,
     pub(crate) events: Vec<Event>,
@@ -114,6 +118,8 @@ impl FakeHost {
             irq_granted: BTreeSet::new(),
             irqchip: true,
             counters: BTreeMap::new(),
+            counter_handles: Vec::new(),
+            events_off: false,
             console: Vec::new(),
             logs: Vec::new(),
             events: Vec::new(),
@@ -383,6 +389,12 @@ impl FakeHost {
     /// Every `emit` call, in order.
     pub fn events(&self) -> Vec<Event> {
         self.vm.borrow().events.clone()
+    }
+
+    /// Makes `events_enabled` answer false, as the host does without
+    /// `--events` (events emitted anyway are still recorded here).
+    pub fn disable_events(&self) {
+        self.vm.borrow_mut().events_off = true;
     }
 
     /// The payloads of the events of one kind, in order.

@@ -287,6 +287,42 @@ pub fn counter_add(key: &str, delta: i64) -> i64 {
     })
 }
 
+/// A handle on counter `key`: here, the key's index in this fake's
+/// handle table.
+pub fn counter_handle(key: &str) -> u32 {
+    with("counter_handle", |h| {
+        check_len("counter_handle", "key", key.len(), MAX_KEY_BYTES);
+        let mut vm = h.vm();
+        vm.counters.entry(key.into()).or_insert(0);
+        let at = match vm.counter_handles.iter().position(|k| k == key) {
+            Some(at) => at,
+            None => {
+                vm.counter_handles.push(key.into());
+                vm.counter_handles.len() - 1
+            }
+        };
+        at as u32
+    })
+}
+
+/// `counter_add` through a handle; an unknown handle panics (the host
+/// traps).
+pub fn counter_add_handle(handle: u32, delta: i64) -> i64 {
+    let key = with("counter_add_handle", |h| {
+        h.vm().counter_handles.get(handle as usize).cloned()
+    })
+    .unwrap_or_else(|| {
+        panic!("host::counter_add_handle: unknown handle {handle} (the host traps)")
+    });
+    counter_add(&key, delta)
+}
+
+/// Whether events are written: the fake keeps them unless a test turned
+/// them off (`FakeHost::disable_events`).
+pub fn events_enabled() -> bool {
+    with("events_enabled", |h| !h.vm().events_off)
+}
+
 /// Records a constant answer: only during `init`, at most 64 of them.
 fn declare(import: &str, constant: Constant) -> Result<(), HostError> {
     with(import, |h| {
@@ -460,6 +496,9 @@ mod tests {
             log: fn(LogLevel, &str),
             emit: fn(&str, &str),
             counter_add: fn(&str, i64) -> i64,
+            counter_handle: fn(&str) -> u32,
+            counter_add_handle: fn(u32, i64) -> i64,
+            events_enabled: fn() -> bool,
             constant_ports: fn(PortRange, u64) -> Result<(), HostError>,
             constant_msrs: fn(MsrRange, u64) -> Result<(), HostError>,
             constant_mmio: fn(GpaRange, u64) -> Result<(), HostError>,
