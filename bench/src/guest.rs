@@ -14,6 +14,14 @@ pub const ENTRY_DISPATCH: u64 = 0x8008;
 pub const ENTRY_FILTER: u64 = 0x8010;
 /// Protected mode: OUT to port 0x3ff forever, on every vCPU.
 pub const ENTRY_SPIN: u64 = 0x8018;
+/// Protected mode, one vCPU: one store into each of N pages from
+/// [`DIRTY_BASE`], over and over (N is the loop count).
+pub const ENTRY_DIRTY: u64 = 0x8020;
+/// Protected mode, one vCPU: `\n` to COM1 forever.
+pub const ENTRY_CHATTER: u64 = 0x8028;
+
+/// The first page the dirty entry writes (1 MiB); it writes N pages up.
+pub const DIRTY_BASE: u64 = 0x10_0000;
 
 /// Port of the phase markers (byte OUT, phase number in AL).
 pub const MARKER_PORT: u16 = 0x81;

@@ -1,8 +1,8 @@
 //! The pieces of the benchmark suite (`make bench`) that its tests use
 //! too: the benchmark guest, in-process runs with a native handler,
-//! process measurements and statistics. The binary (`src/main.rs`, with
-//! its own modules `opts`, `paths`, `sections` and `targets`) puts them
-//! together and prints the results.
+//! process measurements, snapshot and reset runs, and statistics. The
+//! binary (`src/main.rs`, with its own modules `opts`, `paths`, `sections`
+//! and `targets`) puts them together and prints the results.
 
 #![forbid(unsafe_code)]
 
@@ -10,5 +10,6 @@ pub mod bars;
 pub mod dispatch;
 pub mod guest;
 pub mod procs;
+pub mod snapshot;
 pub mod stats;
 pub mod swap;

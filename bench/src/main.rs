@@ -16,7 +16,11 @@
 //!    `qemu-system-x86_64 -accel kvm` booting the same guest;
 //! 5. the VMM's resident memory with 1 and 8 vCPUs and 0 to 3 policies;
 //! 6. passthrough BAR access through the vfio-user test device: a BAR
-//!    mapped as a memslot against the same BAR trapped for a policy.
+//!    mapped as a memslot against the same BAR trapped for a policy;
+//! 7. snapshots and fast reset: the fuzzer's execs per second on the
+//!    fuzzme guest (a reset per exec), reset latency against the number
+//!    of dirty pages, and restoring a snapshot in a new process against a
+//!    cold boot of the same guest.
 //!
 //! Nothing here asserts on timings. Results and the method are in
 //! docs/performance.md; `--json FILE` also writes them as JSON.
@@ -109,6 +113,9 @@ fn real_main() -> Result<()> {
     }
     if o.wants("bars") {
         results.insert("bars".into(), sections::bars::run(&p, &o)?);
+    }
+    if o.wants("snapshot") {
+        results.insert("snapshot".into(), sections::snapshot::run(&p, &o)?);
     }
     targets::print(&results);
     let end = loadavg();

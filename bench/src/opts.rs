@@ -6,20 +6,25 @@ use anyhow::{bail, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
-/// What `--quick` sets: `--count 5000 --rounds 2 --startup-runs 3 --swaps 10`.
+/// What `--quick` sets: `--count 5000 --rounds 2 --startup-runs 3 --swaps 10
+/// --execs 2000 --resets 10`.
 const QUICK: Counts = Counts {
     count: 5_000,
     rounds: 2,
     startup_runs: 3,
     swaps: 10,
+    execs: 2_000,
+    resets: 10,
 };
 
-/// The defaults of the four counts.
+/// The defaults of the counts.
 const DEFAULT: Counts = Counts {
     count: 50_000,
     rounds: 5,
     startup_runs: 10,
     swaps: 50,
+    execs: 20_000,
+    resets: 50,
 };
 
 struct Counts {
@@ -27,6 +32,8 @@ struct Counts {
     rounds: usize,
     startup_runs: usize,
     swaps: usize,
+    execs: u64,
+    resets: usize,
 }
 
 /// The command line as clap parses it, before `--quick` is applied.
@@ -45,19 +52,25 @@ struct Cli {
     /// runs of each dispatch, filter and BAR variant (median taken) [default: 5]
     #[arg(long, value_name = "R")]
     rounds: Option<usize>,
-    /// start-ups of each variant (median taken) [default: 10]
+    /// start-ups of each variant, restores included (median taken) [default: 10]
     #[arg(long, value_name = "K")]
     startup_runs: Option<usize>,
     /// swaps per hot-swap variant (median taken) [default: 50]
     #[arg(long, value_name = "S")]
     swaps: Option<usize>,
-    /// --count 5000 --rounds 2 --startup-runs 3 --swaps 10
+    /// fuzzer execs in the snapshot section [default: 20000]
+    #[arg(long, value_name = "E")]
+    execs: Option<u64>,
+    /// resets per dirty-page count in the snapshot section (median taken) [default: 50]
+    #[arg(long, value_name = "N")]
+    resets: Option<usize>,
+    /// --count 5000 --rounds 2 --startup-runs 3 --swaps 10 --execs 2000 --resets 10
     ///
     /// In the order given: an option after --quick overrides it, one before
     /// it is overridden.
     #[arg(long)]
     quick: bool,
-    /// run only these sections: dispatch,filter,swap,startup,memory,bars
+    /// run only these sections: dispatch,filter,swap,startup,memory,bars,snapshot
     #[arg(long, value_name = "LIST")]
     only: Option<String>,
     /// skip QEMU in the start-up section
@@ -77,6 +90,8 @@ pub struct Opts {
     pub rounds: usize,
     pub startup_runs: usize,
     pub swaps: usize,
+    pub execs: u64,
+    pub resets: usize,
     pub only: Option<Vec<String>>,
     pub qemu: bool,
     pub json: Option<PathBuf>,
@@ -142,13 +157,29 @@ impl Opts {
                 DEFAULT.startup_runs,
             ),
             swaps: pick(cli.swaps, at("swaps"), quick, QUICK.swaps, DEFAULT.swaps),
+            execs: pick(cli.execs, at("execs"), quick, QUICK.execs, DEFAULT.execs),
+            resets: pick(
+                cli.resets,
+                at("resets"),
+                quick,
+                QUICK.resets,
+                DEFAULT.resets,
+            ),
             only: cli.only.map(|l| l.split(',').map(str::to_string).collect()),
             qemu: !cli.no_qemu,
             json: cli.json,
             variant: cli.variant,
         };
-        if o.count == 0 || o.rounds == 0 || o.startup_runs == 0 || o.swaps == 0 {
-            bail!("--count, --rounds, --startup-runs and --swaps must be at least 1");
+        if o.count == 0
+            || o.rounds == 0
+            || o.startup_runs == 0
+            || o.swaps == 0
+            || o.execs == 0
+            || o.resets == 0
+        {
+            bail!(
+                "--count, --rounds, --startup-runs, --swaps, --execs and --resets must be at least 1"
+            );
         }
         Ok(o)
     }
@@ -179,6 +210,7 @@ mod tests {
     fn defaults() {
         let o = parse(&[]).unwrap();
         assert_eq!(counts(&o), (50_000, 5, 10, 50));
+        assert_eq!((o.execs, o.resets), (20_000, 50));
         assert!(o.only.is_none() && o.qemu && o.json.is_none() && o.variant.is_none());
         assert!(o.wants("dispatch") && o.wants("bars"));
     }
@@ -194,6 +226,10 @@ mod tests {
             "4",
             "--swaps",
             "9",
+            "--execs",
+            "11",
+            "--resets",
+            "12",
             "--only",
             "swap,startup",
             "--no-qemu",
@@ -204,6 +240,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(counts(&o), (7, 3, 4, 9));
+        assert_eq!((o.execs, o.resets), (11, 12));
         assert_eq!(
             o.only.as_deref(),
             Some(&["swap".into(), "startup".into()][..])
@@ -217,6 +254,8 @@ mod tests {
     #[test]
     fn quick_and_the_options_around_it_apply_in_order() {
         assert_eq!(counts(&parse(&["--quick"]).unwrap()), (5_000, 2, 3, 10));
+        let o = parse(&["--quick", "--resets", "3"]).unwrap();
+        assert_eq!((o.execs, o.resets), (2_000, 3));
         assert_eq!(
             counts(&parse(&["--quick", "--rounds", "9"]).unwrap()),
             (5_000, 9, 3, 10)
@@ -250,6 +289,8 @@ mod tests {
             ["--rounds", "0"],
             ["--startup-runs", "0"],
             ["--swaps", "0"],
+            ["--execs", "0"],
+            ["--resets", "0"],
         ] {
             let e = parse(&args).err().expect("refused");
             assert!(e.to_string().contains("must be at least 1"), "{e}");

@@ -12,6 +12,9 @@ pub struct Paths {
     pub bench_bin: PathBuf,
     pub pci_bin: PathBuf,
     pub testdev: PathBuf,
+    /// The fuzzme guest and its seed corpus (the snapshot section).
+    pub fuzzme: PathBuf,
+    pub fuzzme_seeds: PathBuf,
     pub work: PathBuf,
 }
 
@@ -30,6 +33,8 @@ impl Paths {
             bench_bin: target.join("assets/guests/bench.bin"),
             pci_bin: target.join("assets/guests/pci.bin"),
             testdev: target.join("release/wasmvisor-vfio-user-testdev"),
+            fuzzme: target.join("assets/guests/fuzzme.elf"),
+            fuzzme_seeds: root.join("examples/guests/fuzzme-seeds"),
             work: target.join("bench"),
         };
         for f in [
@@ -37,6 +42,7 @@ impl Paths {
             &p.bench_bin,
             &p.pci_bin,
             &p.testdev,
+            &p.fuzzme,
             &p.policies.join("noop.wasm"),
         ] {
             if !f.exists() {

@@ -5,5 +5,6 @@ pub mod bars;
 pub mod dispatch;
 pub mod filter;
 pub mod memory;
+pub mod snapshot;
 pub mod startup;
 pub mod swap;

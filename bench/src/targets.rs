@@ -68,5 +68,46 @@ pub fn print(results: &serde_json::Map<String, Value>) {
             );
         }
     }
+    if let Some(s) = results.get("snapshot") {
+        let f = &s["fuzz"];
+        println!(
+            "   fuzzing throughput, fuzzme with resets (no target; kAFL ~{:.0}/s on hardware): report: {:.0} execs/s ({:.0} steady)",
+            f["kafl_execs_per_s"].as_f64().unwrap_or(f64::NAN),
+            f["execs_per_s"].as_f64().unwrap_or(f64::NAN),
+            f["steady_execs_per_s"].as_f64().unwrap_or(f64::NAN)
+        );
+        if let Some(rows) = s["reset"]["rows"].as_array() {
+            let parts: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} pages {:.0} us",
+                        r["dirty_pages"],
+                        r["total_us_median"].as_f64().unwrap_or(f64::NAN)
+                    )
+                })
+                .collect();
+            println!(
+                "   reset latency (no target given): figures: {}",
+                parts.join(", ")
+            );
+        }
+        if let Some(rows) = s["restore"]["rows"].as_array() {
+            let parts: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {:.1} ms",
+                        r["variant"].as_str().unwrap_or("?"),
+                        r["median_ms"].as_f64().unwrap_or(f64::NAN)
+                    )
+                })
+                .collect();
+            println!(
+                "   restore to first console byte (no target; Firecracker 2-4 ms): report: {}",
+                parts.join(", ")
+            );
+        }
+    }
     println!();
 }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use wasmvisor_bench::dispatch::{run_guest, RunResult};
-use wasmvisor_bench::{bars, guest};
+use wasmvisor_bench::{bars, guest, procs, snapshot};
 use wasmvisor_tests::require_kvm;
 
 const COUNT: u32 = 300;
@@ -113,5 +113,48 @@ fn bar_variants_map_all_of_bar_2_or_trap_every_access() {
     assert_eq!(trapped.mapped_bytes, 0);
     assert_eq!(trapped.mmio_exits - mapped.mmio_exits, 32768);
     drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_dirty_entry_writes_exactly_its_pages_between_resets() {
+    require_kvm!();
+    let root = assets().parent().unwrap().to_path_buf();
+    let wasmvisor = root.join("release/wasmvisor");
+    let dir = std::env::temp_dir().join(format!("wasmvisor-bench-reset-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bench = assets().join("guests/bench.bin");
+    for pages in [0, 16] {
+        let run = snapshot::resets(&wasmvisor, &bench, &dir, pages, 3).unwrap();
+        assert_eq!(run.samples.len(), 3);
+        for s in &run.samples {
+            // Exactly the pages of one pass: nothing else is written.
+            assert_eq!(s.pages, u64::from(pages), "{s:?}");
+            assert!(s.copy_us <= s.total_us, "{s:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_restored_chatter_prints_a_newline_first() {
+    require_kvm!();
+    let root = assets().parent().unwrap().to_path_buf();
+    let wasmvisor = root.join("release/wasmvisor");
+    let dir = std::env::temp_dir().join(format!("wasmvisor-bench-chatter-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let snap = dir.join("snap");
+    let native = ["--serial".to_string(), "native".to_string()];
+    snapshot::chatter_snapshot(
+        &wasmvisor,
+        &assets().join("guests/bench.bin"),
+        &dir,
+        &native,
+        &snap,
+    )
+    .unwrap();
+    let mut restore = std::process::Command::new(&wasmvisor);
+    restore.arg("run").arg("--restore").arg(&snap);
+    procs::first_byte_ms(&mut restore, b'\n', std::time::Duration::ZERO).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

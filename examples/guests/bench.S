@@ -14,15 +14,24 @@
 #                           (0x174, an MSR KVM implements), marker 6, N OUTs
 #                           to port 0x80, marker 7, halt.
 #   0x8018  protected mode  spin: OUT to port 0x3ff forever, on every vCPU.
+#   0x8020  protected mode  dirty: one dword store into each of N pages from
+#                           1 MiB (0x100000, 0x101000, ...), over and over;
+#                           a snapshot reset finds exactly N pages written.
+#                           One vCPU.
+#   0x8028  protected mode  chatter: writes "\n" to COM1 forever, so a VM
+#                           resumed from a snapshot at any point prints a
+#                           line (a whole one: the console flushes at each
+#                           newline) at once. One vCPU.
 #
 # N is the 32-bit little-endian count at 0x8038 (image offset 0x38), right
 # after the magic "WVBENCH\0" at 0x8030, so a harness can patch it into a
 # copy of the image. Markers are byte OUTs to port 0x81 with the phase
 # number in AL; a harness that answers port 0x81 natively timestamps them.
 #
-# No stack and no memory writes on the measured paths, so any number of
-# vCPUs can run the same code. Only plain integer instructions: on the
-# software KVM backend every instruction goes through KVM's emulator.
+# No stack and no memory writes on the measured paths (but for dirty's own
+# stores), so any number of vCPUs can run the same code. Only plain integer
+# instructions: on the software KVM backend every instruction goes through
+# KVM's emulator.
 #
 # Assembled with `as --32` directly (not preprocessed); see build.sh.
 
@@ -37,6 +46,8 @@
     .equ VIRT_MSR, 0x50000000       # an MSR KVM does not know
     .equ KVM_MSR, 0x174             # IA32_SYSENTER_CS: KVM handles it
     .equ MMIO_TARGET, 0xd0000010    # above RAM: every store exits
+    .equ DIRTY_BASE, 0x100000       # dirty's first page (1 MiB)
+    .equ PAGE_SIZE, 0x1000
 
     .section .text.entry, "ax"      # flat.ld places this first: entry = byte 0
     .globl _start
@@ -55,6 +66,12 @@ entry_filter:                       # 0x8010
     .balign 8
 entry_spin:                         # 0x8018
     jmp spin32
+    .balign 8
+entry_dirty:                        # 0x8020
+    jmp dirty32
+    .balign 8
+entry_chatter:                      # 0x8028
+    jmp chatter32
     .org 0x30, 0xcc                 # pad to 0x8030
 params:                             # 0x8030
     .ascii "WVBENCH\0"
@@ -146,6 +163,30 @@ spin32:
     mov dx, COM1_SCR
     mov al, 0x5a
 1:  out dx, al
+    jmp 1b
+
+# --- dirty (protected mode, one vCPU) ---------------------------------------
+# Every pass stores into the same N pages, so once a pass has run since a
+# reset, the dirty log holds exactly those N pages, whatever the point in
+# the loop the reset went back to.
+dirty32:
+1:  mov ecx, dword ptr [count]
+    mov ebx, DIRTY_BASE
+2:  mov dword ptr [ebx], ecx
+    add ebx, PAGE_SIZE
+    sub ecx, 1
+    jnz 2b
+    jmp 1b
+
+# --- chatter (protected mode, one vCPU) -------------------------------------
+chatter32:
+1:  mov dx, COM1_LSR
+2:  in al, dx
+    test al, LSR_THRE
+    jz 2b
+    mov al, 0x0a
+    mov dx, COM1_THR
+    out dx, al
     jmp 1b
 
     .section .rodata

@@ -33,7 +33,7 @@ impl Controlled {
         match op {
             VmOp::Snapshot { dir } => value(s.write_dir(&self.swap, dir)),
             VmOp::Baseline => value(s.with_held(true, |s, held| s.take_baseline(held))),
-            VmOp::Reset => value(s.with_held(true, |s, held| s.reset(held))),
+            VmOp::Reset => value(s.with_held(false, |s, held| s.reset(held))),
             VmOp::Dump { path } => value(s.dump(path)),
         }
     }

@@ -195,8 +195,16 @@ impl Quiesce {
         let started = Instant::now();
         self.capture.store(capture, Ordering::Release);
         self.requested.store(true, Ordering::Release);
-        kick();
         let mut state = self.lock();
+        // Alone (one vCPU, the coordinator itself): nobody to pull out of
+        // the guest, and a kick would only interrupt the coordinator's
+        // own next KVM_RUN.
+        let others = (0..state.alive.len()).any(|i| state.alive[i] && Some(i) != me);
+        if others {
+            drop(state);
+            kick();
+            state = self.lock();
+        }
         loop {
             let waiting: Vec<usize> = (0..state.alive.len())
                 .filter(|&i| state.alive[i] && state.parked[i].is_none() && Some(i) != me)

@@ -85,7 +85,10 @@ pub(crate) struct CapturedPolicy {
 pub struct ResetReport {
     /// Pages copied back (written by the guest or the host since).
     pub pages: u64,
-    /// From the request to every vCPU resumed.
+    /// The reset with every vCPU held: reading the dirty pages, copying
+    /// them back, the VM, device and policy state. Holding the vCPUs and
+    /// their putting back their own state as they resume come on top
+    /// (a client's round trip shows the whole).
     pub total_us: u64,
     /// Of which: copying the pages back.
     pub copy_us: u64,
@@ -211,9 +214,11 @@ impl Snapshots {
     /// Returns `own` with what it is to resume with.
     pub fn for_vcpu(&self, op: SnapshotOp, own: HeldVcpu) -> (HeldVcpu, Result<(), String>) {
         let me = own.index;
+        // A reset replaces the vCPUs' state without reading it.
+        let capture = op == SnapshotOp::Baseline;
         let paused = match self
             .quiesce
-            .pause_others(Some(me), true, &*self.kick, PAUSE_TIMEOUT)
+            .pause_others(Some(me), capture, &*self.kick, PAUSE_TIMEOUT)
         {
             Ok(p) => p,
             Err(e) => return (own, Err(e)),
@@ -232,6 +237,12 @@ impl Snapshots {
         let own = held.remove(at);
         self.quiesce.resume(handovers(held));
         (own, result)
+    }
+
+    /// Completes the vCPU's exit in flight, so that a state put into it
+    /// next is not disturbed by KVM finishing that exit.
+    pub fn settle_vcpu(&self, vcpu: &mut Vcpu) -> Result<(), String> {
+        vcpu.settle().map_err(|e| e.to_string())
     }
 
     /// Reads everything but RAM from the held VM.
