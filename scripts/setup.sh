@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build and test wasmvisor:
-# the wasm32-wasip2 Rust target, binutils (the guests' assembler) and lz4
-# (to unpack the test kernel's vmlinux from its bzImage).
+# the wasm32-wasip2 Rust target, binutils (the guests' assembler), lz4
+# (to unpack the test kernel's vmlinux from its bzImage) and gdb (the
+# `run --gdb` tests drive it).
 set -euo pipefail
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
@@ -15,6 +16,10 @@ for tool in as ld objcopy; do
   command -v "$tool" >/dev/null 2>&1 || missing+=(binutils)
 done
 command -v lz4 >/dev/null 2>&1 || missing+=(lz4)
+command -v gdb >/dev/null 2>&1 || missing+=(gdb)
+# containerd and ctr (Debian's containerd ships both): tests/containerd.rs
+# runs VMs through the containerd shim (docs/containerd.md).
+command -v containerd >/dev/null 2>&1 && command -v ctr >/dev/null 2>&1 || missing+=(containerd)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq

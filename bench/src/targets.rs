@@ -47,7 +47,27 @@ pub fn print(results: &serde_json::Map<String, Value>) {
             parts.join(", ")
         );
     }
+    if let Some(t) = results.get("dispatch").map(|d| &d["tracer"]) {
+        if let Some(added) = t["observer_added_ns"].as_f64() {
+            println!(
+                "   an observer (io-tracer, @observe) adds <= +100 ns per observed exit: {} ({added:+.0} ns; called on the vCPU {:+.0} ns)",
+                if added <= 100.0 { "met" } else { "missed" },
+                t["sync_added_ns"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
     if let Some(rows) = results.get("startup").and_then(|d| d["rows"].as_array()) {
+        if let Some(r) = rows.iter().find(|r| {
+            r["variant"]
+                .as_str()
+                .is_some_and(|v| v.contains("(precompiled)"))
+        }) {
+            let m = r["median_ms"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "   start-up <= 2 ms to the first console byte, one precompiled policy: {} (median {m:.1} ms)",
+                if m <= 2.0 { "met" } else { "missed" }
+            );
+        }
         for r in rows {
             if let Some(x) = r["qemu_over_this"].as_f64() {
                 println!(
@@ -56,6 +76,16 @@ pub fn print(results: &serde_json::Map<String, Value>) {
                     if x >= 10.0 { "met" } else { "missed" }
                 );
             }
+        }
+    }
+    if let Some(rows) = results.get("memory").and_then(|d| d["rows"].as_array()) {
+        if let Some(r) = rows.iter().find(|r| r["vcpus"] == 1 && r["policies"] == 1) {
+            let mib = r["rss_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0;
+            println!(
+                "   RSS <= 8 MiB with one policy and one vCPU: {} ({mib:.1} MiB, of which {:.1} MiB file pages of the binary and libraries)",
+                if mib <= 8.0 { "met" } else { "missed" },
+                r["file_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0
+            );
         }
     }
     if let Some(rows) = results.get("hot_swap").and_then(|d| d["rows"].as_array()) {

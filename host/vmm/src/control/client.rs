@@ -3,6 +3,7 @@
 //! the hot-swap benchmark and the end-to-end tests all talk through it.
 
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +33,24 @@ pub enum ClientError {
     },
 }
 
+/// The longest path a Unix socket address holds (`sun_path`, less its
+/// NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// Connects to the socket at `path`. A path too long for a socket address
+/// (a VM run by containerd, whose socket lies in a bundle directory named
+/// after a 64-character container ID: docs/containerd.md) is reached
+/// through its directory's descriptor, `/proc/self/fd/N/NAME`.
+fn connect_unix(path: &Path) -> io::Result<UnixStream> {
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) if path.as_os_str().len() > SUN_PATH_MAX => {
+            let dir = std::fs::File::open(dir)?;
+            UnixStream::connect(Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name))
+        }
+        _ => UnixStream::connect(path),
+    }
+}
+
 /// One connection to a VM's control socket. Requests on it are answered
 /// in order.
 pub struct ControlClient {
@@ -48,7 +67,7 @@ impl ControlClient {
             path: path.to_path_buf(),
             error,
         };
-        let writer = UnixStream::connect(path).map_err(connect)?;
+        let writer = connect_unix(path).map_err(connect)?;
         writer.set_read_timeout(Some(timeout)).map_err(connect)?;
         let reader = BufReader::new(writer.try_clone().map_err(connect)?);
         Ok(ControlClient {
@@ -146,6 +165,28 @@ mod tests {
         assert!(reply.ok);
         assert_eq!(reply.generation, Some(3));
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_socket_path_too_long_for_an_address_is_reached_through_its_directory() {
+        let dir = std::env::temp_dir()
+            .join(format!("wasmvisor-client-long-{}", std::process::id()))
+            .join("d".repeat(64))
+            .join("e".repeat(40));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("control.sock");
+        assert!(path.as_os_str().len() > SUN_PATH_MAX);
+        let handle = std::fs::File::open(&dir).unwrap();
+        let short = format!("/proc/self/fd/{}/control.sock", handle.as_raw_fd());
+        let listener = UnixListener::bind(short).unwrap();
+        std::thread::spawn(move || {
+            let stream = listener.accept().unwrap().0;
+            (&stream).write_all(b"{\"ok\":true}\n").unwrap();
+        });
+        let reply = connect(&path).request(&serde_json::json!({"op": "list"}));
+        assert!(reply.unwrap().ok);
+        drop(handle);
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap().parent().unwrap());
     }
 
     #[test]

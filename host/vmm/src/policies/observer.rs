@@ -19,6 +19,8 @@ use wasmvisor_policy::{PolicyInstance, Shared};
 
 /// Ring capacity of `@observe` without a number.
 pub const DEFAULT_RING: usize = 4096;
+/// The drain thread's nice value (Linux applies it per thread).
+const OBSERVER_NICE: i32 = 10;
 /// How often the drainer looks at the rings when they are quiet.
 const DRAIN_EVERY: Duration = Duration::from_millis(1);
 
@@ -109,6 +111,12 @@ impl Observer {
         let thread = std::thread::Builder::new()
             .name(format!("observer-{name}"))
             .spawn(move || {
+                // Behind the vCPU threads when cores are short: the point
+                // of an observer is that the guest does not wait for it.
+                let _ = rustix::process::setpriority_process(
+                    Some(rustix::thread::gettid()),
+                    OBSERVER_NICE,
+                );
                 let mut stats = ObserverStats {
                     name,
                     ..Default::default()
