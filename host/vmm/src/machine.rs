@@ -278,16 +278,12 @@ pub fn run_with_hook(
         time_every_call: config.time_every_call,
     };
     let mut observers = start_observers(config, &mut prepared, &shared)?;
-    let (workers, slots) = vcpu_workers(
-        config,
-        &vm,
-        boot.as_ref(),
-        irq.is_some(),
-        &cpuid,
-        prepared,
-        &handles,
-        &observers,
-    )?;
+    let start = VcpuStart {
+        boot: boot.as_ref(),
+        irqchip: irq.is_some(),
+        cpuid: &cpuid,
+    };
+    let (workers, slots) = vcpu_workers(config, &vm, start, prepared, &handles, &observers)?;
     if let Some(r) = &config.restore {
         // After the vCPUs exist (their LAPICs are part of the irqchip).
         vm.restore_state(&r.vm)?;
@@ -532,16 +528,27 @@ fn prepare_policies(config: &VmConfig, env: &PolicyEnv) -> Result<Vec<Prepared>,
 /// Creates the vCPUs with their CPUID and boot state, and a worker for
 /// each holding its instances of every policy; returns the workers and
 /// the policies' slots (for hot swap).
+/// How the vCPUs start: from a boot state (with the irqchip's LINT
+/// wiring when there is one), or from a snapshot (`config.restore`).
+struct VcpuStart<'a> {
+    boot: Option<&'a BootState>,
+    irqchip: bool,
+    cpuid: &'a [CpuidEntry],
+}
+
 fn vcpu_workers(
     config: &VmConfig,
     vm: &Vm,
-    boot: Option<&BootState>,
-    irqchip: bool,
-    cpuid: &[CpuidEntry],
+    start: VcpuStart<'_>,
     prepared: Vec<Prepared>,
     handles: &VmHandles,
     observers: &[Option<Observer>],
 ) -> Result<(Vec<VcpuWorker>, Vec<Slot>), VmmError> {
+    let VcpuStart {
+        boot,
+        irqchip,
+        cpuid,
+    } = start;
     let mut per_vcpu: Vec<Vec<VcpuPolicy>> = (0..config.vcpus).map(|_| Vec::new()).collect();
     let mut slots = Vec::new();
     for (i, p) in prepared.into_iter().enumerate() {

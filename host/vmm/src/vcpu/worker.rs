@@ -208,11 +208,15 @@ impl VcpuWorker {
         };
         let index = self.vcpu().index() as usize;
         let snapshots = Arc::clone(&self.snapshots);
-        let state = snapshots.capture_vcpu(self.vcpu());
+        // A baseline needs this vCPU's state; a reset only replaces it.
+        let state = match op {
+            SnapshotOp::Baseline => Some(snapshots.capture_vcpu(self.vcpu())),
+            SnapshotOp::Reset => None,
+        };
         let own = HeldVcpu {
             index,
             policies: std::mem::take(&mut self.d.policies),
-            state: Some(state),
+            state,
             apply: None,
         };
         let (own, result) = snapshots.for_vcpu(op, own);
@@ -253,9 +257,15 @@ impl VcpuWorker {
         snapshots.capture_vcpu(self.vcpu())
     }
 
-    /// Puts `state` into this vCPU; a failure ends the run.
+    /// Puts `state` into this vCPU, after completing the exit in flight
+    /// (whose completion would otherwise land on the new state at the
+    /// next `KVM_RUN`); a failure ends the run.
     fn apply_state(&mut self, state: &VcpuState) {
-        if let Err(e) = self.vcpu().restore_state(state) {
+        let snapshots = Arc::clone(&self.snapshots);
+        let result = snapshots
+            .settle_vcpu(self.vcpu())
+            .and_then(|()| self.vcpu().restore_state(state).map_err(|e| e.to_string()));
+        if let Err(e) = result {
             self.failed = Some(format!("cannot restore vCPU state: {e}"));
         }
     }
