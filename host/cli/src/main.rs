@@ -12,6 +12,7 @@ mod inspect;
 mod replay;
 mod run;
 mod scaffold;
+mod symbols;
 mod vm;
 
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     Vm(VmCommand),
     /// Replay a recording (`run --record`) against a policy, without a VM, and show where its answers differ.
     Replay(replay::ReplayArgs),
+    /// Write a Linux kernel's kallsyms as an ELF symbol file for gdb's `add-symbol-file` (docs/gdb.md).
+    GdbSymbols(symbols::GdbSymbolsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Replay(args) => replay::run(args),
+        Command::GdbSymbols(args) => symbols::run(args),
         Command::Vm(VmCommand::Snapshot(args)) => vm::snapshot(args),
         Command::Vm(VmCommand::Baseline(args)) => vm::baseline(args),
         Command::Vm(VmCommand::Reset(args)) => vm::reset(args),

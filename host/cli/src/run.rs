@@ -12,6 +12,7 @@ use wasmvisor_vmm::config::{
     DeviceArg, GuestSpec, LinuxSpec, PolicyCache, PolicySpec, SerialBackend, VmConfig,
     DEFAULT_CMDLINE,
 };
+use wasmvisor_vmm::gdb::{GdbEndpoint, GdbSpec};
 use wasmvisor_vmm::loader::is_elf;
 use wasmvisor_vmm::outcome::VmOutcome;
 use wasmvisor_vmm::pci::DmaDomain;
@@ -98,6 +99,12 @@ pub struct RunArgs {
     /// When the guest fails (triple fault, KVM internal error), keep the VM held where it stopped, for `wasmvisor vm dump` or `vm snapshot` through --control, until Ctrl-C or SIGTERM; the exit code is then the failure's.
     #[arg(long)]
     hold_on_fault: bool,
+    /// Serve gdb's remote protocol here: tcp:PORT (on 127.0.0.1), tcp:ADDR:PORT or unix:PATH; the VM waits for gdb before its first instruction unless --gdb-nowait (docs/gdb.md).
+    #[arg(long, value_name = "tcp:PORT|unix:PATH")]
+    gdb: Option<String>,
+    /// With --gdb: run at once; gdb may attach later.
+    #[arg(long, requires = "gdb")]
+    gdb_nowait: bool,
     /// Keep precompiled policies in this directory [default: $WASMVISOR_CACHE_DIR, $XDG_CACHE_HOME/wasmvisor/policies or ~/.cache/wasmvisor/policies].
     #[arg(long, value_name = "DIR", conflicts_with = "no_policy_cache")]
     policy_cache: Option<PathBuf>,
@@ -131,6 +138,13 @@ fn run_options(args: &RunArgs, config: &mut VmConfig) -> Result<()> {
     config.control = args.control.clone();
     config.watch = args.watch;
     config.hold_on_fault = args.hold_on_fault;
+    config.gdb = match &args.gdb {
+        Some(endpoint) => Some(GdbSpec {
+            endpoint: GdbEndpoint::parse(endpoint).map_err(anyhow::Error::msg)?,
+            wait: !args.gdb_nowait,
+        }),
+        None => None,
+    };
     config.time_every_call = args.stats;
     config.policy_cache = match (&args.policy_cache, args.no_policy_cache) {
         (_, true) => PolicyCache::Off,

@@ -33,26 +33,42 @@ pub struct DebugState {
     /// that step from policies unless they asked to step too. (Stepping
     /// over with RFLAGS.RF is not honoured by every KVM backend.)
     pub rearm: Option<(u8, HwBreakpoint)>,
+    /// Slots an attached debugger (gdb) holds, bit `i` for DR`i`: policies
+    /// can neither take nor clear them, and their exits go to the
+    /// debugger (docs/gdb.md).
+    pub debugger_slots: u8,
+    /// The debugger single-steps this vCPU.
+    pub debugger_step: bool,
+    /// The debugger has int3 breakpoints in guest memory: `#BP` exits to
+    /// the host (`KVM_GUESTDBG_USE_SW_BP`) where the backend traps it.
+    pub debugger_int3: bool,
 }
 
 impl DebugState {
     /// True if KVM must single-step.
     pub fn single_step(&self) -> bool {
-        self.step_always || self.step_once || self.rearm.is_some()
+        self.step_always || self.step_once || self.rearm.is_some() || self.debugger_step
     }
 
     /// True if anything needs `KVM_SET_GUEST_DEBUG` enabled.
     pub fn enabled(&self) -> bool {
-        self.single_step() || self.hw.iter().any(Option::is_some)
+        self.single_step() || self.hw.iter().any(Option::is_some) || self.debugger_int3
     }
 
-    /// Places a breakpoint in the first free slot; `None` if all four are
-    /// taken. A breakpoint already set is returned in its slot.
+    /// Whether the debugger holds slot `slot`.
+    pub fn debugger_holds(&self, slot: u8) -> bool {
+        slot < 4 && self.debugger_slots & (1 << slot) != 0
+    }
+
+    /// Places a breakpoint in the first free slot the debugger does not
+    /// hold; `None` if there is none. A breakpoint already set (outside
+    /// the debugger's slots) is returned in its slot.
     pub fn add(&mut self, bp: HwBreakpoint) -> Option<u8> {
-        if let Some(i) = self.hw.iter().position(|s| *s == Some(bp)) {
+        let ours = |i: &usize| !self.debugger_holds(*i as u8);
+        if let Some(i) = (0..4).filter(ours).find(|&i| self.hw[i] == Some(bp)) {
             return Some(i as u8);
         }
-        let i = self.hw.iter().position(Option::is_none)?;
+        let i = (0..4).filter(ours).find(|&i| self.hw[i].is_none())?;
         self.hw[i] = Some(bp);
         Some(i as u8)
     }
@@ -157,5 +173,32 @@ mod tests {
             })
             .is_none());
         assert!(d.enabled() && !d.single_step());
+    }
+
+    #[test]
+    fn debugger_slots_are_skipped_by_add_and_step_with_the_debugger() {
+        let bp = |gva| HwBreakpoint {
+            kind: HwBreakpointKind::Execute,
+            gva,
+            len: 1,
+        };
+        let mut d = DebugState {
+            debugger_slots: 0b0101,
+            ..DebugState::default()
+        };
+        d.hw[0] = Some(bp(0x1000));
+        // The debugger's own breakpoint is not the policy's to share.
+        assert_eq!(d.add(bp(0x1000)), Some(1));
+        assert_eq!(d.add(bp(0x2000)), Some(3));
+        assert_eq!(d.add(bp(0x3000)), None, "slots 0 and 2 are the debugger's");
+        assert!(d.debugger_holds(2) && !d.debugger_holds(1) && !d.debugger_holds(9));
+        assert!(!d.single_step());
+        d.debugger_step = true;
+        assert!(d.single_step() && d.enabled());
+        let int3 = DebugState {
+            debugger_int3: true,
+            ..DebugState::default()
+        };
+        assert!(int3.enabled() && !int3.single_step());
     }
 }

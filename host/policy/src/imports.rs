@@ -298,7 +298,15 @@ impl Ctx {
             gva: bp.gva,
             len,
         };
-        self.update_debug("set-breakpoint", |d| d.add(hw).ok_or(HostError::TooLarge))
+        // No slot left: `unsupported` when an attached debugger holds
+        // some of them (docs/gdb.md), `too-large` otherwise.
+        self.update_debug("set-breakpoint", |d| {
+            d.add(hw).ok_or(if d.debugger_slots != 0 {
+                HostError::Unsupported
+            } else {
+                HostError::TooLarge
+            })
+        })
     }
 
     fn live_clear_breakpoint(&mut self, slot: u8) -> HostResult<()> {
@@ -306,6 +314,9 @@ impl Ctx {
             return Ok(Err(HostError::OutOfRange));
         }
         self.update_debug("clear-breakpoint", |d| {
+            if d.debugger_holds(slot) {
+                return Err(HostError::Unsupported);
+            }
             d.hw[usize::from(slot)] = None;
             Ok(slot)
         })

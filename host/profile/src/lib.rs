@@ -23,6 +23,7 @@ pub mod bzimage;
 mod elf;
 mod error;
 pub mod kallsyms;
+pub mod symfile;
 
 use std::path::Path;
 

@@ -247,6 +247,8 @@ pub struct VmConfig {
     /// Time every policy call (`--stats`), not one in
     /// [`crate::vcpu::dispatch::DEFAULT_TIME_EVERY`].
     pub time_every_call: bool,
+    /// Serve gdb's remote protocol (`--gdb`, docs/gdb.md).
+    pub gdb: Option<crate::gdb::GdbSpec>,
 }
 
 impl VmConfig {
@@ -273,6 +275,7 @@ impl VmConfig {
             restore: None,
             hold_on_fault: false,
             time_every_call: false,
+            gdb: None,
         }
     }
 

@@ -37,4 +37,6 @@ pub enum VmmError {
     KernelProfile(String),
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("--gdb: {0}")]
+    Gdb(String),
 }

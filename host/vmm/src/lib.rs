@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod devices;
 mod error;
+pub mod gdb;
 mod machine;
 pub mod outcome;
 pub mod policies;

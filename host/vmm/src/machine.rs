@@ -30,6 +30,7 @@ use crate::devices::i8042::I8042;
 use crate::devices::pci::PciPlatform;
 use crate::devices::serial::Uart;
 use crate::error::VmmError;
+use crate::gdb::{GdbLink, GdbServer, Listener, VmParts as GdbParts};
 use crate::outcome::VmOutcome;
 use crate::policies::hotswap::{HotSwap, HotSwapParts};
 use crate::policies::observer::{Observer, ObserverStats, DEFAULT_RING};
@@ -194,6 +195,8 @@ pub fn run_with_hook(
     hook: Option<Arc<dyn ExitHook>>,
 ) -> Result<RunReport, VmmError> {
     config.check()?;
+    // Before anything else: a --gdb port in use is a startup error.
+    let gdb_listener = config.gdb.as_ref().map(Listener::bind).transpose()?;
     let engine = engine(config)?;
     let vm = Arc::new(new_vm(config)?);
     let irq = pc_platform(config, &vm)?;
@@ -263,6 +266,10 @@ pub fn run_with_hook(
     };
 
     let control = Arc::new(StopFlag::default());
+    let gdb_link = config
+        .gdb
+        .as_ref()
+        .map(|g| Arc::new(GdbLink::new(config.vcpus as usize, g.wait)));
     let handles = VmHandles {
         routes,
         builtins: builtins.clone(),
@@ -275,6 +282,7 @@ pub fn run_with_hook(
         kicks: Arc::clone(&kicks),
         snapshots: Arc::clone(&snapshots),
         hold_on_fault: config.hold_on_fault,
+        gdb: gdb_link.clone(),
         time_every_call: config.time_every_call,
     };
     let mut observers = start_observers(config, &mut prepared, &shared)?;
@@ -290,6 +298,22 @@ pub fn run_with_hook(
         crate::snapshot::restore_devices(&builtins, &r.devices).map_err(VmmError::Engine)?;
     }
 
+    let gdb_server = match (gdb_listener, gdb_link, &config.gdb) {
+        (Some(listener), Some(link), Some(spec)) => {
+            let kicks = Arc::clone(&kicks);
+            let parts = GdbParts {
+                quiesce: Arc::clone(&quiesce),
+                kick: Arc::new(move || kicks.kick_all()),
+                memory: vm.memory().clone(),
+                protector: vm.memslots(),
+                control: Arc::clone(&control),
+                kernel: shared.kernel().cloned(),
+            };
+            let vcpus = config.vcpus as usize;
+            Some(GdbServer::start(listener, link, parts, vcpus, spec.wait)?)
+        }
+        _ => None,
+    };
     let services = if config.control.is_some() || config.watch {
         let kicks = Arc::clone(&kicks);
         let swap = Arc::new(HotSwap::new(HotSwapParts {
@@ -312,7 +336,17 @@ pub fn run_with_hook(
     } else {
         None
     };
-    let outcome = run_workers(workers, &control, &kicks, &names);
+    let mut outcome = run_workers(workers, &control, &kicks, &names);
+    if let Some(gdb) = gdb_server {
+        let mut ended = match &outcome {
+            Ok(r) => r.outcome.clone(),
+            Err(e) => VmOutcome::HostFailure(e.to_string()),
+        };
+        gdb.finish(&mut ended);
+        if let Ok(r) = outcome.as_mut() {
+            r.outcome = ended;
+        }
+    }
     drop(services);
     let observer_stats: Vec<ObserverStats> = observers
         .iter_mut()

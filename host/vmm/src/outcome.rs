@@ -41,13 +41,15 @@ pub enum VmOutcome {
     /// The guest wrote `value` to the debug-exit port (`--device
     /// debug-exit`).
     DebugExit { port: u16, value: u32 },
+    /// gdb ended the run (`kill`).
+    Debugger(String),
 }
 
 impl VmOutcome {
     /// The process exit code for this outcome.
     pub fn exit_code(&self) -> i32 {
         match self {
-            VmOutcome::Halted | VmOutcome::Reset => EXIT_OK,
+            VmOutcome::Halted | VmOutcome::Reset | VmOutcome::Debugger(_) => EXIT_OK,
             VmOutcome::Stopped { clean: true, .. } => EXIT_OK,
             VmOutcome::Stopped { clean: false, .. } => EXIT_POLICY_STOP,
             VmOutcome::GuestFault(_) => EXIT_GUEST_FAULT,
@@ -81,6 +83,7 @@ impl VmOutcome {
             VmOutcome::Reset => {
                 "the guest reset the machine (i8042 reset line); not rebooting".to_string()
             }
+            VmOutcome::Debugger(why) => format!("stopped from gdb: {why}"),
             VmOutcome::DebugExit { port, value } => format!(
                 "the guest wrote {value:#x} to the debug-exit port {port:#x}: exit code {}",
                 self.exit_code()
@@ -95,6 +98,7 @@ impl VmOutcome {
             VmOutcome::Halted => 0,
             VmOutcome::Stopped { clean: true, .. }
             | VmOutcome::Reset
+            | VmOutcome::Debugger(_)
             | VmOutcome::DebugExit { .. } => 1,
             VmOutcome::Signal(_) => 2,
             VmOutcome::Stopped { clean: false, .. } => 3,

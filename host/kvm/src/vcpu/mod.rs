@@ -27,6 +27,7 @@ use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::{SyncReg, VcpuFd};
 use wasmvisor_exit::{DebugState, Direction, ExitEvent, ExitKind, VcpuAccessError};
 
+pub use debug::DebuggerRegs;
 pub use run::{FatalExit, RunOutcome};
 pub use state::VcpuState;
 

@@ -11,6 +11,7 @@ use wasmvisor_policy::Shared;
 use wasmvisor_policy::SnapshotOp;
 
 use crate::devices::builtin::BuiltinDevice;
+use crate::gdb::{Claim, GdbLink, Holder};
 use crate::outcome::VmOutcome;
 use crate::policies::quiesce::{Parked, Quiesce};
 use crate::policies::slot::VcpuPolicy;
@@ -41,6 +42,8 @@ pub(crate) struct VcpuWorker {
     failed: Option<String>,
     /// `--hold-on-fault`: a guest failure holds this vCPU for inspection.
     hold_on_fault: bool,
+    /// `--gdb`: the stub's end of this VM (docs/gdb.md).
+    gdb: Option<Arc<GdbLink>>,
 }
 
 /// What every vCPU thread of one VM shares.
@@ -57,6 +60,7 @@ pub(crate) struct VmHandles {
     pub kicks: Arc<KickList>,
     pub snapshots: Arc<Snapshots>,
     pub hold_on_fault: bool,
+    pub gdb: Option<Arc<GdbLink>>,
     /// Time every policy call (`--stats`).
     pub time_every_call: bool,
 }
@@ -83,6 +87,7 @@ impl VcpuWorker {
             snapshots: vm.snapshots,
             failed: None,
             hold_on_fault: vm.hold_on_fault,
+            gdb: vm.gdb,
         }
     }
 
@@ -102,6 +107,9 @@ impl VcpuWorker {
         let index = self.vcpu().index() as usize;
         self.kicks.leave(index);
         self.quiesce.leave(index);
+        if let Some(gdb) = &self.gdb {
+            gdb.leave(index);
+        }
         drop(kicker);
         (end, self.d.stats)
     }
@@ -112,6 +120,7 @@ impl VcpuWorker {
         // every exit.
         let mut routes = Arc::clone(&self.routes);
         let index = self.vcpu().index() as usize;
+        self.gdb_hold_if_wanted();
         loop {
             let exits = self.vcpu().exits();
             self.quiesce.note_exits(index, exits);
@@ -120,6 +129,7 @@ impl VcpuWorker {
             }
             if self.quiesce.requested() {
                 self.park();
+                self.gdb_hold_if_wanted();
                 routes = Arc::clone(&self.routes);
             }
             if let Some(reason) = self.failed.take() {
@@ -154,6 +164,10 @@ impl VcpuWorker {
                         self.hold(&fatal);
                     }
                     return VmOutcome::GuestFault(fatal);
+                }
+                RunOutcome::Exit(event) if self.gdb_takes(&event) => {
+                    routes = Arc::clone(&self.routes);
+                    continue;
                 }
                 RunOutcome::Exit(mut event) => loop {
                     let mut completion = Completion::default();
@@ -245,6 +259,12 @@ impl VcpuWorker {
         while !self.control.stop.load(Ordering::Acquire) {
             if self.quiesce.requested() {
                 self.park();
+                // gdb may look at the failed vCPU too; it does not run again.
+                self.gdb_hold_if_wanted();
+            } else if let Some(gdb) = self.gdb.clone().filter(|g| g.is_attached()) {
+                // A failed vCPU that gdb resumes stops again at once.
+                let index = self.vcpu().index() as usize;
+                gdb.hold(index, Some(crate::gdb::Stop::Fault), self);
             } else {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
@@ -298,5 +318,58 @@ impl VcpuWorker {
             }
         }
         replaced
+    }
+}
+
+/// The vCPU's side of gdb (docs/gdb.md); nothing runs here without
+/// `--gdb`.
+impl VcpuWorker {
+    /// Holds this vCPU for gdb if gdb stopped the VM (or waits to attach).
+    fn gdb_hold_if_wanted(&mut self) {
+        if let Some(gdb) = self.gdb.clone() {
+            if gdb.hold_wanted() {
+                let index = self.vcpu().index() as usize;
+                gdb.hold(index, None, self);
+            }
+        }
+    }
+
+    /// Whether gdb takes this exit (its breakpoint or step, a write to a
+    /// page it watches): then it is not dispatched, and the vCPU holds for
+    /// gdb if it is a stop.
+    fn gdb_takes(&mut self, event: &ExitEvent) -> bool {
+        let Some(gdb) = self.gdb.as_ref().filter(|g| g.is_attached()).cloned() else {
+            return false;
+        };
+        let vcpu = self
+            .d
+            .vcpu
+            .as_mut()
+            .expect("the vCPU is only lent out during a policy call");
+        match gdb.claims(event, vcpu, &self.d.memory) {
+            Claim::No => false,
+            Claim::Done => true,
+            Claim::Stop(stop) => {
+                let index = self.vcpu().index() as usize;
+                gdb.hold(index, Some(stop), self);
+                true
+            }
+        }
+    }
+}
+
+impl Holder for VcpuWorker {
+    fn held_vcpu(&mut self) -> &mut Vcpu {
+        self.vcpu()
+    }
+
+    fn park_if_asked(&mut self) {
+        if self.quiesce.requested() {
+            self.park();
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.control.stop.load(Ordering::Acquire)
     }
 }
