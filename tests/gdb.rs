@@ -204,14 +204,15 @@ fn every_vcpu_of_the_smp_guest_is_a_thread() {
     let vm = Vm::start("smp", &["--guest", g.to_str().unwrap(), "--vcpus", "3"]);
     let out = vm.gdb(
         None,
-        &["info threads", "thread 3", "p $rdi", "p/x $rip", "continue"],
+        &["info threads", "thread 3", "p $edi", "p/x $eip", "continue"],
     );
+    // Real mode: the i386 registers (docs/gdb.md).
     assert_has(
         &out,
         &[
-            "(vCPU 0) 0x0000000000008000",
-            "(vCPU 1) 0x0000000000008000",
-            "(vCPU 2) 0x0000000000008000",
+            "(vCPU 0) 0x00008000",
+            "(vCPU 1) 0x00008000",
+            "(vCPU 2) 0x00008000",
             // EDI holds the vCPU index at entry.
             "$1 = 2",
             "$2 = 0x8000",
@@ -221,6 +222,59 @@ fn every_vcpu_of_the_smp_guest_is_a_thread() {
     let (code, stdout, stderr) = vm.end();
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.ends_with("smp: 3 cpus up\n"), "{stdout}");
+}
+
+#[test]
+fn a_protected_mode_guest_shows_the_i386_registers() {
+    require_kvm!();
+    let g = guest("devices.bin");
+    let vm = Vm::start(
+        "i386",
+        &["--guest", g.to_str().unwrap(), "--mode", "protected"],
+    );
+    // The first instruction: mov eax, 0x81b2 (5 bytes). A write of EDX
+    // (restored) goes through the i386 register file and back.
+    let out = vm.gdb(
+        None,
+        &[
+            "show architecture",
+            "info registers eip",
+            "x/i $pc",
+            "stepi",
+            "p/x $eax",
+            "p/x $eip",
+            "set $saved = $edx",
+            "set var $edx = 0x1234",
+            "p/x $edx",
+            "set var $edx = $saved",
+            "info registers cs",
+            "p/x $cr0 & 1",
+            "continue",
+        ],
+    );
+    assert_has(
+        &out,
+        &[
+            "(currently \"i386\")",
+            "eip            0x8000",
+            "=> 0x8000:\tmov    $0x81b2,%eax",
+            "$1 = 0x81b2",
+            "$2 = 0x8005",
+            "$3 = 0x1234",
+            "cs             0x",
+            "$4 = 0x1",
+            "exited normally",
+        ],
+    );
+    assert!(!out.contains("rax"), "{out}");
+    let (code, stdout, stderr) = vm.end();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("devices: start\n"), "{stdout}");
+    assert!(stdout.ends_with("devices: done\n"), "{stdout}");
+    assert_has(
+        &stderr,
+        &["gdb: vCPU 0 is not in long mode: i386 registers"],
+    );
 }
 
 #[test]

@@ -126,7 +126,10 @@ pub(crate) fn run(stream: Stream, target: &mut VmTarget, done: &AtomicBool) -> S
     };
     target.link.attach(tx);
     let end = match target.stop_all() {
-        Ok(()) => drive(stream, target, &rx, done),
+        Ok(()) => {
+            target.choose_layout();
+            drive(stream, target, &rx, done)
+        }
         Err(e) => format!("cannot stop the VM for gdb: {e}"),
     };
     if !target.killed {

@@ -19,6 +19,9 @@ use gdbstub::target::ext::breakpoints::{
     HwWatchpointOps, SwBreakpoint, SwBreakpointOps, WatchKind,
 };
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmdOps};
+use gdbstub::target::ext::target_description_xml_override::{
+    TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
+};
 use gdbstub::target::ext::thread_extra_info::{ThreadExtraInfo, ThreadExtraInfoOps};
 use gdbstub::target::{Target, TargetError, TargetResult};
 use vm_memory::{Bytes, GuestAddress};
@@ -29,7 +32,7 @@ use wasmvisor_exit::{
 use wasmvisor_kvm::DebuggerRegs;
 use wasmvisor_policy::KernelProfile;
 
-use super::arch::{from_gdb, to_gdb, SystemRegs, X86_64System};
+use super::arch::{from_gdb, to_gdb, Layout, SystemRegs, X86_64System};
 use super::link::{GdbLink, PageWatch, Release, Reply, Request, Stop};
 use super::table::{dr_kind, Entry, Int3, Origin, SlotError, Table, Watched};
 use crate::policies::quiesce::{Handover, Quiesce};
@@ -96,6 +99,8 @@ pub(crate) struct VmTarget {
     pub current: usize,
     /// gdb asked to kill the VM.
     pub killed: bool,
+    /// The register layout of this session ([`VmTarget::choose_layout`]).
+    layout: Layout,
 }
 
 pub(crate) fn tid(vcpu: usize) -> Tid {
@@ -122,6 +127,24 @@ impl VmTarget {
             owned_pages: Vec::new(),
             current: 0,
             killed: false,
+            layout: Layout::default(),
+        }
+    }
+
+    /// Picks the session's register layout from the mode of the first
+    /// live vCPU (held, as gdb has just attached): i386 unless it is in
+    /// long mode. gdb reads the description once, so the layout holds
+    /// until gdb attaches again.
+    pub fn choose_layout(&mut self) {
+        let Some(&first) = self.link.alive().first() else {
+            return;
+        };
+        self.layout = match self.vcpu_regs(first) {
+            Ok(r) => Layout::of(&r),
+            Err(_) => Layout::X86_64,
+        };
+        if self.layout == Layout::I386 {
+            eprintln!("wasmvisor: gdb: vCPU {first} is not in long mode: i386 registers");
         }
     }
 
@@ -450,17 +473,45 @@ impl Target for VmTarget {
     fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
         Some(self)
     }
+
+    fn support_target_description_xml_override(
+        &mut self,
+    ) -> Option<TargetDescriptionXmlOverrideOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl TargetDescriptionXmlOverride for VmTarget {
+    fn target_description_xml(
+        &self,
+        annex: &[u8],
+        offset: u64,
+        length: usize,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        if annex != b"target.xml" {
+            return Err(TargetError::NonFatal);
+        }
+        let xml = self.layout.target_xml().as_bytes();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(xml.len());
+        let n = length.min(buf.len()).min(xml.len() - start);
+        buf[..n].copy_from_slice(&xml[start..start + n]);
+        Ok(n)
+    }
 }
 
 impl MultiThreadBase for VmTarget {
     fn read_registers(&mut self, regs: &mut SystemRegs, tid: Tid) -> TargetResult<(), Self> {
         let r = self.vcpu_regs(vcpu_of(tid)).map_err(TargetError::Fatal)?;
-        *regs = to_gdb(&r);
+        *regs = to_gdb(&r, self.layout);
         Ok(())
     }
 
     fn write_registers(&mut self, regs: &SystemRegs, tid: Tid) -> TargetResult<(), Self> {
         let vcpu = vcpu_of(tid);
+        if regs.layout != self.layout {
+            return Err(TargetError::NonFatal);
+        }
         let mut r = self.vcpu_regs(vcpu).map_err(TargetError::Fatal)?;
         from_gdb(regs, &mut r);
         match self.ask(vcpu, Request::WriteRegs(Box::new(r))) {
