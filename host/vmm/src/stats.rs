@@ -73,6 +73,9 @@ pub struct Stats {
     pub devices: Vec<DeviceStats>,
     /// Wall time from the first vCPU start to the last vCPU stop.
     pub wall: Duration,
+    /// Policy calls were timed on one exit in this many (0 or 1: every
+    /// call, `--stats`); their `time` is then an estimate.
+    pub timed_every: u32,
     /// Observer policies (VM-wide; empty on per-vCPU counters).
     pub observers: Vec<crate::policies::observer::ObserverStats>,
 }
@@ -98,6 +101,7 @@ impl Stats {
 
     /// Adds another vCPU's counters.
     pub fn merge(&mut self, other: &Stats) {
+        self.timed_every = self.timed_every.max(other.timed_every);
         for (a, b) in self.exits.iter_mut().zip(other.exits) {
             *a += b;
         }
@@ -188,6 +192,12 @@ impl Stats {
                 o.faults,
                 o.batches,
                 o.time.as_secs_f64() * 1e3
+            ));
+        }
+        if self.timed_every > 1 && !self.policies.is_empty() {
+            out.push_str(&format!(
+                "policy times are estimated from one exit in {} (--stats times every call)\n",
+                self.timed_every
             ));
         }
         out.push_str(&format!(

@@ -78,6 +78,7 @@ impl VcpuWorker {
         if vm.time_every_call {
             d.time_every = 1;
         }
+        d.stats.timed_every = d.time_every;
         VcpuWorker {
             d,
             routes: vm.routes,
