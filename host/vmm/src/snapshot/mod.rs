@@ -367,15 +367,7 @@ impl Snapshots {
         let cpuid: Vec<format::CpuidRecord> = swap
             .cpuid()
             .iter()
-            .map(|e| format::CpuidRecord {
-                function: e.function,
-                index: e.index,
-                indexed: e.indexed,
-                eax: e.eax,
-                ebx: e.ebx,
-                ecx: e.ecx,
-                edx: e.edx,
-            })
+            .map(|&e| format::CpuidRecord::from(e))
             .collect();
         let describe = |_: &Captured| {
             Ok(format::Manifest {

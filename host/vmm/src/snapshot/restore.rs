@@ -207,7 +207,7 @@ const FEATURE_LEAVES: [(u32, u32, &[Register]); 3] = [
     (0x8000_0001, 0, &[("ecx", |e| e.ecx), ("edx", |e| e.edx)]),
 ];
 
-/// CPUID record conversions, for tests that edit a manifest.
+/// The manifest's form of a CPUID entry (what a snapshot records).
 impl From<CpuidEntry> for CpuidRecord {
     fn from(e: CpuidEntry) -> CpuidRecord {
         CpuidRecord {
