@@ -9,6 +9,7 @@ fn check_passes_a_good_policy_and_says_which_grants_it_needs() {
     assert_eq!(r.code, 0, "{r:?}");
     for line in [
         "ok     exports wasmvisor:policy/handler@0.1.0",
+        "ok     exports wasmvisor:policy/quick-handler@0.1.0: exits are answered through the list-free handle-exit-quick",
         "ok     imports wasmvisor:policy/host@0.1.0",
         "ok     info: conformance 1.0.0: conformance policy (Rust)",
         "ok     init accepts the config []",
@@ -97,7 +98,13 @@ fn a_component_built_before_the_kernel_imports_still_loads_and_runs() {
     let old = old.to_str().unwrap();
     let r = wasmvisor(&["policy", "check", old]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert_contains(&r.stdout, &["result: ok; the policy loads"]);
+    assert_contains(
+        &r.stdout,
+        &[
+            "note   does not export wasmvisor:policy/quick-handler@0.1.0: exits are answered through handle-exit",
+            "result: ok; the policy loads",
+        ],
+    );
     require_kvm!();
     let g = guest("hello.elf");
     let r = wasmvisor(&["run", "--guest", g.to_str().unwrap(), "--policy", old]);

@@ -76,7 +76,7 @@ struct Cli {
     /// skip QEMU in the start-up section
     #[arg(long)]
     no_qemu: bool,
-    /// dispatch: run only native, noop, const or real (for profiling)
+    /// dispatch: run only native, noop, quick, const, real, sync or observe (for profiling)
     #[arg(long, value_name = "NAME")]
     variant: Option<String>,
     /// also write the results as JSON

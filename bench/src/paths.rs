@@ -15,6 +15,8 @@ pub struct Paths {
     /// The fuzzme guest and its seed corpus (the snapshot section).
     pub fuzzme: PathBuf,
     pub fuzzme_seeds: PathBuf,
+    /// Components built before a contract change (`tests/prebuilt`).
+    pub prebuilt: PathBuf,
     pub work: PathBuf,
 }
 
@@ -35,6 +37,7 @@ impl Paths {
             testdev: target.join("release/wasmvisor-vfio-user-testdev"),
             fuzzme: target.join("assets/guests/fuzzme.elf"),
             fuzzme_seeds: root.join("examples/guests/fuzzme-seeds"),
+            prebuilt: root.join("tests/prebuilt"),
             work: target.join("bench"),
         };
         for f in [
@@ -75,11 +78,20 @@ impl Paths {
     }
 
     pub fn policy(&self, name: &str, config: &str) -> String {
-        let path = self.policies.join(format!("{name}.wasm"));
-        if config.is_empty() {
-            path.display().to_string()
-        } else {
-            format!("{}:{config}", path.display())
-        }
+        spec(&self.policies.join(format!("{name}.wasm")), config)
+    }
+
+    /// A policy of `tests/prebuilt`, by file name.
+    pub fn prebuilt_policy(&self, file: &str, config: &str) -> String {
+        spec(&self.prebuilt.join(file), config)
+    }
+}
+
+/// A `--policy` argument: the path, and `:config` when there is one.
+fn spec(path: &Path, config: &str) -> String {
+    if config.is_empty() {
+        path.display().to_string()
+    } else {
+        format!("{}:{config}", path.display())
     }
 }

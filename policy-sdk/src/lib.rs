@@ -108,7 +108,9 @@ mod verdict;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "policy",
+        // `policy` plus the list-free answer (`quick-handler`), which the
+        // adapter derives from the same `Policy` methods.
+        world: "quick-policy",
         pub_export_macro: true,
         export_macro_name: "__export_policy_world",
         default_bindings_module: "::wasmvisor_policy_sdk::bindings",
@@ -292,8 +294,17 @@ macro_rules! export_policy {
 pub mod __private {
     use core::marker::PhantomData;
 
+    use core::cell::RefCell;
+
     use crate::bindings::exports::wasmvisor::policy::handler::Guest;
-    use crate::{Config, CpuidLeaf, ExitEvent, Policy, PolicyInfo, Subscriptions, Verdict};
+    use crate::bindings::exports::wasmvisor::policy::quick_handler::{self, QuickVerdict};
+    use crate::{Action, Config, CpuidLeaf, ExitEvent, Policy, PolicyInfo, Subscriptions, Verdict};
+
+    std::thread_local! {
+        /// The actions of the last answer too long for `quick-verdict`,
+        /// until the host takes them (right after, on the same exit).
+        static PENDING: RefCell<Vec<Action>> = const { RefCell::new(Vec::new()) };
+    }
 
     /// Where [`export_policy!`] keeps the instance.
     pub trait Slot: 'static {
@@ -346,6 +357,36 @@ pub mod __private {
                 Some(policy) => policy.restore_state(&state),
                 None => Err(format!("{}: restore-state before init", S::Policy::NAME)),
             })
+        }
+    }
+
+    /// The list-free answer: the same verdict as `handle-exit`, with the
+    /// common shapes sent as `quick-verdict` cases and the rest kept for
+    /// `take-actions`. Policies do not change; hosts that predate the
+    /// export keep calling `handle-exit`.
+    impl<S: Slot> quick_handler::Guest for Adapter<S> {
+        fn handle_exit_quick(event: ExitEvent) -> QuickVerdict {
+            quick(<Self as Guest>::handle_exit(event))
+        }
+
+        fn take_actions() -> Vec<Action> {
+            PENDING.with(|p| core::mem::take(&mut *p.borrow_mut()))
+        }
+    }
+
+    /// `verdict` as `quick-verdict`; a list that is neither empty, one
+    /// `resume` nor one `complete-read` waits in [`PENDING`].
+    pub fn quick(verdict: Verdict) -> QuickVerdict {
+        match verdict {
+            Verdict::Decline => QuickVerdict::Decline,
+            Verdict::Handled(actions) => match actions.as_slice() {
+                [] | [Action::Resume] => QuickVerdict::Resume,
+                [Action::CompleteRead(value)] => QuickVerdict::CompleteRead(*value),
+                _ => {
+                    PENDING.with(|p| *p.borrow_mut() = actions);
+                    QuickVerdict::More
+                }
+            },
         }
     }
 }
@@ -519,5 +560,34 @@ mod tests {
         assert_eq!(p.cpuid(leaf()).ebx, 2);
         assert!(p.save_state().is_empty());
         assert_eq!(p.restore_state(&[1]), Ok(()));
+    }
+
+    #[test]
+    fn quick_answers_carry_the_same_verdict() {
+        use super::__private::quick;
+        use crate::bindings::exports::wasmvisor::policy::quick_handler::{
+            Guest as Quick, QuickVerdict,
+        };
+
+        A::init(vec![("port".into(), "0x1234".into())]).unwrap();
+        assert_eq!(
+            A::handle_exit_quick(io_event(1)),
+            QuickVerdict::CompleteRead(0x34)
+        );
+
+        assert_eq!(quick(Verdict::decline()), QuickVerdict::Decline);
+        assert_eq!(quick(Verdict::resume()), QuickVerdict::Resume);
+        assert_eq!(
+            quick(Verdict::handled(vec![Action::Resume])),
+            QuickVerdict::Resume
+        );
+        assert_eq!(quick(Verdict::complete(7)), QuickVerdict::CompleteRead(7));
+        // Anything longer waits for `take-actions`, once.
+        let long = Verdict::complete(7).and(Action::Step);
+        assert_eq!(quick(long.clone()), QuickVerdict::More);
+        assert_eq!(Verdict::handled(A::take_actions()), long);
+        assert!(A::take_actions().is_empty());
+        assert_eq!(quick(Verdict::gp()), QuickVerdict::More);
+        assert_eq!(Verdict::handled(A::take_actions()), Verdict::gp());
     }
 }

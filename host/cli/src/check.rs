@@ -6,7 +6,9 @@
 
 use anyhow::Result;
 use clap::Args;
-use wasmvisor_policy::{survey, CaptureConsole, ImportSource, PolicyEngine, PolicyImage, HANDLER};
+use wasmvisor_policy::{
+    survey, CaptureConsole, ImportSource, PolicyEngine, PolicyImage, HANDLER, QUICK_HANDLER,
+};
 use wasmvisor_vmm::config::PolicySpec;
 
 use crate::inspect::{describe, scratch_instance};
@@ -74,6 +76,15 @@ pub fn check(args: CheckArgs) -> Result<i32> {
             "does not export {HANDLER}: not a policy (its exports: {})",
             if s.exports.is_empty() { "none".to_string() } else { s.exports.join(", ") }
         )),
+    }
+    if s.exports.iter().any(|e| e == QUICK_HANDLER) {
+        r.ok(format!(
+            "exports {QUICK_HANDLER}: exits are answered through the list-free handle-exit-quick"
+        ));
+    } else {
+        r.note(format!(
+            "does not export {QUICK_HANDLER}: exits are answered through handle-exit (world quick-policy adds the list-free answer; the Rust SDK exports it)"
+        ));
     }
     // WASI interfaces are summed up: a standard library imports a dozen.
     let mut wasi: Vec<&str> = Vec::new();

@@ -61,6 +61,41 @@ pub trait VcpuAccess {
     }
 }
 
+/// A boxed vCPU is lent to a policy's store as a pointer: the move in and
+/// out of the store per call is 8 bytes, not the whole vCPU.
+impl<T: VcpuAccess + ?Sized> VcpuAccess for Box<T> {
+    fn index(&self) -> u32 {
+        (**self).index()
+    }
+    fn get_reg(&mut self, reg: Reg) -> Result<u64, VcpuAccessError> {
+        (**self).get_reg(reg)
+    }
+    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<(), VcpuAccessError> {
+        (**self).set_reg(reg, value)
+    }
+    fn inject_exception(&mut self, exception: Exception) -> Result<(), VcpuAccessError> {
+        (**self).inject_exception(exception)
+    }
+    fn host_rdmsr(&mut self, index: u32) -> Result<Option<u64>, VcpuAccessError> {
+        (**self).host_rdmsr(index)
+    }
+    fn host_wrmsr(&mut self, index: u32, value: u64) -> Result<bool, VcpuAccessError> {
+        (**self).host_wrmsr(index, value)
+    }
+    fn get_segment(&mut self, s: SegmentReg) -> Result<Segment, VcpuAccessError> {
+        (**self).get_segment(s)
+    }
+    fn set_segment(&mut self, s: SegmentReg, v: Segment) -> Result<(), VcpuAccessError> {
+        (**self).set_segment(s, v)
+    }
+    fn debug_state(&self) -> DebugState {
+        (**self).debug_state()
+    }
+    fn set_debug_state(&mut self, d: DebugState) -> Result<(), VcpuAccessError> {
+        (**self).set_debug_state(d)
+    }
+}
+
 fn unsupported(op: &'static str) -> VcpuAccessError {
     VcpuAccessError {
         op,

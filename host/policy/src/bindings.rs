@@ -1,8 +1,10 @@
-//! The generated WIT bindings for world `wasmvisor:policy/policy`: the only
-//! place `bindgen!` runs.
+//! The generated WIT bindings for world `wasmvisor:policy/quick-policy`
+//! (world `policy` plus the optional `quick-handler` export): the only
+//! place `bindgen!` runs. The host looks the two exported interfaces up
+//! one by one (`image.rs`), since only `handler` is required.
 
 wasmtime::component::bindgen!({
-    world: "policy",
+    world: "quick-policy",
     path: "../../wit",
     imports: { default: trappable },
     // Recordings (`record.rs`) store exits, verdicts and import calls in

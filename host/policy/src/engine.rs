@@ -10,7 +10,7 @@ use std::time::Duration;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
 
-use crate::bindings::Policy;
+use crate::bindings::QuickPolicy;
 use crate::ctx::Ctx;
 use crate::wasi::WasiGrants;
 
@@ -129,7 +129,8 @@ impl PolicyEngine {
             return Ok(Arc::clone(l));
         }
         let mut linker: Linker<Ctx> = Linker::new(&self.engine);
-        Policy::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
+        // The imports of `quick-policy` are those of `policy`.
+        QuickPolicy::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
         crate::wasi::add_to_linker(&mut linker, wasi)?;
         let linker = Arc::new(linker);
         linkers.insert(wasi, Arc::clone(&linker));

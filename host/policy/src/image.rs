@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wasmtime::component::Component;
+use wasmtime::component::{Component, Instance, InstancePre};
 use wasmvisor_exit::VcpuAccess;
 
-use crate::bindings::PolicyPre;
+use crate::bindings::exports::wasmvisor::policy::{handler, quick_handler};
 use crate::cache::CacheOutcome;
 use crate::ctx::{Ctx, InstanceContext};
 use crate::engine::PolicyEngine;
@@ -22,6 +22,9 @@ pub const MAX_POLICY_BYTES: u64 = 64 << 20;
 /// The interface every policy must export.
 pub const HANDLER: &str = "wasmvisor:policy/handler@0.1.0";
 
+/// The list-free answer a policy may export as well (`wit/policy.wit`).
+pub const QUICK_HANDLER: &str = "wasmvisor:policy/quick-handler@0.1.0";
+
 /// The wasmvisor interfaces the host provides to policies.
 const PROVIDED: [&str; 2] = [
     "wasmvisor:policy/host@0.1.0",
@@ -33,7 +36,7 @@ const PROVIDED: [&str; 2] = [
 #[derive(Clone)]
 pub struct PolicyImage {
     name: Arc<str>,
-    pre: PolicyPre<Ctx>,
+    pre: Linked,
     wasi: WasiGrants,
     /// Keeps the epoch ticker alive as long as an image or instance is.
     engine: PolicyEngine,
@@ -136,8 +139,13 @@ impl PolicyImage {
     }
 
     /// The linked, pre-instantiated component.
-    pub(crate) fn pre(&self) -> &PolicyPre<Ctx> {
+    pub(crate) fn pre(&self) -> &Linked {
         &self.pre
+    }
+
+    /// Whether the policy exports `quick-handler`, the list-free answer.
+    pub fn answers_quick(&self) -> bool {
+        self.pre.quick.is_some()
     }
 
     /// The WASI authority granted to the policy.
@@ -292,22 +300,70 @@ fn check_imports(
     Ok(())
 }
 
-/// Links the host interfaces and WASI, and pre-instantiates.
+/// A component linked against the host and pre-instantiated, with its
+/// exports resolved: `handler` always, `quick-handler` when it has one.
+#[derive(Clone)]
+pub(crate) struct Linked {
+    pre: InstancePre<Ctx>,
+    handler: handler::GuestIndices,
+    quick: Option<quick_handler::GuestIndices>,
+}
+
+/// The exports of one instance, as [`Linked::instantiate`] returns them.
+pub(crate) struct Exports {
+    pub handler: handler::Guest,
+    pub quick: Option<quick_handler::Guest>,
+}
+
+impl Linked {
+    /// Instantiates the component in `store` and loads its exports.
+    pub(crate) fn instantiate(
+        &self,
+        store: &mut wasmtime::Store<Ctx>,
+    ) -> wasmtime::Result<Exports> {
+        let instance: Instance = self.pre.instantiate(&mut *store)?;
+        let handler = self.handler.load(&mut *store, &instance)?;
+        let quick = match &self.quick {
+            Some(q) => Some(q.load(&mut *store, &instance)?),
+            None => None,
+        };
+        Ok(Exports { handler, quick })
+    }
+}
+
+/// Links the host interfaces and WASI, pre-instantiates, and resolves the
+/// exports. A `quick-handler` export of the wrong shape is refused like a
+/// wrong `handler`, not ignored: its author meant it to be called.
 fn link(
     engine: &PolicyEngine,
     name: &str,
     component: &Component,
     wasi: WasiGrants,
-) -> Result<PolicyPre<Ctx>, PolicyError> {
+) -> Result<Linked, PolicyError> {
     let link_error = |e: wasmtime::Error| PolicyError::Link {
+        name: name.into(),
+        reason: one_line(&e),
+    };
+    let wrong_types = |e: wasmtime::Error| PolicyError::WrongTypes {
         name: name.into(),
         reason: one_line(&e),
     };
     let linker = engine.linker(wasi).map_err(link_error)?;
     let pre = linker.instantiate_pre(component).map_err(link_error)?;
-    PolicyPre::new(pre).map_err(|e| PolicyError::WrongTypes {
-        name: name.into(),
-        reason: one_line(&e),
+    let handler = handler::GuestIndices::new(&pre).map_err(wrong_types)?;
+    let exports_quick = component
+        .component_type()
+        .exports(engine.wasmtime())
+        .any(|(export, _)| export == QUICK_HANDLER);
+    let quick = if exports_quick {
+        Some(quick_handler::GuestIndices::new(&pre).map_err(wrong_types)?)
+    } else {
+        None
+    };
+    Ok(Linked {
+        pre,
+        handler,
+        quick,
     })
 }
 

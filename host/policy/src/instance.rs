@@ -9,13 +9,13 @@ use wasmtime::Store;
 use wasmvisor_exit::{ExitEvent, Subscriptions, VcpuAccess};
 
 use crate::bindings::exports::wasmvisor::policy::handler::Guest;
+use crate::bindings::exports::wasmvisor::policy::quick_handler::QuickVerdict;
 use crate::bindings::wasmvisor::policy::types as wit;
-use crate::bindings::Policy;
 use crate::convert;
 use crate::ctx::{Ctx, InstanceContext};
 use crate::engine::PolicyEngine;
 use crate::error::{one_line, CallError, PolicyError};
-use crate::image::PolicyImage;
+use crate::image::{Exports, PolicyImage};
 use crate::limits::Limits;
 use crate::record::{Entry, Outcome};
 use crate::tape::{ImportCall, Tape};
@@ -25,7 +25,7 @@ use crate::types::{CpuidLeaf, PolicyInfo, Verdict};
 /// its vCPU's thread.
 pub struct PolicyInstance<V> {
     store: Store<Ctx>,
-    bindings: Policy,
+    bindings: Exports,
     image: PolicyImage,
     limits: Limits,
     ticks: u64,
@@ -121,7 +121,7 @@ impl<V: VcpuAccess + Send + 'static> PolicyInstance<V> {
     ) -> Result<Verdict, CallError> {
         let event = convert::exit_event(event);
         if !self.start_recording() {
-            return self.exit_call(event, vcpu).map(convert::verdict);
+            return self.answer(event, vcpu).map(Answer::into_verdict);
         }
         let result = self.exit_call(event, vcpu);
         let outcome = match &result {
@@ -138,21 +138,47 @@ impl<V: VcpuAccess + Send + 'static> PolicyInstance<V> {
         result.map(convert::verdict)
     }
 
-    /// Calls `handle-exit` with the vCPU lent.
+    /// Calls `handle-exit` (or `handle-exit-quick`) with the vCPU lent;
+    /// the answer in the contract's terms (recording, replay).
     pub(crate) fn exit_call(
         &mut self,
         event: wit::ExitEvent,
         vcpu: &mut Option<V>,
     ) -> Result<wit::Verdict, CallError> {
+        self.answer(event, vcpu).map(Answer::into_wit)
+    }
+
+    /// Whether this instance is called through `handle-exit-quick`.
+    pub fn answers_quick(&self) -> bool {
+        self.bindings.quick.is_some()
+    }
+
+    /// Asks for the answer through the cheapest export the policy has:
+    /// `handle-exit-quick` (and `take-actions` when it answers `more`), or
+    /// else `handle-exit`.
+    fn answer(&mut self, event: wit::ExitEvent, vcpu: &mut Option<V>) -> Result<Answer, CallError> {
         if self.broken.is_some() {
             self.repair()?;
         }
         self.store.data_mut().swap_vcpu(vcpu);
         arm(&mut self.store, self.image.engine(), self.ticks);
-        let result = self
-            .bindings
-            .wasmvisor_policy_handler()
-            .call_handle_exit(&mut self.store, event);
+        let result = match &self.bindings.quick {
+            Some(quick) => match quick.call_handle_exit_quick(&mut self.store, event) {
+                Ok(QuickVerdict::Decline) => Ok(Answer::Decline),
+                Ok(QuickVerdict::Resume) => Ok(Answer::Resume),
+                Ok(QuickVerdict::CompleteRead(value)) => Ok(Answer::CompleteRead(value)),
+                // The same exit, the vCPU still lent, the same deadline.
+                Ok(QuickVerdict::More) => quick
+                    .call_take_actions(&mut self.store)
+                    .map(|actions| Answer::Listed(wit::Verdict::Handled(actions))),
+                Err(e) => Err(e),
+            },
+            None => self
+                .bindings
+                .handler
+                .call_handle_exit(&mut self.store, event)
+                .map(Answer::Listed),
+        };
         self.store.data_mut().swap_vcpu(vcpu);
         result.map_err(|error| self.recover(&error))
     }
@@ -239,8 +265,7 @@ impl<V: VcpuAccess + Send + 'static> PolicyInstance<V> {
             self.repair()?;
         }
         arm(&mut self.store, self.image.engine(), self.ticks);
-        f(self.bindings.wasmvisor_policy_handler(), &mut self.store)
-            .map_err(|error| self.recover(&error))
+        f(&self.bindings.handler, &mut self.store).map_err(|error| self.recover(&error))
     }
 
     /// Classifies a failed call and replaces the now unusable instance.
@@ -280,8 +305,7 @@ impl<V: VcpuAccess + Send + 'static> PolicyInstance<V> {
         // The replayed init declares its constants again; the host keeps
         // the ones from the first init, which the routes were built from.
         self.store.data_mut().constants = Some(Vec::new());
-        let handler = self.bindings.wasmvisor_policy_handler();
-        let result = handler.call_init(&mut self.store, config);
+        let result = self.bindings.handler.call_init(&mut self.store, config);
         self.store.data_mut().constants = None;
         match result {
             Ok(Ok(_)) => Ok(()),
@@ -326,7 +350,7 @@ fn start<V: VcpuAccess + Send + 'static>(
     image: &PolicyImage,
     inst: InstanceContext,
     limits: &Limits,
-) -> Result<(Store<Ctx>, Policy), PolicyError> {
+) -> Result<(Store<Ctx>, Exports), PolicyError> {
     let policy = inst.policy_name.clone();
     let mut store = Store::new(
         image.engine().wasmtime(),
@@ -401,5 +425,42 @@ fn classify(ctx: &mut Ctx, error: &wasmtime::Error) -> CallError {
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt | wasmtime::Trap::OutOfFuel) => CallError::Timeout,
         _ => CallError::Trap(one_line(error)),
+    }
+}
+
+/// A policy's answer before it is converted: the list-free cases of
+/// `quick-verdict`, or a `verdict` with its list.
+enum Answer {
+    Decline,
+    Resume,
+    CompleteRead(u64),
+    Listed(wit::Verdict),
+}
+
+impl Answer {
+    /// In the host's terms, allocating nothing for `resume` and one
+    /// action for `complete-read`.
+    fn into_verdict(self) -> Verdict {
+        match self {
+            Answer::Decline => Verdict::Decline,
+            Answer::Resume => Verdict::Handled(Vec::new()),
+            Answer::CompleteRead(value) => {
+                Verdict::Handled(vec![wasmvisor_exit::Action::CompleteRead(value)])
+            }
+            Answer::Listed(v) => convert::verdict(v),
+        }
+    }
+
+    /// In the contract's `verdict` terms, as `handle-exit` would have
+    /// answered (recordings hold these).
+    fn into_wit(self) -> wit::Verdict {
+        match self {
+            Answer::Decline => wit::Verdict::Decline,
+            Answer::Resume => wit::Verdict::Handled(Vec::new()),
+            Answer::CompleteRead(value) => {
+                wit::Verdict::Handled(vec![wit::Action::CompleteRead(value)])
+            }
+            Answer::Listed(v) => v,
+        }
     }
 }

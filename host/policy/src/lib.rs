@@ -38,7 +38,9 @@ pub use cache::{CacheOutcome, ComponentCache};
 pub use ctx::InstanceContext;
 pub use engine::{DeadlineMechanism, PolicyEngine, TICK};
 pub use error::{CallError, PolicyError};
-pub use image::{survey, ImportSource, PolicyImage, Survey, HANDLER, MAX_POLICY_BYTES};
+pub use image::{
+    survey, ImportSource, PolicyImage, Survey, HANDLER, MAX_POLICY_BYTES, QUICK_HANDLER,
+};
 pub use imports::{MAX_EVENT_BYTES, MAX_KEY_BYTES, MAX_LOG_BYTES, MAX_TRANSFER};
 pub use instance::PolicyInstance;
 pub use kernel::KernelProfile;

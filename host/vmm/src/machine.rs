@@ -11,9 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use wasmvisor_exit::{InterruptLines, MemoryProtector, Subscriptions};
-use wasmvisor_kvm::{
-    install_kick_handler, BootMode, BootState, CpuidEntry, KickList, Kicker, Vcpu, Vm,
-};
+use wasmvisor_kvm::{install_kick_handler, BootMode, BootState, CpuidEntry, KickList, Kicker, Vm};
 use wasmvisor_policy::{
     ComponentCache, ConsoleSink, KernelProfile, PolicyEngine, PolicyInstance, Recorder, Shared,
     SnapshotRequests,
@@ -44,6 +42,7 @@ use crate::snapshot::{Restore, SnapshotParts, Snapshots};
 use crate::stats::Stats;
 use crate::vcpu::hook::ExitHook;
 use crate::vcpu::worker::{StopFlag, VcpuWorker, VmHandles};
+use crate::vcpu::LentVcpu;
 
 /// Default load address for flat binaries: just above the host-reserved
 /// low memory.
@@ -256,7 +255,7 @@ pub fn run_with_hook(
     // The CPUID table is the same on every vCPU but for the APIC IDs; the
     // policies are asked once, through vCPU 0's instances.
     let subs: Vec<Subscriptions> = prepared.iter().map(|p| p.slot.subs.clone()).collect();
-    let mut first: Vec<&mut PolicyInstance<Vcpu>> = prepared
+    let mut first: Vec<&mut PolicyInstance<LentVcpu>> = prepared
         .iter_mut()
         .filter_map(|p| p.instances.first_mut())
         .collect();

@@ -2,10 +2,11 @@
 //! edits, fixed once the vCPUs first run.
 
 use wasmvisor_exit::Subscriptions;
-use wasmvisor_kvm::{CpuidEntry, Vcpu};
+use wasmvisor_kvm::CpuidEntry;
 use wasmvisor_policy::{CpuidLeaf, PolicyInstance};
 
 use crate::error::VmmError;
+use crate::vcpu::LentVcpu;
 
 /// The entries of `table` for leaf `function`, or one all-zero entry if
 /// the table has none (a leaf only a policy defines).
@@ -31,7 +32,7 @@ pub(crate) fn entries_of(table: &[CpuidEntry], function: u32) -> Vec<CpuidEntry>
 
 /// Asks a policy for its version of one entry.
 pub(crate) fn ask(
-    inst: &mut PolicyInstance<Vcpu>,
+    inst: &mut PolicyInstance<LentVcpu>,
     entry: &CpuidEntry,
 ) -> Result<CpuidEntry, String> {
     let out = inst
@@ -63,7 +64,7 @@ pub(crate) fn ask(
 /// applied in load order (a later policy sees the earlier ones' result).
 pub(crate) fn cpuid_table(
     base: &[CpuidEntry],
-    instances: &mut [&mut PolicyInstance<Vcpu>],
+    instances: &mut [&mut PolicyInstance<LentVcpu>],
     subs: &[Subscriptions],
     names: &[String],
 ) -> Result<Vec<CpuidEntry>, VmmError> {

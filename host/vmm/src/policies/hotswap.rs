@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use wasmvisor_exit::{Routes, Subscriptions};
-use wasmvisor_kvm::{CpuidEntry, Vcpu, Vm};
+use wasmvisor_kvm::{CpuidEntry, Vm};
 use wasmvisor_policy::PolicyInstance;
 
 use crate::boot::cpuid::{ask, entries_of};
@@ -26,6 +26,7 @@ use crate::policies::policy_set::{unique_name, PolicyEnv, Prepared, Slot};
 use crate::policies::quiesce::{Handover, Paused, Quiesce};
 use crate::policies::routing::{plan_routes, Claims, RoutePlan};
 use crate::policies::slot::VcpuPolicy;
+use crate::vcpu::LentVcpu;
 
 /// How long the vCPUs get to reach an exit boundary. A policy call in
 /// flight is bounded by its deadline, so this is only hit by a host stall.
@@ -447,7 +448,7 @@ fn cache_label(prepared: Option<&Prepared>) -> String {
 }
 
 /// Takes the incoming policy's instances, by vCPU index.
-fn take_instances(prepared: Option<&mut Prepared>) -> Vec<Option<PolicyInstance<Vcpu>>> {
+fn take_instances(prepared: Option<&mut Prepared>) -> Vec<Option<PolicyInstance<LentVcpu>>> {
     prepared
         .map(|p| p.instances.drain(..).map(Some).collect())
         .unwrap_or_default()
@@ -459,7 +460,7 @@ fn hand_over_state(
     paused: &mut Paused,
     index: usize,
     prepared: Option<&Prepared>,
-    incoming: &mut [Option<PolicyInstance<Vcpu>>],
+    incoming: &mut [Option<PolicyInstance<LentVcpu>>],
 ) -> Result<(), String> {
     let Some(p) = prepared else { return Ok(()) };
     for (vcpu, policies) in &mut paused.vcpus {
@@ -493,7 +494,7 @@ fn handovers(
     paused: Paused,
     index: usize,
     prepared: Option<&Prepared>,
-    incoming: &mut [Option<PolicyInstance<Vcpu>>],
+    incoming: &mut [Option<PolicyInstance<LentVcpu>>],
     routes: &Arc<Routes>,
     names: &[String],
 ) -> (Vec<(usize, Handover)>, Vec<Option<VcpuPolicy>>) {

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::vcpu::LentVcpu;
 use wasmvisor_exit::ExitEvent;
-use wasmvisor_kvm::Vcpu;
 use wasmvisor_policy::{PolicyInstance, Shared};
 
 /// Ring capacity of `@observe` without a number.
@@ -102,7 +102,7 @@ impl Observer {
     /// Starts draining into `instance` (the observer's own).
     pub fn start(
         &mut self,
-        mut instance: PolicyInstance<Vcpu>,
+        mut instance: PolicyInstance<LentVcpu>,
         shared: Arc<Shared>,
     ) -> std::io::Result<()> {
         let rings = self.rings.clone();
@@ -177,12 +177,12 @@ impl Observer {
 /// Hands a batch to the policy, one `handle-exit` per exit, with no vCPU
 /// lent: its answer is ignored, since the exit was answered long ago.
 fn drain(
-    instance: &mut PolicyInstance<Vcpu>,
+    instance: &mut PolicyInstance<LentVcpu>,
     batch: &mut VecDeque<ExitEvent>,
     stats: &mut ObserverStats,
 ) {
     let started = Instant::now();
-    let mut none: Option<Vcpu> = None;
+    let mut none: Option<LentVcpu> = None;
     for event in batch.drain(..) {
         match instance.handle_exit(&event, &mut none) {
             Ok(_) => stats.observed += 1,

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use wasmvisor_exit::GuestRam;
 
 use wasmvisor_exit::{InterruptLines, IrqAccess, MemoryProtector, ProtectionMap, Subscriptions};
-use wasmvisor_kvm::Vcpu;
 use wasmvisor_policy::{
     CacheOutcome, InstanceContext, PolicyEngine, PolicyImage, PolicyInstance, Shared,
     SnapshotAccess, SnapshotRequests,
@@ -18,6 +17,7 @@ use crate::config::PolicySpec;
 use crate::error::VmmError;
 use crate::policies::ledger::OwnedProtector;
 use crate::policies::slot::{PolicyHealth, VcpuPolicy};
+use crate::vcpu::LentVcpu;
 
 /// What preparing a policy needs from the VM.
 #[derive(Clone)]
@@ -51,10 +51,10 @@ pub(crate) struct Slot {
 pub(crate) struct Prepared {
     /// An observer's own instance (`@observe`), which its draining thread
     /// calls; `None` for other policies.
-    pub observer_instance: Option<PolicyInstance<Vcpu>>,
+    pub observer_instance: Option<PolicyInstance<LentVcpu>>,
     pub slot: Slot,
     /// By vCPU index.
-    pub instances: Vec<PolicyInstance<Vcpu>>,
+    pub instances: Vec<PolicyInstance<LentVcpu>>,
 }
 
 /// The display name of `path`: its file stem.
@@ -123,7 +123,7 @@ impl PolicyEnv {
         };
         for vcpu in 0..self.vcpu_count {
             let ctx = context(vcpu);
-            let mut inst = image.instantiate::<Vcpu>(ctx, &spec.sandbox.limits)?;
+            let mut inst = image.instantiate::<LentVcpu>(ctx, &spec.sandbox.limits)?;
             let sub = inst.init(&spec.config)?;
             match &first {
                 None => {
@@ -143,7 +143,7 @@ impl PolicyEnv {
         // every vCPU's exits (as vCPU 0's instance, for its imports).
         let observer_instance = match spec.sandbox.observe {
             Some(_) => {
-                let mut inst = image.instantiate::<Vcpu>(context(0), &spec.sandbox.limits)?;
+                let mut inst = image.instantiate::<LentVcpu>(context(0), &spec.sandbox.limits)?;
                 inst.init(&spec.config)?;
                 Some(inst)
             }
@@ -216,7 +216,7 @@ impl Prepared {
 
 impl Slot {
     /// How a vCPU thread holds this policy, given its instance there.
-    pub fn for_vcpu(&self, instance: PolicyInstance<Vcpu>) -> VcpuPolicy {
+    pub fn for_vcpu(&self, instance: PolicyInstance<LentVcpu>) -> VcpuPolicy {
         VcpuPolicy {
             name: self.name.clone(),
             instance,

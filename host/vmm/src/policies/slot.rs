@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use wasmvisor_exit::{Capabilities, Constant};
-use wasmvisor_kvm::Vcpu;
 use wasmvisor_policy::PolicyInstance;
 
 use crate::policies::ledger::OwnedProtector;
 use crate::policies::sandbox::OnFault;
+use crate::vcpu::LentVcpu;
 
 /// Fault count and quarantine state of one policy, shared by its
 /// instances on every vCPU.
@@ -52,7 +52,7 @@ impl PolicyHealth {
 }
 
 /// One loaded policy as a vCPU thread holds it.
-pub(crate) struct VcpuPolicy<V = Vcpu> {
+pub(crate) struct VcpuPolicy<V = LentVcpu> {
     pub name: String,
     pub instance: PolicyInstance<V>,
     pub grants: Capabilities,

@@ -19,6 +19,7 @@ use crate::snapshot::{HeldVcpu, Snapshots};
 use crate::stats::{PolicyStats, Stats};
 use crate::vcpu::dispatch::{DispatchParts, Dispatcher};
 use crate::vcpu::hook::ExitHook;
+use crate::vcpu::LentVcpu;
 
 /// Set when the VM must stop; every vCPU checks it after each exit.
 #[derive(Default)]
@@ -29,7 +30,7 @@ pub(crate) struct StopFlag {
 /// Everything a vCPU thread owns.
 pub(crate) struct VcpuWorker {
     /// Dispatch of this vCPU's exits, holding the vCPU and its policies.
-    d: Dispatcher<Vcpu>,
+    d: Dispatcher<LentVcpu>,
     pub routes: Arc<Routes>,
     pub control: Arc<StopFlag>,
     /// Where this vCPU parks while the policies change.
@@ -74,7 +75,7 @@ impl VcpuWorker {
             protector: vm.protector,
             shared: vm.shared,
         };
-        let mut d = Dispatcher::new(vcpu, policies, parts);
+        let mut d = Dispatcher::new(Box::new(vcpu), policies, parts);
         if vm.time_every_call {
             d.time_every = 1;
         }
