@@ -10,6 +10,8 @@ pub struct Paths {
     pub binary: PathBuf,
     pub policies: PathBuf,
     pub bench_bin: PathBuf,
+    /// A PVH kernel of ~20 instructions that ends through debug-exit.
+    pub pvh_exit: PathBuf,
     pub pci_bin: PathBuf,
     pub testdev: PathBuf,
     /// The fuzzme guest and its seed corpus (the snapshot section).
@@ -33,6 +35,7 @@ impl Paths {
             binary: target.join("release/wasmvisor"),
             policies: target.join("assets/policies"),
             bench_bin: target.join("assets/guests/bench.bin"),
+            pvh_exit: target.join("assets/guests/pvh-exit.elf"),
             pci_bin: target.join("assets/guests/pci.bin"),
             testdev: target.join("release/wasmvisor-vfio-user-testdev"),
             fuzzme: target.join("assets/guests/fuzzme.elf"),
@@ -43,6 +46,7 @@ impl Paths {
         for f in [
             &p.binary,
             &p.bench_bin,
+            &p.pvh_exit,
             &p.pci_bin,
             &p.testdev,
             &p.fuzzme,

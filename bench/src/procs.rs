@@ -75,6 +75,23 @@ pub struct Memory {
     pub file_kib: u64,
 }
 
+/// Milliseconds from spawning `cmd` to its exit, its output discarded;
+/// fails unless it exits with `code`.
+pub fn exec_to_exit_ms(cmd: &mut Command, code: i32) -> Result<f64> {
+    let started = Instant::now();
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if status.code() != Some(code) {
+        bail!("{cmd:?} ended with {status}, expected exit code {code}");
+    }
+    Ok(ms)
+}
+
 /// Samples the memory of `pid`.
 pub fn memory_of(pid: u32) -> Result<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -19,6 +19,8 @@
 #   reset.bin    flat, 16-bit real mode, load at 0x8000, entry = byte 0
 #   bench.bin    flat, load at 0x8000; the benchmark guest, several entry
 #                points (real mode at byte 0, protected mode at 0x8008..)
+#   pvh-exit.elf ELF32 PVH kernel (boot with --kernel), writes "ok" and
+#                ends through the debug-exit port
 set -euo pipefail
 
 if [ "$#" -ne 1 ]; then
@@ -59,6 +61,11 @@ as --64 -I "$src" -o "$work/fuzzme.o" "$src/fuzzme.S"
 ld -m elf_x86_64 "${ldflags[@]}" -T "$src/fuzzme.ld" \
     -o "$work/fuzzme.elf" "$work/fuzzme.o"
 
+# pvh-exit.elf: a 32-bit PVH kernel; pvh.ld keeps its Xen note.
+as --32 -o "$work/pvh-exit.o" "$src/pvh-exit.S"
+ld -m elf_i386 "${ldflags[@]}" -T "$src/pvh.ld" \
+    -o "$work/pvh-exit.elf" "$work/pvh-exit.o"
+
 # Flat images: assembled as 32-bit ELF objects (smp.S switches to .code16
 # itself), linked at 0x8000 by flat.ld, then stripped to raw bytes.
 for guest in devices conformance irq pci smp faults ticker reset bench; do
@@ -71,5 +78,5 @@ done
 
 # Publish only once everything built, so OUT_DIR never holds a mix of old
 # and new guests after a failed build.
-cp "$work/hello.elf" "$work/minios.elf" "$work/fuzzme.elf" "$work/devices.bin" "$work/conformance.bin" "$work/irq.bin" "$work/pci.bin" "$work/smp.bin" "$work/faults.bin" \
+cp "$work/hello.elf" "$work/minios.elf" "$work/fuzzme.elf" "$work/pvh-exit.elf" "$work/devices.bin" "$work/conformance.bin" "$work/irq.bin" "$work/pci.bin" "$work/smp.bin" "$work/faults.bin" \
     "$work/ticker.bin" "$work/reset.bin" "$work/bench.bin" "$out/"

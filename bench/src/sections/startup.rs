@@ -138,5 +138,64 @@ pub fn run(p: &Paths, o: &Opts) -> Result<Value> {
         println!("   QEMU: not measured (qemu-system-x86_64 not installed, or --no-qemu)");
     }
     println!();
-    Ok(json!({"runs": o.startup_runs, "rows": rows}))
+    let whole = start_to_finish(p, o, qemu_ok)?;
+    Ok(json!({"runs": o.startup_runs, "rows": rows, "start_to_finish": whole}))
+}
+
+/// A VM's whole life, exec to exit, booting the same PVH kernel with
+/// `--kernel` (which brings the in-kernel irqchip, and so the slow part
+/// of the kernel's teardown) in wasmvisor and in QEMU microvm.
+fn start_to_finish(p: &Paths, o: &Opts, qemu_ok: bool) -> Result<Value> {
+    let kernel = p.pvh_exit.display().to_string();
+    let wv = || {
+        let mut c = Command::new(&p.binary);
+        c.args(["run", "--kernel", &kernel, "--device", "debug-exit"]);
+        c
+    };
+    let qemu = || {
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args(["-accel", "kvm", "-M", "microvm", "-m", "64M", "-nodefaults"])
+            .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+            .args(["-kernel", &kernel])
+            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
+        c
+    };
+    type Make<'a> = Box<dyn Fn() -> Command + 'a>;
+    let mut variants: Vec<(&str, Make)> = vec![("wasmvisor run --kernel", Box::new(wv))];
+    if qemu_ok {
+        variants.push(("qemu -M microvm -kernel", Box::new(qemu)));
+    }
+    let mut samples = vec![Vec::new(); variants.len()];
+    for round in 0..o.startup_runs {
+        for k in 0..variants.len() {
+            let vi = (k + round) % variants.len();
+            let (name, make) = &variants[vi];
+            let ms = procs::exec_to_exit_ms(&mut make(), 1)
+                .with_context(|| format!("start to finish of {name}"))?;
+            samples[vi].push(ms);
+        }
+    }
+    let meds: Vec<f64> = samples
+        .iter()
+        .map(|s| median(s).unwrap_or(f64::NAN))
+        .collect();
+    println!(
+        "   start to finish (exec to exit), a 20-instruction PVH kernel, ms, median of {} runs",
+        o.startup_runs
+    );
+    let mut rows = Vec::new();
+    for (i, ((name, _), s)) in variants.iter().zip(&samples).enumerate() {
+        let ratio = (i == 0 && meds.len() > 1).then(|| meds[1] / meds[0]);
+        let line = format!(
+            "   {:<46} {:>8.1} {:>8.1}  {}",
+            name,
+            meds[i],
+            min(s).unwrap_or(f64::NAN),
+            ratio.map(|r| format!("{r:.2}x")).unwrap_or_default()
+        );
+        println!("{}", line.trim_end());
+        rows.push(json!({"variant": name, "median_ms": meds[i], "min_ms": min(s), "samples_ms": s, "qemu_over_this": ratio}));
+    }
+    println!();
+    Ok(json!(rows))
 }

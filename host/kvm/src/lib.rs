@@ -15,6 +15,7 @@ mod kick;
 mod memslots;
 mod probe;
 pub mod sections;
+pub mod teardown;
 mod vcpu;
 mod vm;
 mod vm_state;

@@ -24,5 +24,5 @@ pub use devices::pci;
 pub use policies::{hotswap, sandbox};
 
 pub use error::VmmError;
-pub use machine::{run, run_with_hook, RunReport, DEFAULT_LOAD_ADDR};
+pub use machine::{run, run_with_hook, Remains, RunReport, DEFAULT_LOAD_ADDR};
 pub use vcpu::hook::ExitHook;

@@ -56,6 +56,46 @@ pub struct RunReport {
     /// With `--record`: the policy calls recorded, or why the recording
     /// is incomplete.
     pub recording: Option<Result<u64, String>>,
+    /// The ended VM, still open so that the outcome can be reported
+    /// before the kernel tears it down.
+    pub remains: Remains,
+}
+
+/// An ended VM whose kernel objects are still open. Closing a VM with an
+/// in-kernel irqchip takes the kernel about 16 ms on this host, so the
+/// report is printed first. Dropping it closes the VM here;
+/// [`Remains::hand_off`] leaves the teardown to a helper process instead.
+#[derive(Default)]
+pub struct Remains {
+    vm: Option<Arc<Vm>>,
+}
+
+impl std::fmt::Debug for Remains {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remains")
+            .field("open", &self.vm.is_some())
+            .finish()
+    }
+}
+
+impl Remains {
+    /// Closes the VM now.
+    pub fn close(self) {}
+
+    /// For a process about to exit: leaves closing the VM, and unmapping
+    /// its RAM, to a helper that waits for this process to end
+    /// (`wasmvisor_kvm::teardown`). The VM is not closed here even if the
+    /// helper could not start; the process's exit closes it then.
+    pub fn hand_off(mut self) -> std::io::Result<()> {
+        let started = match &self.vm {
+            Some(_) => wasmvisor_kvm::teardown::hand_off(),
+            None => Ok(()),
+        };
+        // Closing our references would unmap the RAM on this side; exit
+        // does it for free once the helper holds the rest.
+        std::mem::forget(self.vm.take());
+        started
+    }
 }
 
 /// Largest guest image file wasmvisor reads.
@@ -360,8 +400,8 @@ pub fn run_with_hook(
             o.finish(queued)
         })
         .collect();
-    drop(vm);
     let mut report = outcome?;
+    report.remains = Remains { vm: Some(vm) };
     report.stats.observers = observer_stats;
     if let Some(pci) = &pci_platform {
         report.stats.devices = pci.device_stats();
@@ -705,5 +745,6 @@ fn run_workers(
         outcome,
         stats,
         recording: None,
+        remains: Remains::default(),
     })
 }
