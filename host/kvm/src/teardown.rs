@@ -35,6 +35,9 @@ const STACK: usize = 64 * 1024;
 /// without dropping the VM (see `wasmvisor_vmm::Remains`). An error means
 /// no helper was started, and the teardown happens at exit as usual.
 pub fn hand_off() -> io::Result<()> {
+    if under_valgrind() {
+        return Ok(());
+    }
     let mut pipe = [0 as c_int; 2];
     // SAFETY: `pipe` is a valid array of two descriptors for pipe2 to fill.
     if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -98,6 +101,13 @@ pub fn hand_off() -> io::Result<()> {
         return Err(spawn_error);
     }
     Ok(())
+}
+
+/// Valgrind follows `fork` and `vfork` but stops the whole run at any other
+/// `clone`, so under it (its preload library is in `LD_PRELOAD`) the VM is
+/// closed at exit as usual.
+fn under_valgrind() -> bool {
+    std::env::var_os("LD_PRELOAD").is_some_and(|p| p.to_string_lossy().contains("vgpreload"))
 }
 
 /// The descriptors the helper closes at once: all but the KVM objects and
