@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use wasmvisor_exit::{InterruptLines, MemoryProtector, Subscriptions};
 use wasmvisor_kvm::{install_kick_handler, BootMode, BootState, CpuidEntry, KickList, Kicker, Vm};
 use wasmvisor_policy::{
-    ComponentCache, ConsoleSink, KernelProfile, PolicyEngine, PolicyImage, PolicyInstance,
-    Recorder, Shared, SnapshotRequests,
+    ComponentCache, ConsoleSink, KernelProfile, PolicyEngine, PolicyInstance, Recorder, Shared,
+    SnapshotRequests,
 };
 
 use crate::boot::cpuid::{cpuid_table, per_vcpu_cpuid};
@@ -131,9 +131,9 @@ pub fn run(config: &VmConfig, console: Arc<dyn ConsoleSink>) -> Result<RunReport
 }
 
 /// The engine, with the precompiled-policy cache the config asks for.
-fn engine(cache: &PolicyCache) -> Result<PolicyEngine, VmmError> {
+fn engine(config: &VmConfig) -> Result<PolicyEngine, VmmError> {
     let engine = PolicyEngine::new().map_err(|e| VmmError::Engine(e.to_string()))?;
-    Ok(match cache {
+    Ok(match &config.policy_cache {
         PolicyCache::Off => engine,
         PolicyCache::Dir(dir) => engine.with_cache(ComponentCache::open(dir)?),
         PolicyCache::Default => match ComponentCache::default_dir().map(ComponentCache::open) {
@@ -145,52 +145,6 @@ fn engine(cache: &PolicyCache) -> Result<PolicyEngine, VmmError> {
             None => engine,
         },
     })
-}
-
-/// The engine and the loaded (compiled or cached, linked) images of the
-/// configured policies.
-type Loaded = Result<(PolicyEngine, Vec<PolicyImage>), VmmError>;
-
-/// [`Loaded`], being made on its own thread.
-struct PolicyLoading(Option<thread::JoinHandle<Loaded>>);
-
-/// Starts making the engine and loading the configured policies.
-fn load_policies(config: &VmConfig) -> PolicyLoading {
-    let cache = config.policy_cache.clone();
-    let sources: Vec<_> = config
-        .policies
-        .iter()
-        .map(|s| (s.path.clone(), s.sandbox.wasi))
-        .collect();
-    let load = move || {
-        let engine = engine(&cache)?;
-        let images = sources
-            .iter()
-            .map(|(path, wasi)| PolicyImage::load_with(&engine, path, *wasi))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((engine, images))
-    };
-    PolicyLoading(
-        thread::Builder::new()
-            .name("policy-load".into())
-            .spawn(load)
-            .ok(),
-    )
-}
-
-impl PolicyLoading {
-    /// Waits for the engine and images. A policy that fails to load is
-    /// reported as it would be loaded on this thread.
-    fn join(self) -> Loaded {
-        match self.0 {
-            Some(handle) => handle
-                .join()
-                .unwrap_or_else(|_| Err(VmmError::Engine("the policy loader panicked".into()))),
-            None => Err(VmmError::Engine(
-                "cannot start the policy loader thread".into(),
-            )),
-        }
-    }
 }
 
 /// Loads the flat or ELF guest image into `vm` and says how it starts.
@@ -282,10 +236,7 @@ pub fn run_with_hook(
     config.check()?;
     // Before anything else: a --gdb port in use is a startup error.
     let gdb_listener = config.gdb.as_ref().map(Listener::bind).transpose()?;
-    // The engine and the policies' compiled code come on another thread
-    // while the VM and its guest are built: the two meet only when the
-    // policies are instantiated, and start-up is the sum of both otherwise.
-    let loading = load_policies(config);
+    let engine = engine(config)?;
     let vm = Arc::new(new_vm(config)?);
     let irq = pc_platform(config, &vm)?;
     let boot = match &config.restore {
@@ -317,9 +268,6 @@ pub fn run_with_hook(
         record: vm_record(config),
         kernel: shared.kernel().cloned(),
     }));
-    // Joined here, so that errors come in the order they always did: the
-    // VM's and the guest's before the policies'.
-    let (engine, images) = loading.join()?;
     let env = PolicyEnv {
         engine,
         memory: vm.memory().clone(),
@@ -330,7 +278,7 @@ pub fn run_with_hook(
         irq: irq.clone(),
         snapshots: Some(Arc::clone(&snapshots) as Arc<dyn SnapshotRequests>),
     };
-    let mut prepared = prepare_policies(config, &env, images)?;
+    let mut prepared = prepare_policies(config, &env)?;
     if let Some(r) = &config.restore {
         restore_policy_states(r, &mut prepared)?;
     }
@@ -633,20 +581,16 @@ fn builtin_devices(
 
 /// Instantiates and initialises every policy on every vCPU, then applies
 /// what they protect at init.
-fn prepare_policies(
-    config: &VmConfig,
-    env: &PolicyEnv,
-    images: Vec<PolicyImage>,
-) -> Result<Vec<Prepared>, VmmError> {
+fn prepare_policies(config: &VmConfig, env: &PolicyEnv) -> Result<Vec<Prepared>, VmmError> {
     let mut prepared: Vec<Prepared> = Vec::new();
-    for ((index, spec), image) in config.policies.iter().enumerate().zip(images) {
+    for (index, spec) in config.policies.iter().enumerate() {
         let mut spec = spec.clone();
         if let (false, Some(d)) = (spec.sandbox.deadline_set, config.policy_deadline) {
             spec.sandbox.limits.deadline = d;
         }
         let taken = prepared.iter().map(|p| p.slot.name.as_str());
         let name = unique_name(&spec.path, taken);
-        prepared.push(env.prepare_image(image, &spec, index, &name, 1)?);
+        prepared.push(env.prepare(&spec, index, &name, 1)?);
     }
     for p in &prepared {
         p.activate()?;

@@ -91,24 +91,11 @@ impl PolicyEnv {
         name: &str,
         generation: u64,
     ) -> Result<Prepared, VmmError> {
-        let image = PolicyImage::load_with(&self.engine, &spec.path, spec.sandbox.wasi)?;
-        self.prepare_image(image, spec, index, name, generation)
-    }
-
-    /// [`PolicyEnv::prepare`] for an image already loaded by this
-    /// environment's engine.
-    pub fn prepare_image(
-        &self,
-        image: PolicyImage,
-        spec: &PolicySpec,
-        index: usize,
-        name: &str,
-        generation: u64,
-    ) -> Result<Prepared, VmmError> {
         let policy_err = |reason: String| VmmError::Policy {
             policy: name.to_string(),
             reason,
         };
+        let image = PolicyImage::load_with(&self.engine, &spec.path, spec.sandbox.wasi)?;
         let cache = image.cache_outcome().clone();
         let protector = Arc::new(OwnedProtector::new(
             Arc::clone(&self.protector),
