@@ -63,6 +63,10 @@ impl DeadlineMechanism {
     }
 }
 
+/// Linkers are shared by the policies of the same WASI grants that import
+/// the same WASI interfaces (`wasi::interfaces`).
+type LinkerKey = (WasiGrants, Vec<String>);
+
 /// The compiler and runtime shared by every policy of a VM.
 ///
 /// Cloning is cheap. The ticker thread runs until the last clone, and the
@@ -79,7 +83,7 @@ pub struct PolicyEngine {
     /// One linker per WASI grant set, built on first use: linking the
     /// host and WASI interfaces costs more than instantiating a policy,
     /// and a hot swap should not pay it each time.
-    linkers: Arc<Mutex<HashMap<WasiGrants, Arc<Linker<Ctx>>>>>,
+    linkers: Arc<Mutex<HashMap<LinkerKey, Arc<Linker<Ctx>>>>>,
 }
 
 impl PolicyEngine {
@@ -122,18 +126,24 @@ impl PolicyEngine {
         self
     }
 
-    /// The linker for policies granted `wasi`.
-    pub(crate) fn linker(&self, wasi: WasiGrants) -> Result<Arc<Linker<Ctx>>, wasmtime::Error> {
+    /// The linker for policies granted `wasi` that import the WASI
+    /// `interfaces` (unversioned names, from `wasi::interfaces`).
+    pub(crate) fn linker(
+        &self,
+        wasi: WasiGrants,
+        interfaces: Vec<String>,
+    ) -> Result<Arc<Linker<Ctx>>, wasmtime::Error> {
         let mut linkers = self.linkers.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(l) = linkers.get(&wasi) {
+        let key = (wasi, interfaces);
+        if let Some(l) = linkers.get(&key) {
             return Ok(Arc::clone(l));
         }
         let mut linker: Linker<Ctx> = Linker::new(&self.engine);
         // The imports of `quick-policy` are those of `policy`.
         QuickPolicy::add_to_linker::<Ctx, wasmtime::component::HasSelf<Ctx>>(&mut linker, |c| c)?;
-        crate::wasi::add_to_linker(&mut linker, wasi)?;
+        crate::wasi::add_to_linker(&mut linker, wasi, &key.1)?;
         let linker = Arc::new(linker);
-        linkers.insert(wasi, Arc::clone(&linker));
+        linkers.insert(key, Arc::clone(&linker));
         Ok(linker)
     }
 
