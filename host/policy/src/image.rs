@@ -348,13 +348,12 @@ fn link(
         name: name.into(),
         reason: one_line(&e),
     };
-    let imports = component.component_type();
-    let interfaces = wasi::interfaces(imports.imports(engine.wasmtime()).map(|(name, _)| name));
+    let ty = component.component_type();
+    let interfaces = wasi::interfaces(ty.imports(engine.wasmtime()).map(|(name, _)| name));
     let linker = engine.linker(wasi, interfaces).map_err(link_error)?;
     let pre = linker.instantiate_pre(component).map_err(link_error)?;
     let handler = handler::GuestIndices::new(&pre).map_err(wrong_types)?;
-    let exports_quick = component
-        .component_type()
+    let exports_quick = ty
         .exports(engine.wasmtime())
         .any(|(export, _)| export == QUICK_HANDLER);
     let quick = if exports_quick {

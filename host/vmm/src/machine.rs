@@ -79,9 +79,6 @@ impl std::fmt::Debug for Remains {
 }
 
 impl Remains {
-    /// Closes the VM now.
-    pub fn close(self) {}
-
     /// For a process about to exit: leaves closing the VM, and unmapping
     /// its RAM, to a helper that waits for this process to end
     /// (`wasmvisor_kvm::teardown`). The VM is not closed here even if the
